@@ -1,0 +1,1141 @@
+//! [`Connection`]: one hytun session as a sans-IO state machine.
+//!
+//! The connection owns no socket and reads no clock. The driver:
+//!
+//! 1. feeds received bytes with [`Connection::handle_input`] (it consumes at
+//!    most one record per call; call again with the rest),
+//! 2. drains [`Connection::poll_event`] until `None` after every input call
+//!    (events borrow the record being read, so input waits for them),
+//! 3. writes [`Connection::transmit_pending`] to the transport and reports
+//!    what was written with [`Connection::transmit_done`],
+//! 4. calls [`Connection::handle_timeout`] at [`Connection::poll_timeout`],
+//! 5. reports transport EOF with [`Connection::handle_eof`].
+//!
+//! Every fatal condition — bad input, a timeout, the peer's CLOSE, a local
+//! `close` — ends in exactly one [`Event::Closed`]; after it the driver
+//! flushes what is pending (a CLOSE or an alert) and drops the transport.
+//!
+//! The three const parameters size the fixed buffers: `TX` bytes of
+//! outgoing data, `RX` bytes for one incoming record (at least
+//! [`MIN_RX_BUFFER`]) and `S` stream slots.
+
+use alloc::sync::Arc;
+
+use rand_core::CryptoRng;
+
+use crate::buffer::{RxBuffer, TxBuffer};
+use crate::config::{ClientConfig, ServerConfig, SessionConfig};
+use crate::crypto::{CryptoError, KeyId, RecordOpener, RecordSealer};
+use crate::error::{ConnectionError, HandshakeError, ProtocolViolation, StreamError, TimeoutKind};
+use crate::handshake::{
+    self, ClientExpectServerFinished, ClientExpectServerHello, Established, ServerExpectClientFinished,
+};
+use crate::stream::{EndState, OpenState, Stream};
+use crate::time::Instant;
+use crate::wire::frame::{
+    CloseCode, Destination, Frame, MAX_CONTROL_FRAME_LEN, StreamErrorCode, StreamId,
+};
+use crate::wire::handshake::{
+    HEADER_LEN as HS_HEADER, HandshakeHeader, MAX_BODY_LEN, MAX_RECORD_LIMIT, MIN_RECORD_LIMIT, Suite,
+};
+use crate::wire::record::{self, HEADER_LEN as RECORD_HEADER, OVERHEAD, TAG_LEN};
+
+/// Smallest receive buffer: one 1 KiB record plus its framing.
+pub const MIN_RX_BUFFER: usize = MIN_RECORD_LIMIT as usize + OVERHEAD;
+/// Smallest transmit buffer (a handshake flight plus control reserve).
+pub const MIN_TX_BUFFER: usize = 2048;
+/// Transmit space kept free for control frames, so WINDOW, PONG, FIN and
+/// CLOSE can always be queued even when stream data fills the buffer.
+const CONTROL_RESERVE: usize = 2 * (MAX_CONTROL_FRAME_LEN + OVERHEAD);
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event<'a> {
+    /// The handshake completed; streams may be opened (client) or will
+    /// arrive (server).
+    Connected,
+    /// (server) The client asks for a stream to `dest`; answer with
+    /// [`Connection::accept_stream`] or [`Connection::refuse_stream`]. Data
+    /// for the stream may arrive before the answer.
+    OpenRequest {
+        /// The new stream.
+        id: StreamId,
+        /// Where the client wants it connected.
+        dest: Destination<'a>,
+    },
+    /// (client) The server connected the stream.
+    Opened {
+        /// The stream.
+        id: StreamId,
+    },
+    /// (client) The server could not connect the stream; it is gone.
+    OpenFailed {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        code: StreamErrorCode,
+    },
+    /// Payload for a stream. Deliver it, then report it with
+    /// [`Connection::stream_consumed`] to return credit to the peer.
+    Data {
+        /// The stream.
+        id: StreamId,
+        /// The bytes (borrowed from the record being read).
+        data: &'a [u8],
+    },
+    /// The peer half-closed the stream: no more data will arrive.
+    Finished {
+        /// The stream.
+        id: StreamId,
+    },
+    /// The peer aborted the stream; it is gone.
+    Reset {
+        /// The stream.
+        id: StreamId,
+        /// Why.
+        code: StreamErrorCode,
+    },
+    /// Credit arrived for a stream whose send was refused for lack of it.
+    Writable {
+        /// The stream.
+        id: StreamId,
+    },
+    /// The peer accepts no new streams on this session.
+    GoAway {
+        /// Why.
+        code: CloseCode,
+    },
+    /// The session is over. Flush [`Connection::transmit_pending`] and drop
+    /// the transport.
+    Closed {
+        /// Why.
+        error: ConnectionError,
+    },
+}
+
+/// Counters for logs, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records sealed.
+    pub records_sent: u64,
+    /// Records opened.
+    pub records_received: u64,
+    /// Stream payload bytes sent.
+    pub payload_sent: u64,
+    /// Stream payload bytes received.
+    pub payload_received: u64,
+    /// Key updates of the sending direction.
+    pub key_updates_sent: u32,
+    /// Key updates of the receiving direction.
+    pub key_updates_received: u32,
+}
+
+enum Role {
+    Client(Arc<ClientConfig>),
+    Server(Arc<ServerConfig>),
+}
+
+enum State {
+    ClientExpectServerHello(ClientExpectServerHello),
+    ClientExpectServerFinished(ClientExpectServerFinished),
+    ServerExpectClientHello,
+    ServerExpectClientFinished(ServerExpectClientFinished),
+    Established,
+    Failed,
+}
+
+struct Keys {
+    sealer: RecordSealer,
+    opener: RecordOpener,
+    suite: Suite,
+    peer_max_record: usize,
+    peer_stream_window: u32,
+    max_streams: usize,
+    peer_key: KeyId,
+}
+
+/// All of the connection except the receive buffer, so frame handling can
+/// borrow the record being read and mutate this at the same time.
+struct Inner<const TX: usize, const S: usize> {
+    role: Role,
+    state: State,
+    session: SessionConfig,
+    local_max_record: usize,
+    keys: Option<Keys>,
+    tx: TxBuffer<TX>,
+    streams: heapless::Vec<Stream, S>,
+    dirty: heapless::Deque<StreamId, S>,
+    next_stream_id: u32,
+    highest_peer_stream: u32,
+    created: Instant,
+    last_rx: Instant,
+    ping_outstanding: bool,
+    ping_counter: u64,
+    pending_pong: Option<u64>,
+    pending_ping: bool,
+    pending_goaway: Option<CloseCode>,
+    pending_close: Option<CloseCode>,
+    key_update_requested: bool,
+    sent_goaway: bool,
+    peer_going_away: bool,
+    connected_event: bool,
+    error: Option<ConnectionError>,
+    closed_event: bool,
+    stats: Stats,
+}
+
+/// One hytun session (client or server side). See the module docs for the
+/// driving contract.
+pub struct Connection<const TX: usize, const RX: usize, const S: usize> {
+    rx: RxBuffer<RX>,
+    inner: Inner<TX, S>,
+}
+
+/// Sizes for desktop hosts: 16 KiB records, 1024 streams.
+pub type HostConnection = Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize + OVERHEAD }, 1024>;
+
+impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
+    const SIZES_OK: () = {
+        assert!(RX >= MIN_RX_BUFFER, "RX must hold a 1 KiB record");
+        assert!(RX >= HS_HEADER + MAX_BODY_LEN, "RX must hold a handshake message");
+        assert!(TX >= MIN_TX_BUFFER, "TX must hold a handshake flight");
+        assert!(S >= 1, "at least one stream slot");
+    };
+
+    fn new(role: Role, session: SessionConfig, now: Instant, state: State) -> Self {
+        let () = Self::SIZES_OK;
+        let local_max_record = usize::from(session.max_record)
+            .min(RX - OVERHEAD)
+            .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
+        Connection {
+            rx: RxBuffer::new(),
+            inner: Inner {
+                role,
+                state,
+                session,
+                local_max_record,
+                keys: None,
+                tx: TxBuffer::new(),
+                streams: heapless::Vec::new(),
+                dirty: heapless::Deque::new(),
+                next_stream_id: 1,
+                highest_peer_stream: 0,
+                created: now,
+                last_rx: now,
+                ping_outstanding: false,
+                ping_counter: 0,
+                pending_pong: None,
+                pending_ping: false,
+                pending_goaway: None,
+                pending_close: None,
+                key_update_requested: false,
+                sent_goaway: false,
+                peer_going_away: false,
+                connected_event: false,
+                error: None,
+                closed_event: false,
+                stats: Stats::default(),
+            },
+        }
+    }
+
+    /// Starts a client session: the `ClientHello` is queued at once.
+    pub fn client<R: CryptoRng + ?Sized>(config: Arc<ClientConfig>, now: Instant, rng: &mut R) -> Self {
+        let session = config.session;
+        let mut conn = Self::new(Role::Client(config.clone()), session, now, State::Failed);
+        let max_record = conn.inner.local_max_record as u16;
+        match handshake::client_hello(&config, max_record, rng, conn.inner.tx.raw_tail()) {
+            Ok((n, next)) => {
+                conn.inner.tx.commit_raw(n);
+                conn.inner.state = State::ClientExpectServerHello(next);
+            }
+            Err(e) => conn.inner.fail(e.into()),
+        }
+        conn
+    }
+
+    /// Starts a server session that waits for a `ClientHello`.
+    pub fn server(config: Arc<ServerConfig>, now: Instant) -> Self {
+        let session = config.session;
+        Self::new(Role::Server(config), session, now, State::ServerExpectClientHello)
+    }
+
+    /// True once both Finished messages verified (and until closed).
+    pub fn is_established(&self) -> bool {
+        matches!(self.inner.state, State::Established) && self.inner.error.is_none()
+    }
+
+    /// True once the session is over (see [`Connection::error`]).
+    pub fn is_closed(&self) -> bool {
+        self.inner.error.is_some()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn error(&self) -> Option<ConnectionError> {
+        self.inner.error
+    }
+
+    /// The peer's key id, once the handshake has completed.
+    pub fn peer_key(&self) -> Option<KeyId> {
+        self.inner.keys.as_ref().map(|k| k.peer_key)
+    }
+
+    /// The negotiated suite, once the handshake has completed.
+    pub fn suite(&self) -> Option<Suite> {
+        self.inner.keys.as_ref().map(|k| k.suite)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats
+    }
+
+    /// Number of live streams.
+    pub fn stream_count(&self) -> usize {
+        self.inner.streams.len()
+    }
+
+    /// True if a new stream can be opened now (client).
+    pub fn can_open_stream(&self) -> bool {
+        self.is_established()
+            && !self.inner.peer_going_away
+            && self.inner.keys.as_ref().is_some_and(|k| self.inner.streams.len() < k.max_streams)
+    }
+
+    // ------------------------------------------------------------ input --
+
+    /// Feeds bytes received from the transport; returns how many were
+    /// consumed. Stops after one record so its events can be drained; call
+    /// again with the remaining bytes after draining [`Self::poll_event`].
+    pub fn handle_input<R: CryptoRng + ?Sized>(&mut self, input: &[u8], now: Instant, rng: &mut R) -> usize {
+        if self.inner.error.is_some() {
+            return input.len();
+        }
+        if self.rx.frames.is_some() {
+            return 0;
+        }
+        if !input.is_empty() {
+            self.inner.last_rx = now;
+        }
+        let mut used = 0;
+        loop {
+            let handshaking = !matches!(self.inner.state, State::Established);
+            let header_len = if handshaking { HS_HEADER } else { RECORD_HEADER };
+            used += self.rx.fill_to(header_len, &input[used..]);
+            if self.rx.len < header_len {
+                return used;
+            }
+            let total = if handshaking {
+                let mut h = [0u8; HS_HEADER];
+                h.copy_from_slice(&self.rx.buf[..HS_HEADER]);
+                match HandshakeHeader::parse(&h) {
+                    Ok(hdr) => HS_HEADER + hdr.body_len,
+                    Err(e) => {
+                        self.inner.fail_handshake_input(e.into());
+                        return input.len();
+                    }
+                }
+            } else {
+                let h = [self.rx.buf[0], self.rx.buf[1]];
+                match record::parse_header(&h, self.inner.local_max_record) {
+                    Ok(len) => RECORD_HEADER + len,
+                    Err(e) => {
+                        self.inner.fail(e.into());
+                        return input.len();
+                    }
+                }
+            };
+            used += self.rx.fill_to(total, &input[used..]);
+            if self.rx.len < total {
+                return used;
+            }
+            if handshaking {
+                self.inner.handle_handshake_message(&self.rx.buf[..total], rng);
+                self.rx.len = 0;
+                if self.inner.error.is_some() {
+                    return input.len();
+                }
+            } else {
+                match self.inner.open_record(&mut self.rx.buf[..total]) {
+                    Ok(()) => {
+                        self.rx.frames = Some((RECORD_HEADER, total - TAG_LEN));
+                    }
+                    Err(e) => {
+                        self.inner.fail(ConnectionError::Record(e));
+                        return input.len();
+                    }
+                }
+                return used;
+            }
+        }
+    }
+
+    /// Reports that the transport reached EOF. Without a prior CLOSE from
+    /// the peer this is a truncation and fails the session.
+    pub fn handle_eof(&mut self) {
+        self.inner.fail(ConnectionError::Truncated);
+    }
+
+    /// The next event, if any. Drain until `None` after each input call.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        let inner = &mut self.inner;
+        if inner.connected_event {
+            inner.connected_event = false;
+            return Some(Event::Connected);
+        }
+        while let Some((pos, end)) = self.rx.frames {
+            if inner.error.is_some() {
+                self.rx.frames = None;
+                self.rx.len = 0;
+                break;
+            }
+            if pos >= end {
+                self.rx.frames = None;
+                self.rx.len = 0;
+                break;
+            }
+            let plain = &self.rx.buf[pos..end];
+            let (frame, n) = match Frame::parse(plain) {
+                Ok(v) => v,
+                Err(e) => {
+                    inner.fail(e.into());
+                    break;
+                }
+            };
+            let last = pos + n == end;
+            self.rx.frames = Some((pos + n, end));
+            match inner.apply_frame(frame, last) {
+                Ok(Some(event)) => return Some(event),
+                Ok(None) => {}
+                Err(e) => {
+                    inner.fail(e);
+                    break;
+                }
+            }
+        }
+        if inner.error.is_some() && inner.closed_event {
+            inner.closed_event = false;
+            if let Some(error) = inner.error {
+                return Some(Event::Closed { error });
+            }
+        }
+        None
+    }
+
+    // ----------------------------------------------------------- output --
+
+    /// Bytes to write to the transport now (seals the record being built).
+    pub fn transmit_pending(&mut self) -> &[u8] {
+        self.inner.flush();
+        self.inner.tx.sealed()
+    }
+
+    /// Reports that the first `n` bytes of [`Self::transmit_pending`] were
+    /// written.
+    pub fn transmit_done(&mut self, n: usize) {
+        self.inner.tx.consume(n);
+    }
+
+    /// True if bytes are waiting (or would be produced by a flush).
+    pub fn wants_transmit(&self) -> bool {
+        !self.inner.tx.is_empty()
+            || !self.inner.dirty.is_empty()
+            || self.inner.pending_pong.is_some()
+            || self.inner.pending_ping
+            || self.inner.pending_close.is_some()
+    }
+
+    // ----------------------------------------------------------- timers --
+
+    /// When [`Self::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let i = &self.inner;
+        if i.error.is_some() {
+            return None;
+        }
+        if !matches!(i.state, State::Established) {
+            return Some(i.created + i.session.handshake_timeout);
+        }
+        let idle = i.last_rx + i.session.idle_timeout;
+        if i.ping_outstanding {
+            Some(idle)
+        } else {
+            Some(idle.min(i.last_rx + i.session.keepalive_interval))
+        }
+    }
+
+    /// Runs the timers: handshake deadline, keepalive PING, idle timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let i = &mut self.inner;
+        if i.error.is_some() {
+            return;
+        }
+        if !matches!(i.state, State::Established) {
+            if now >= i.created + i.session.handshake_timeout {
+                i.fail(ConnectionError::Timeout(TimeoutKind::Handshake));
+            }
+            return;
+        }
+        if now >= i.last_rx + i.session.idle_timeout {
+            i.fail(ConnectionError::Timeout(TimeoutKind::Idle));
+        } else if now >= i.last_rx + i.session.keepalive_interval && !i.ping_outstanding {
+            i.ping_outstanding = true;
+            i.pending_ping = true;
+        }
+    }
+
+    // ---------------------------------------------------- session calls --
+
+    /// Closes the session with an authenticated CLOSE. Produces
+    /// [`Event::Closed`] with [`ConnectionError::LocallyClosed`].
+    pub fn close(&mut self, code: CloseCode) {
+        self.inner.fail(ConnectionError::LocallyClosed(code));
+    }
+
+    /// Tells the peer no new streams will be accepted (server) or opened.
+    pub fn go_away(&mut self, code: CloseCode) {
+        if !self.inner.sent_goaway {
+            self.inner.sent_goaway = true;
+            self.inner.pending_goaway = Some(code);
+        }
+    }
+
+    /// Updates the sending key now and asks the peer to update its own.
+    pub fn request_key_update(&mut self) {
+        self.inner.key_update_requested = true;
+    }
+
+    // ----------------------------------------------------- stream calls --
+
+    /// (client) Opens a stream to `dest`. Data may be sent on it at once.
+    pub fn open_stream(&mut self, dest: Destination<'_>) -> Result<StreamId, StreamError> {
+        self.inner.open_stream(dest)
+    }
+
+    /// (server) Confirms a requested stream: the destination is connected.
+    pub fn accept_stream(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let i = &mut self.inner;
+        let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
+        let s = &mut i.streams[idx];
+        if s.open != OpenState::AwaitingAccept {
+            return Err(StreamError::InvalidState);
+        }
+        s.open = OpenState::Open;
+        s.reply_to_send = Some(Ok(()));
+        i.mark_dirty(idx);
+        Ok(())
+    }
+
+    /// (server) Refuses a requested stream with a reason; it is gone.
+    pub fn refuse_stream(&mut self, id: StreamId, code: StreamErrorCode) -> Result<(), StreamError> {
+        let i = &mut self.inner;
+        let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
+        let s = &mut i.streams[idx];
+        if s.open != OpenState::AwaitingAccept {
+            return Err(StreamError::InvalidState);
+        }
+        s.reply_to_send = Some(Err(code));
+        s.local = EndState::Done;
+        s.remote = EndState::Done;
+        i.mark_dirty(idx);
+        Ok(())
+    }
+
+    /// Bytes [`Self::stream_send`] would accept now for this stream.
+    pub fn stream_send_capacity(&self, id: StreamId) -> usize {
+        let i = &self.inner;
+        let (Some(idx), Some(keys)) = (i.find(id), i.keys.as_ref()) else { return 0 };
+        let s = &i.streams[idx];
+        if !s.can_send() {
+            return 0;
+        }
+        let room = i.tx.room(keys.peer_max_record, CONTROL_RESERVE).saturating_sub(crate::wire::frame::DATA_OVERHEAD);
+        (s.send_credit.min(room as u64)) as usize
+    }
+
+    /// Sends stream data; returns how much was taken (0 when out of credit
+    /// or transmit space — [`Event::Writable`] or a flush tells when to
+    /// retry).
+    pub fn stream_send(&mut self, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let mut off = 0;
+        let total = self.stream_send_with(id, data.len(), |buf| {
+            let n = buf.len().min(data.len() - off);
+            buf[..n].copy_from_slice(&data[off..off + n]);
+            off += n;
+            n
+        })?;
+        Ok(total)
+    }
+
+    /// Sends up to `max` bytes of stream data that `fill` writes straight
+    /// into the record being built (e.g. a socket read). `fill` may be
+    /// called several times and returns how many bytes it wrote; returning
+    /// 0 stops. Returns the total taken.
+    pub fn stream_send_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, StreamError> {
+        self.inner.stream_send_with(id, max, &mut fill)
+    }
+
+    /// Half-closes the stream: no more data will be sent on it.
+    pub fn stream_finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let i = &mut self.inner;
+        let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
+        let s = &mut i.streams[idx];
+        if s.local != EndState::Open || s.reset_to_send.is_some() {
+            return Err(StreamError::NotWritable);
+        }
+        s.local = EndState::Pending;
+        i.mark_dirty(idx);
+        Ok(())
+    }
+
+    /// Aborts the stream in both directions; it is gone.
+    pub fn stream_reset(&mut self, id: StreamId, code: StreamErrorCode) -> Result<(), StreamError> {
+        let i = &mut self.inner;
+        let Some(idx) = i.find(id) else { return Ok(()) };
+        let s = &mut i.streams[idx];
+        if s.local == EndState::Done && s.remote == EndState::Done {
+            return Ok(());
+        }
+        if s.open == OpenState::AwaitingAccept {
+            s.reply_to_send = Some(Err(code));
+        } else {
+            s.reset_to_send = Some(code);
+        }
+        s.local = EndState::Done;
+        s.remote = EndState::Done;
+        i.mark_dirty(idx);
+        Ok(())
+    }
+
+    /// Reports that `n` bytes of received data were delivered; returns
+    /// credit to the peer. Unknown (finished) streams are ignored.
+    pub fn stream_consumed(&mut self, id: StreamId, n: usize) {
+        let i = &mut self.inner;
+        let Some(idx) = i.find(id) else { return };
+        let threshold = i.window_threshold();
+        let s = &mut i.streams[idx];
+        if s.remote != EndState::Open {
+            return;
+        }
+        s.credit_to_return += n as u64;
+        if s.credit_to_return >= threshold {
+            i.mark_dirty(idx);
+        }
+    }
+}
+
+impl<const TX: usize, const S: usize> Inner<TX, S> {
+    fn find(&self, id: StreamId) -> Option<usize> {
+        self.streams.binary_search_by_key(&id, |s| s.id).ok()
+    }
+
+    fn window_threshold(&self) -> u64 {
+        u64::from(self.session.stream_window / 4).max(1)
+    }
+
+    fn mark_dirty(&mut self, idx: usize) {
+        let s = &mut self.streams[idx];
+        if !s.queued {
+            // The deque has one slot per stream slot, so it cannot be full
+            // while this stream is not in it.
+            if self.dirty.push_back(s.id).is_ok() {
+                s.queued = true;
+            }
+        }
+    }
+
+    fn gc(&mut self, idx: usize) {
+        if self.streams[idx].is_finished() && !self.streams[idx].queued {
+            self.streams.remove(idx);
+        }
+    }
+
+    fn fail(&mut self, error: ConnectionError) {
+        if self.error.is_some() {
+            return;
+        }
+        self.error = Some(error);
+        self.closed_event = true;
+        self.dirty.clear();
+        self.pending_ping = false;
+        self.pending_pong = None;
+        let send_close = self.keys.is_some()
+            && !matches!(error, ConnectionError::PeerClosed(_) | ConnectionError::Truncated);
+        if send_close {
+            self.pending_close = Some(error.close_code());
+        }
+    }
+
+    /// A handshake-phase failure; the server tells the client why when it
+    /// can do so without helping an attacker.
+    fn fail_handshake_input(&mut self, error: ConnectionError) {
+        if matches!(self.role, Role::Server(_)) && matches!(self.state, State::ServerExpectClientHello) {
+            let n = handshake::emit_alert(
+                crate::wire::handshake::AlertReason::Malformed,
+                None,
+                self.tx.raw_tail(),
+            );
+            self.tx.commit_raw(n);
+        }
+        self.fail(error);
+    }
+
+    fn handle_handshake_message<R: CryptoRng + ?Sized>(&mut self, whole: &[u8], rng: &mut R) {
+        let state = core::mem::replace(&mut self.state, State::Failed);
+        let result: Result<State, ConnectionError> = match (state, &self.role) {
+            (State::ClientExpectServerHello(st), Role::Client(cfg)) => {
+                st.handle(cfg, whole, rng).map(State::ClientExpectServerFinished)
+            }
+            (State::ClientExpectServerFinished(st), Role::Client(_)) => {
+                match st.handle(whole, self.tx.raw_tail()) {
+                    Ok((n, est)) => {
+                        self.tx.commit_raw(n);
+                        self.establish(est);
+                        Ok(State::Established)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (State::ServerExpectClientHello, Role::Server(cfg)) => {
+                let cfg = cfg.clone();
+                let max_streams = usize::from(self.session.max_streams).min(S) as u16;
+                let max_record = self.local_max_record as u16;
+                match handshake::handle_client_hello(&cfg, max_record, max_streams, whole, rng, self.tx.raw_tail()) {
+                    Ok((n, next)) => {
+                        self.tx.commit_raw(n);
+                        Ok(State::ServerExpectClientFinished(next))
+                    }
+                    Err(rej) => {
+                        if let Some((reason, key)) = rej.alert {
+                            let n = handshake::emit_alert(reason, key, self.tx.raw_tail());
+                            self.tx.commit_raw(n);
+                        }
+                        Err(rej.error.into())
+                    }
+                }
+            }
+            (State::ServerExpectClientFinished(st), Role::Server(_)) => st.handle(whole).map(|est| {
+                self.establish(est);
+                State::Established
+            }),
+            _ => Err(HandshakeError::UnexpectedMessage.into()),
+        };
+        match result {
+            Ok(next) => self.state = next,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn establish(&mut self, est: Established) {
+        let max_streams = usize::from(est.max_streams).min(S);
+        self.keys = Some(Keys {
+            sealer: est.sealer,
+            opener: est.opener,
+            suite: est.suite,
+            peer_max_record: usize::from(est.peer_max_record),
+            peer_stream_window: est.stream_window,
+            max_streams,
+            peer_key: est.peer_key,
+        });
+        self.connected_event = true;
+    }
+
+    fn open_record(&mut self, whole: &mut [u8]) -> Result<(), CryptoError> {
+        let Some(keys) = self.keys.as_mut() else { return Err(CryptoError::Decrypt) };
+        let hdr = [whole[0], whole[1]];
+        let tag_at = whole.len() - TAG_LEN;
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&whole[tag_at..]);
+        keys.opener.open(&hdr, &mut whole[RECORD_HEADER..tag_at], &tag)?;
+        self.stats.records_received += 1;
+        Ok(())
+    }
+
+    fn apply_frame<'a>(&mut self, frame: Frame<'a>, last_in_record: bool) -> Result<Option<Event<'a>>, ConnectionError> {
+        let is_server = matches!(self.role, Role::Server(_));
+        match frame {
+            Frame::Open { id, window, dest } => {
+                if !is_server {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                if id.0 <= self.highest_peer_stream {
+                    return Err(ProtocolViolation::BadStreamId.into());
+                }
+                self.highest_peer_stream = id.0;
+                let limit = self.keys.as_ref().map_or(0, |k| k.max_streams);
+                if self.streams.len() >= limit {
+                    return Err(ProtocolViolation::TooManyStreams.into());
+                }
+                let mut stream = Stream::new(id, OpenState::AwaitingAccept, window, self.session.stream_window);
+                if self.sent_goaway {
+                    stream.reply_to_send = Some(Err(StreamErrorCode::SessionClosing));
+                    stream.local = EndState::Done;
+                    stream.remote = EndState::Done;
+                }
+                let refused = self.sent_goaway;
+                if self.streams.push(stream).is_err() {
+                    return Err(ProtocolViolation::TooManyStreams.into());
+                }
+                if refused {
+                    let idx = self.streams.len() - 1;
+                    self.mark_dirty(idx);
+                    return Ok(None);
+                }
+                Ok(Some(Event::OpenRequest { id, dest }))
+            }
+            Frame::OpenOk { id } | Frame::OpenFail { id, .. } => {
+                if is_server {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let s = &mut self.streams[idx];
+                if s.open != OpenState::AwaitingReply {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                if let Frame::OpenFail { code, .. } = frame {
+                    s.local = EndState::Done;
+                    s.remote = EndState::Done;
+                    s.reset_to_send = None;
+                    s.credit_to_return = 0;
+                    self.gc(idx);
+                    Ok(Some(Event::OpenFailed { id, code }))
+                } else {
+                    s.open = OpenState::Open;
+                    Ok(Some(Event::Opened { id }))
+                }
+            }
+            Frame::Data { id, data } => {
+                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let s = &mut self.streams[idx];
+                if !is_server && s.open == OpenState::AwaitingReply {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                match s.remote {
+                    EndState::Open => {}
+                    // Data racing our RESET: drop it.
+                    _ if s.local == EndState::Done && s.reset_to_send.is_some() => return Ok(None),
+                    _ if s.remote == EndState::Done && s.local == EndState::Done => return Ok(None),
+                    _ => return Err(ProtocolViolation::DataAfterFin.into()),
+                }
+                let len = data.len() as u64;
+                if len > s.recv_credit {
+                    return Err(ProtocolViolation::FlowControl.into());
+                }
+                s.recv_credit -= len;
+                self.stats.payload_received += len;
+                Ok(Some(Event::Data { id, data }))
+            }
+            Frame::Window { id, increment } => {
+                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let s = &mut self.streams[idx];
+                s.send_credit += u64::from(increment);
+                if s.send_credit > u64::from(u32::MAX) {
+                    return Err(ProtocolViolation::WindowOverflow.into());
+                }
+                if s.blocked_on_credit && s.can_send() {
+                    s.blocked_on_credit = false;
+                    return Ok(Some(Event::Writable { id }));
+                }
+                Ok(None)
+            }
+            Frame::Fin { id } => {
+                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let s = &mut self.streams[idx];
+                if !is_server && s.open == OpenState::AwaitingReply {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                match s.remote {
+                    EndState::Open => {
+                        s.remote = EndState::Done;
+                        s.credit_to_return = 0;
+                        self.gc(idx);
+                        Ok(Some(Event::Finished { id }))
+                    }
+                    _ if s.local == EndState::Done => Ok(None),
+                    _ => Err(ProtocolViolation::DataAfterFin.into()),
+                }
+            }
+            Frame::Reset { id, code } => {
+                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let s = &mut self.streams[idx];
+                let already_gone = s.local == EndState::Done && s.remote == EndState::Done;
+                s.local = EndState::Done;
+                s.remote = EndState::Done;
+                s.reset_to_send = None;
+                s.reply_to_send = None;
+                s.credit_to_return = 0;
+                self.gc(idx);
+                if already_gone { Ok(None) } else { Ok(Some(Event::Reset { id, code })) }
+            }
+            Frame::Ping { opaque } => {
+                self.pending_pong = Some(opaque);
+                Ok(None)
+            }
+            Frame::Pong { .. } => {
+                self.ping_outstanding = false;
+                Ok(None)
+            }
+            Frame::GoAway { code } => {
+                self.peer_going_away = true;
+                Ok(Some(Event::GoAway { code }))
+            }
+            Frame::KeyUpdate { request_peer } => {
+                if !last_in_record {
+                    return Err(ProtocolViolation::FrameAfterEnd.into());
+                }
+                if let Some(keys) = self.keys.as_mut() {
+                    keys.opener.update();
+                }
+                self.stats.key_updates_received += 1;
+                if request_peer {
+                    self.key_update_requested = true;
+                }
+                Ok(None)
+            }
+            Frame::Close { code } => {
+                if !last_in_record {
+                    return Err(ProtocolViolation::FrameAfterEnd.into());
+                }
+                self.fail(ConnectionError::PeerClosed(code));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Finds a stream named by a peer frame. `Ok(None)` for a stream that
+    /// existed and is finished (late frames are dropped); an error for an id
+    /// that was never opened.
+    fn find_or_forgotten(&self, id: StreamId) -> Result<Option<usize>, ConnectionError> {
+        if let Some(idx) = self.find(id) {
+            return Ok(Some(idx));
+        }
+        let known = match self.role {
+            Role::Client(_) => id.0 < self.next_stream_id,
+            Role::Server(_) => id.0 <= self.highest_peer_stream,
+        };
+        if known { Ok(None) } else { Err(ProtocolViolation::BadStreamId.into()) }
+    }
+
+    fn open_stream(&mut self, dest: Destination<'_>) -> Result<StreamId, StreamError> {
+        if !matches!(self.role, Role::Client(_)) {
+            return Err(StreamError::InvalidState);
+        }
+        if self.error.is_some() || !matches!(self.state, State::Established) {
+            return Err(StreamError::NotEstablished);
+        }
+        if self.peer_going_away || self.sent_goaway {
+            return Err(StreamError::GoingAway);
+        }
+        dest.validate().map_err(|_| StreamError::BadDestination)?;
+        let Some(keys) = self.keys.as_ref() else { return Err(StreamError::NotEstablished) };
+        if self.streams.len() >= keys.max_streams || self.next_stream_id == u32::MAX {
+            return Err(StreamError::TooManyStreams);
+        }
+        let id = StreamId(self.next_stream_id);
+        let frame = Frame::Open { id, window: self.session.stream_window, dest };
+        if !self.push_control(&frame).map_err(|_| StreamError::NotEstablished)? {
+            return Err(StreamError::Blocked);
+        }
+        self.next_stream_id += 1;
+        let send_credit = self.keys.as_ref().map_or(0, |k| k.peer_stream_window);
+        let stream = Stream::new(id, OpenState::AwaitingReply, send_credit, self.session.stream_window);
+        // Capacity was checked against max_streams ≤ S above.
+        self.streams.push(stream).map_err(|_| StreamError::TooManyStreams)?;
+        Ok(id)
+    }
+
+    fn stream_send_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<usize, StreamError> {
+        if self.error.is_some() || self.keys.is_none() {
+            return Err(StreamError::NotEstablished);
+        }
+        let idx = self.find(id).ok_or(StreamError::UnknownStream)?;
+        if !self.streams[idx].can_send() {
+            return Err(StreamError::NotWritable);
+        }
+        // Frames owed on this stream (OPEN_OK) must precede its data.
+        if self.streams[idx].queued {
+            self.flush_stream(idx).map_err(|_| StreamError::NotEstablished)?;
+            if self.streams[idx].reply_to_send.is_some() {
+                return Ok(0);
+            }
+        }
+        let mut total = 0usize;
+        let mut fill_done = false;
+        while total < max && !fill_done {
+            let credit = self.streams[idx].send_credit;
+            if credit == 0 {
+                self.streams[idx].blocked_on_credit = true;
+                break;
+            }
+            let want = (max - total).min(credit.min(usize::MAX as u64) as usize);
+            let Some(keys) = self.keys.as_mut() else { break };
+            let max_plain = keys.peer_max_record;
+            let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+            let n = self
+                .tx
+                .push_data_with(id, want, max_plain, CONTROL_RESERVE, &mut seal, &mut |buf| {
+                    let n = fill(buf);
+                    if n < buf.len() {
+                        fill_done = true;
+                    }
+                    n
+                })
+                .map_err(|_| StreamError::NotEstablished)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+            self.streams[idx].send_credit -= n as u64;
+        }
+        self.stats.payload_sent += total as u64;
+        Ok(total)
+    }
+
+    /// Appends a control frame; `Ok(false)` when there is no room.
+    fn push_control(&mut self, frame: &Frame<'_>) -> Result<bool, CryptoError> {
+        let Some(keys) = self.keys.as_mut() else { return Ok(false) };
+        let max_plain = keys.peer_max_record;
+        let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+        self.tx.push_frame(frame, max_plain, 0, &mut seal)
+    }
+
+    /// Writes the frames a stream owes; `Ok(false)` if out of room.
+    fn flush_stream(&mut self, idx: usize) -> Result<bool, CryptoError> {
+        let threshold = self.window_threshold();
+        let s = self.streams[idx].clone();
+        let id = s.id;
+        if let Some(reply) = s.reply_to_send {
+            let frame = match reply {
+                Ok(()) => Frame::OpenOk { id },
+                Err(code) => Frame::OpenFail { id, code },
+            };
+            if !self.push_control(&frame)? {
+                return Ok(false);
+            }
+            self.streams[idx].reply_to_send = None;
+        }
+        if s.credit_to_return > 0 && s.remote == EndState::Open && (s.credit_to_return >= threshold || s.local == EndState::Pending) {
+            let inc = s.credit_to_return.min(u64::from(u32::MAX)) as u32;
+            if !self.push_control(&Frame::Window { id, increment: inc })? {
+                return Ok(false);
+            }
+            let st = &mut self.streams[idx];
+            st.credit_to_return -= u64::from(inc);
+            st.recv_credit += u64::from(inc);
+        }
+        if let Some(code) = s.reset_to_send {
+            if !self.push_control(&Frame::Reset { id, code })? {
+                return Ok(false);
+            }
+            self.streams[idx].reset_to_send = None;
+        } else if s.local == EndState::Pending {
+            if !self.push_control(&Frame::Fin { id })? {
+                return Ok(false);
+            }
+            self.streams[idx].local = EndState::Done;
+        }
+        self.streams[idx].queued = false;
+        Ok(true)
+    }
+
+    /// Writes owed control frames and seals the open record.
+    fn flush(&mut self) {
+        if self.keys.is_none() {
+            return;
+        }
+        if let Err(e) = self.flush_control() {
+            self.fail(ConnectionError::Record(e));
+            // Best effort: the sealer failed, nothing more can be sent.
+            return;
+        }
+        if let Some(keys) = self.keys.as_mut() {
+            let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+            if let Err(e) = seal(&mut self.tx) {
+                self.error.get_or_insert(ConnectionError::Record(e));
+            }
+        }
+    }
+
+    fn flush_control(&mut self) -> Result<(), CryptoError> {
+        if self.error.is_none() {
+            if let Some(opaque) = self.pending_pong {
+                if !self.push_control(&Frame::Pong { opaque })? {
+                    return Ok(());
+                }
+                self.pending_pong = None;
+            }
+            if self.pending_ping {
+                self.ping_counter += 1;
+                if !self.push_control(&Frame::Ping { opaque: self.ping_counter })? {
+                    return Ok(());
+                }
+                self.pending_ping = false;
+            }
+            if let Some(code) = self.pending_goaway {
+                if !self.push_control(&Frame::GoAway { code })? {
+                    return Ok(());
+                }
+                self.pending_goaway = None;
+            }
+            while let Some(id) = self.dirty.front().copied() {
+                let Some(idx) = self.find(id) else {
+                    self.dirty.pop_front();
+                    continue;
+                };
+                if !self.flush_stream(idx)? {
+                    return Ok(());
+                }
+                self.dirty.pop_front();
+                self.gc(idx);
+            }
+        }
+        if let Some(code) = self.pending_close {
+            if !self.push_control(&Frame::Close { code })? {
+                return Ok(());
+            }
+            self.pending_close = None;
+        }
+        Ok(())
+    }
+}
+
+/// The sealing step shared by every append: adds KEY_UPDATE as the last
+/// frame when the key is due (or an update was requested), seals, and
+/// switches the key after the record.
+fn seal_with<'a, const TX: usize>(
+    sealer: &'a mut RecordSealer,
+    stats: &'a mut Stats,
+    requested: &'a mut bool,
+    update_after: u64,
+) -> impl FnMut(&mut TxBuffer<TX>) -> Result<(), CryptoError> + 'a {
+    move |tx: &mut TxBuffer<TX>| {
+        if !tx.has_open_record() {
+            return Ok(());
+        }
+        let due = *requested || sealer.sequence().saturating_add(1) >= update_after;
+        let mut updating = false;
+        if due && tx.push_final_frame(&Frame::KeyUpdate { request_peer: false }) {
+            updating = true;
+        }
+        if tx.seal(sealer)? {
+            stats.records_sent += 1;
+        }
+        if updating {
+            sealer.update();
+            *requested = false;
+            stats.key_updates_sent += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! Cryptographic building blocks of the handshake and the record layer.
+//!
+//! * [`identity`] — long-term RSA keys: key ids (SHA-256 of the SPKI DER),
+//!   RSA-OAEP encryption of handshake secrets with implicit rejection.
+//! * [`schedule`] — the HKDF-SHA256 key schedule and the Finished MACs.
+//! * [`aead`] — [`RecordSealer`] and [`RecordOpener`]: AES-GCM with
+//!   sequence-number nonces and key update.
+//!
+//! Every RSA private-key operation goes through the blinded `*_with_rng`
+//! calls of the `rsa` crate; see `docs/PROTOCOL.md` §8 for why.
+
+pub mod aead;
+pub mod identity;
+pub mod schedule;
+
+pub use aead::{RecordOpener, RecordSealer};
+pub use identity::{KeyId, PrivateIdentity, PublicIdentity};
+
+use core::fmt;
+
+/// A failure inside a cryptographic primitive. Deliberately coarse: the
+/// detail must not help an attacker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CryptoError {
+    /// An RSA key could not be parsed or has an unsupported size.
+    BadKey,
+    /// RSA encryption failed (e.g. the RNG failed).
+    Encrypt,
+    /// AEAD authentication failed.
+    Decrypt,
+    /// The sequence number space of a key is exhausted.
+    SequenceExhausted,
+    /// The X25519 result was all zeros (a low-order peer share).
+    WeakKeyShare,
+}
+
+impl fmt::Display for CryptoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CryptoError::BadKey => "unsupported or malformed RSA key",
+            CryptoError::Encrypt => "RSA encryption failed",
+            CryptoError::Decrypt => "record authentication failed",
+            CryptoError::SequenceExhausted => "record sequence numbers exhausted",
+            CryptoError::WeakKeyShare => "peer sent a low-order X25519 share",
+        })
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for CryptoError {}

@@ -1,0 +1,587 @@
+//! In-memory tests: a client and a server core pumped against each other,
+//! with a virtual clock and a tamper hook.
+
+mod common;
+
+use common::*;
+use hytun_core::wire::handshake::AlertReason;
+use hytun_core::*;
+
+fn dest(port: u16) -> Destination<'static> {
+    Destination { host: Host::Domain("origin.test"), port }
+}
+
+#[test]
+fn handshake_completes_and_both_sides_see_connected() {
+    let mut p = default_pair();
+    let (c, s) = p.handshake();
+    assert_eq!(c, vec![Ev::Connected]);
+    assert_eq!(s, vec![Ev::Connected]);
+    assert_eq!(p.client.suite(), Some(Suite::Aes128Gcm));
+    assert_eq!(p.server.peer_key(), Some(public("client").id()));
+    assert_eq!(p.client.peer_key(), Some(public("server").id()));
+}
+
+#[test]
+fn rsa_3072_server_key_works() {
+    let mut rng = TestRng::new("k");
+    let c = client_config("client", "server3072", SessionConfig::HOST, &mut rng);
+    let s = server_config("server3072", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+}
+
+#[test]
+fn stream_open_data_both_ways_half_close() {
+    let mut p = default_pair();
+    p.handshake();
+    let id = p.client.open_stream(dest(80)).unwrap();
+    // Data right after OPEN, before the server answers (no extra RTT).
+    assert_eq!(p.client.stream_send(id, b"GET / HTTP/1.0\r\n\r\n").unwrap(), 18);
+    p.client.stream_finish(id).unwrap();
+    let (_, s) = p.pump();
+    assert_eq!(
+        s,
+        vec![
+            Ev::OpenRequest(id, "origin.test:80".into()),
+            Ev::Data(id, b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+            Ev::Finished(id)
+        ]
+    );
+    p.server.accept_stream(id).unwrap();
+    assert_eq!(p.server.stream_send(id, b"HTTP/1.0 200 OK\r\n\r\nhi").unwrap(), 21);
+    p.server.stream_finish(id).unwrap();
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::Opened(id), Ev::Data(id, b"HTTP/1.0 200 OK\r\n\r\nhi".to_vec()), Ev::Finished(id)]);
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.server.stream_count(), 0);
+}
+
+#[test]
+fn many_streams_interleaved() {
+    let mut p = default_pair();
+    p.handshake();
+    let ids: Vec<_> = (0..50).map(|i| p.client.open_stream(dest(1000 + i)).unwrap()).collect();
+    let mut s = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let payload = vec![i as u8; 1000 + i * 37];
+        let mut sent = 0;
+        while sent < payload.len() {
+            // The 64 KiB transmit buffer fills up: back-pressure, then pump.
+            sent += p.client.stream_send(*id, &payload[sent..]).unwrap();
+            s.extend(p.pump().1);
+        }
+    }
+    let mut c = Vec::new();
+    for id in &ids {
+        p.server.accept_stream(*id).unwrap();
+        let got = data_of(&s, *id);
+        let mut sent = 0;
+        while sent < got.len() {
+            sent += p.server.stream_send(*id, &got[sent..]).unwrap();
+            c.extend(p.pump().0);
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(data_of(&c, *id), vec![i as u8; 1000 + i * 37]);
+    }
+}
+
+#[test]
+fn stream_limit_is_enforced_locally() {
+    let mut p = default_pair();
+    p.handshake();
+    for i in 0..64 {
+        p.client.open_stream(dest(1 + i)).unwrap();
+    }
+    assert_eq!(p.client.open_stream(dest(9)), Err(StreamError::TooManyStreams));
+    assert!(!p.client.can_open_stream());
+}
+
+#[test]
+fn refused_stream_reports_reason() {
+    let mut p = default_pair();
+    p.handshake();
+    let id = p.client.open_stream(dest(25)).unwrap();
+    p.client.stream_send(id, b"early").unwrap();
+    let (_, s) = p.pump();
+    assert!(matches!(s[0], Ev::OpenRequest(..)));
+    p.server.refuse_stream(id, StreamErrorCode::NotAllowed).unwrap();
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::OpenFailed(id, StreamErrorCode::NotAllowed)]);
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.server.stream_count(), 0);
+    assert_eq!(p.client.stream_send(id, b"x"), Err(StreamError::UnknownStream));
+}
+
+#[test]
+fn reset_travels_both_ways() {
+    let mut p = default_pair();
+    p.handshake();
+    let a = p.client.open_stream(dest(1)).unwrap();
+    let b = p.client.open_stream(dest(2)).unwrap();
+    p.pump();
+    p.server.accept_stream(a).unwrap();
+    p.server.accept_stream(b).unwrap();
+    p.pump();
+    p.client.stream_reset(a, StreamErrorCode::Cancelled).unwrap();
+    let (_, s) = p.pump();
+    assert_eq!(s, vec![Ev::Reset(a, StreamErrorCode::Cancelled)]);
+    p.server.stream_reset(b, StreamErrorCode::ConnectionRefused).unwrap();
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::Reset(b, StreamErrorCode::ConnectionRefused)]);
+    assert_eq!(p.client.stream_count(), 0);
+    assert_eq!(p.server.stream_count(), 0);
+}
+
+#[test]
+fn flow_control_bounds_a_slow_reader() {
+    let mut rng = TestRng::new("k");
+    let mut session = SessionConfig::HOST;
+    session.stream_window = 8192;
+    let c = client_config("client", "server", session, &mut rng);
+    let s = server_config("server", &["client"], session, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.pump();
+    p.server.accept_stream(id).unwrap();
+    p.pump();
+    // The client never consumes: the server may send one window, no more.
+    p.client_consumes = false;
+    let big = vec![7u8; 100_000];
+    let mut sent = 0;
+    for _ in 0..10 {
+        sent += p.server.stream_send(id, &big[sent..]).unwrap();
+        p.pump();
+    }
+    assert_eq!(sent, 8192, "sender stops at the window");
+    // Once the reader consumes, credit returns and sending resumes.
+    p.client.stream_consumed(id, 8192);
+    let (_, s) = p.pump();
+    assert!(s.contains(&Ev::Writable(id)));
+    assert_eq!(p.server.stream_send(id, &big[sent..]).unwrap(), 8192);
+}
+
+#[test]
+fn sending_beyond_credit_is_a_fatal_flow_control_error() {
+    // A peer that ignores the window: forge by giving the server a huge
+    // window view via a tampered SERVER window is not possible (records are
+    // authenticated), so drive the core directly: the client announces a
+    // small window and a raw server connection with a large config sends.
+    let mut rng = TestRng::new("k");
+    let mut small = SessionConfig::HOST;
+    small.stream_window = 4096;
+    let c = client_config("client", "server", small, &mut rng);
+    let s = server_config("server", &["client"], small, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+    let id = p.client.open_stream(dest(1)).unwrap();
+    // The server's credit for client data is 4096; the client core itself
+    // refuses to exceed it.
+    assert_eq!(p.client.stream_send(id, &[1u8; 10_000]).unwrap(), 4096);
+}
+
+#[test]
+fn key_update_automatic_and_requested() {
+    let mut rng = TestRng::new("k");
+    let mut session = SessionConfig::HOST;
+    session.key_update_after = 5;
+    let c = client_config("client", "server", session, &mut rng);
+    let s = server_config("server", &["client"], session, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.pump();
+    p.server.accept_stream(id).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..40u8 {
+        let chunk = vec![i; 3000];
+        p.client.stream_send(id, &chunk).unwrap();
+        expected.extend_from_slice(&chunk);
+        let (_, s) = p.pump();
+        let _ = s;
+    }
+    assert!(p.client.stats().key_updates_sent >= 5, "{:?}", p.client.stats());
+    assert_eq!(p.client.stats().key_updates_sent, p.server.stats().key_updates_received);
+    p.server.request_key_update();
+    p.server.stream_send(id, b"after update").unwrap();
+    let (c, _) = p.pump();
+    assert!(c.contains(&Ev::Data(id, b"after update".to_vec())));
+    assert!(p.server.stats().key_updates_sent >= 1);
+}
+
+#[test]
+fn authenticated_close_and_truncation() {
+    let mut p = default_pair();
+    p.handshake();
+    p.client.close(CloseCode::Normal);
+    let (c, s) = p.pump();
+    assert_eq!(c, vec![Ev::Closed(ConnectionError::LocallyClosed(CloseCode::Normal))]);
+    assert_eq!(s, vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]);
+
+    let mut p = default_pair();
+    p.handshake();
+    p.server.handle_eof();
+    let (_, s) = p.pump();
+    assert_eq!(s, vec![Ev::Closed(ConnectionError::Truncated)]);
+}
+
+#[test]
+fn keepalive_and_idle_timeout() {
+    let mut p = default_pair();
+    p.handshake();
+    let t = p.client.poll_timeout().unwrap();
+    assert_eq!(t.as_millis(), p.now.as_millis() + 15_000);
+    p.advance(15_000);
+    let before = p.server.stats().records_received;
+    p.pump();
+    assert!(p.server.stats().records_received > before, "ping sent");
+    assert!(p.client.is_established());
+    // A dead peer: nothing moves for the idle timeout.
+    p.advance(15_000);
+    p.advance(30_001);
+    let (c, _) = (drain(&mut p.client), ());
+    assert!(c.contains(&Ev::Closed(ConnectionError::Timeout(TimeoutKind::Idle))), "{c:?}");
+}
+
+fn drain<const TX: usize, const RX: usize, const S: usize>(c: &mut Connection<TX, RX, S>) -> Vec<Ev> {
+    let mut v = Vec::new();
+    while let Some(e) = c.poll_event() {
+        v.push(own(e));
+    }
+    v
+}
+
+#[test]
+fn handshake_timeout() {
+    let mut p = default_pair();
+    p.advance(10_001);
+    assert!(drain(&mut p.server).contains(&Ev::Closed(ConnectionError::Timeout(TimeoutKind::Handshake))));
+}
+
+#[test]
+fn goaway_stops_new_streams() {
+    let mut p = default_pair();
+    p.handshake();
+    p.server.go_away(CloseCode::ShuttingDown);
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::GoAway(CloseCode::ShuttingDown)]);
+    assert_eq!(p.client.open_stream(dest(1)), Err(StreamError::GoingAway));
+}
+
+#[test]
+fn small_buffers_one_byte_at_a_time() {
+    let mut rng = TestRng::new("k");
+    let c = client_config("client", "server", SessionConfig::EMBEDDED, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<2048, { 1024 + 18 }, 4> = Pair::new(c, s, TestRng::new("s"));
+    p.chunk = 1;
+    p.handshake();
+    p.chunk = 7;
+    let id = p.client.open_stream(dest(80)).unwrap();
+    let mut sent = 0;
+    let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let mut got = Vec::new();
+    let mut accepted = false;
+    while got.len() < body.len() {
+        if sent < body.len() {
+            sent += p.client.stream_send(id, &body[sent..]).unwrap();
+        }
+        let (_, s) = p.pump();
+        if !accepted {
+            p.server.accept_stream(id).unwrap();
+            accepted = true;
+        }
+        got.extend(data_of(&s, id));
+    }
+    assert_eq!(got, body);
+}
+
+// ---------------------------------------------------- security properties --
+
+#[test]
+fn p1_client_without_its_private_key_fails() {
+    // The client presents the authorized "client" key id but holds "other"'s
+    // private key: build a config whose identity is other's key but whose
+    // announced id is client's — impossible through the API, so instead the
+    // server authorizes "client" and the attacker owns only client.pub. The
+    // attacker uses its own key "other" and rewrites the key id in the hello.
+    let mut rng = TestRng::new("k");
+    let c = client_config("other", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    let client_id = public("client").id().0;
+    p.tamper = Some(Box::new(move |dir, bytes| {
+        if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
+            // header 3 + magic 4 + version 1 + n 1 + 2 suites + max 2 + random 32 + share 32
+            let at = 3 + 4 + 1 + 1 + 2 + 2 + 32 + 32;
+            bytes[at..at + 32].copy_from_slice(&client_id);
+        }
+    }));
+    let (c, s) = p.pump();
+    assert!(!p.server.is_established());
+    assert!(s.contains(&Ev::Closed(ConnectionError::Handshake(HandshakeError::ClientAuthenticationFailed)))
+        || c.iter().any(|e| matches!(e, Ev::Closed(_))), "{c:?} {s:?}");
+    assert!(c.iter().any(|e| matches!(e, Ev::Closed(_))));
+}
+
+#[test]
+fn p2_server_without_pinned_private_key_fails() {
+    // The server holds "other"'s key but claims to be "server" (the id check
+    // is passed by tampering the hello's server key id on the way in).
+    let mut rng = TestRng::new("k");
+    let c = client_config("client", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("other", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    let other_id = public("other").id().0;
+    p.tamper = Some(Box::new(move |dir, bytes| {
+        if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
+            let at = 3 + 4 + 1 + 1 + 2 + 2 + 32 + 32 + 32;
+            bytes[at..at + 32].copy_from_slice(&other_id);
+        }
+    }));
+    let (c, _) = p.pump();
+    assert!(c.contains(&Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))), "{c:?}");
+    assert!(!p.client.is_established());
+}
+
+#[test]
+fn wrong_pinned_key_is_named_by_the_server() {
+    let mut rng = TestRng::new("k");
+    let c = client_config("client", "other", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    let (c, s) = p.pump();
+    let server_id = public("server").id();
+    assert_eq!(
+        c,
+        vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnknownServerKey, Some(server_id))))]
+    );
+    assert_eq!(s, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::UnknownServerKey(public("other").id())))]);
+}
+
+#[test]
+fn unauthorized_client_is_refused_with_its_key_id() {
+    let mut rng = TestRng::new("k");
+    let c = client_config("other", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    let (c, s) = p.pump();
+    assert_eq!(s, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::UnauthorizedClient(public("other").id())))]);
+    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::Unauthorized, None)))]);
+}
+
+#[test]
+fn p3_replayed_client_flight_never_yields_a_session() {
+    let mut p = default_pair();
+    p.handshake();
+    let flight = p.wire_c2s.clone();
+    // Replay the client's whole flight (hello + finished) to a fresh server.
+    let mut rng = TestRng::new("k2");
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut server: Conn = Connection::server(s, Instant::from_millis(0));
+    let mut r = TestRng::new("fresh server randomness");
+    let mut off = 0;
+    let mut evs = Vec::new();
+    while off < flight.len() {
+        off += server.handle_input(&flight[off..], Instant::from_millis(1), &mut r);
+        while let Some(e) = server.poll_event() {
+            evs.push(own(e));
+        }
+    }
+    assert!(!server.is_established());
+    assert_eq!(evs, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ClientAuthenticationFailed))]);
+}
+
+#[test]
+fn p3_replayed_server_flight_never_yields_a_session() {
+    let mut p = default_pair();
+    p.handshake();
+    let flight = p.wire_s2c.clone();
+    let mut rng = TestRng::new("k3");
+    let c = client_config("client", "server", SessionConfig::HOST, &mut rng);
+    let mut r = TestRng::new("fresh client");
+    let mut client: Conn = Connection::client(c, Instant::from_millis(0), &mut r);
+    let mut off = 0;
+    let mut evs = Vec::new();
+    while off < flight.len() {
+        off += client.handle_input(&flight[off..], Instant::from_millis(1), &mut r);
+        while let Some(e) = client.poll_event() {
+            evs.push(own(e));
+        }
+    }
+    assert!(!client.is_established());
+    assert_eq!(evs, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+}
+
+/// Runs a handshake where byte `index` of the first `len` bytes in `dir`
+/// is flipped; returns true if neither side established a session.
+fn flip_fails(dir: Dir, index: usize) -> bool {
+    let mut p = default_pair();
+    let mut seen = 0usize;
+    p.tamper = Some(Box::new(move |d, bytes| {
+        if d == dir {
+            if index >= seen && index < seen + bytes.len() {
+                bytes[index - seen] ^= 0x01;
+            }
+            seen += bytes.len();
+        }
+    }));
+    let _ = p.pump();
+    // A corrupted length makes a side wait for bytes that never come: the
+    // handshake timer ends that.
+    p.advance(11_000);
+    // A side that failed drops the transport, which the other side sees as
+    // EOF (the client may already consider itself established after
+    // sending its Finished, as in TLS 1.3; it learns the truth this way).
+    if p.server.is_closed() {
+        p.client.handle_eof();
+    }
+    if p.client.is_closed() {
+        p.server.handle_eof();
+    }
+    !p.server.is_established() && !p.client.is_established()
+}
+
+#[test]
+fn p4_any_flipped_bit_in_any_handshake_message_fails() {
+    let mut p = default_pair();
+    p.handshake();
+    let c2s = p.wire_c2s.len();
+    let s2c = p.wire_s2c.len();
+    // Every byte of the client's flight (hello + finished) and the server's
+    // flight (hello + finished). Flipping the low bit of each byte covers
+    // every message and field.
+    for i in 0..c2s {
+        assert!(flip_fails(Dir::ClientToServer, i), "c2s byte {i} flipped but a session came up");
+    }
+    for i in 0..s2c {
+        assert!(flip_fails(Dir::ServerToClient, i), "s2c byte {i} flipped but a session came up");
+    }
+}
+
+#[test]
+fn p5_oaep_failure_is_implicit_rejection() {
+    // Corrupt the RSA ciphertext in the ClientHello: the server must not
+    // fail early or send an alert; it answers like always, and the failure
+    // shows only as the client rejecting the server's Finished.
+    let mut p = default_pair();
+    p.tamper = Some(Box::new(|dir, bytes| {
+        if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
+            let n = bytes.len();
+            bytes[n - 10] ^= 0x80;
+        }
+    }));
+    let (c, s) = p.pump();
+    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+    // The server only learns of it as a truncated session (the client
+    // stops), never through a decryption error of its own.
+    assert!(s.iter().all(|e| !matches!(e, Ev::Closed(ConnectionError::Handshake(HandshakeError::Crypto(_))))));
+    assert!(!p.server.is_established());
+}
+
+#[test]
+fn p6_suite_downgrade_is_caught_by_the_transcript() {
+    // The client prefers AES-256; an attacker strips it from the offer so
+    // the server picks AES-128.
+    let mut rng = TestRng::new("k");
+    let mut cfg = ClientConfig::new(private("client", &mut rng), public("server"), SessionConfig::HOST);
+    cfg.suites.clear();
+    cfg.suites.push(Suite::Aes256Gcm).unwrap();
+    cfg.suites.push(Suite::Aes128Gcm).unwrap();
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
+    p.tamper = Some(Box::new(|dir, bytes| {
+        if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
+            bytes[9] = 0x01; // first offered suite: AES-256 -> AES-128
+        }
+    }));
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+    // Without tampering the stronger preferred suite is chosen.
+    let mut rng = TestRng::new("k");
+    let mut cfg = ClientConfig::new(private("client", &mut rng), public("server"), SessionConfig::HOST);
+    cfg.suites.clear();
+    cfg.suites.push(Suite::Aes256Gcm).unwrap();
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
+    p.handshake();
+    assert_eq!(p.client.suite(), Some(Suite::Aes256Gcm));
+}
+
+#[test]
+fn version_downgrade_is_refused() {
+    let mut p = default_pair();
+    p.tamper = Some(Box::new(|dir, bytes| {
+        if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
+            bytes[7] = 0; // version
+        }
+    }));
+    let (c, _) = p.pump();
+    assert!(matches!(c[0], Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnsupportedVersion, None)))), "{c:?}");
+}
+
+#[test]
+fn tampered_replayed_or_dropped_records_close_the_session() {
+    // Flip a bit in the first post-handshake record from the client.
+    for mode in 0..3 {
+        let mut p = default_pair();
+        p.handshake();
+        let id = p.client.open_stream(dest(1)).unwrap();
+        p.client.stream_send(id, b"hello").unwrap();
+        let record = p.client.transmit_pending().to_vec();
+        p.client.transmit_done(record.len());
+        let mut bytes = match mode {
+            0 => {
+                let mut r = record.clone();
+                r[5] ^= 4;
+                r
+            }
+            1 => {
+                // the record followed by a replay of itself
+                let mut r = record.clone();
+                r.extend_from_slice(&record);
+                r
+            }
+            _ => {
+                // drop this record, deliver the next one
+                p.client.stream_send(id, b"second").unwrap();
+                let next = p.client.transmit_pending().to_vec();
+                p.client.transmit_done(next.len());
+                next
+            }
+        };
+        let mut evs = Vec::new();
+        let mut off = 0;
+        while off < bytes.len() {
+            off += p.server.handle_input(&bytes[off..], p.now, &mut p.rng);
+            while let Some(e) = p.server.poll_event() {
+                evs.push(own(e));
+            }
+        }
+        bytes.clear();
+        assert!(
+            evs.contains(&Ev::Closed(ConnectionError::Record(hytun_core::crypto::CryptoError::Decrypt))),
+            "mode {mode}: {evs:?}"
+        );
+        // Nothing from a failed record was delivered.
+        if mode != 1 {
+            assert!(!evs.iter().any(|e| matches!(e, Ev::Data(..))), "mode {mode}: {evs:?}");
+        }
+        assert!(p.server.is_closed());
+    }
+}
+
+#[test]
+fn oversized_record_header_is_rejected_before_buffering() {
+    let mut p = default_pair();
+    p.handshake();
+    let mut evs = Vec::new();
+    let n = p.server.handle_input(&[0xff, 0xff, 0, 0, 0], p.now, &mut p.rng);
+    assert_eq!(n, 5);
+    while let Some(e) = p.server.poll_event() {
+        evs.push(own(e));
+    }
+    assert!(matches!(evs[0], Ev::Closed(ConnectionError::Malformed(_))), "{evs:?}");
+}
