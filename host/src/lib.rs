@@ -1,0 +1,14 @@
+//! `hytun-host` is the host-side (std) part of hytun: the `hytun` command-line
+//! tool's client and server. This library holds its pure, sans-IO building
+//! blocks — destination allowlist, SOCKS5 and HTTP-proxy request parsing,
+//! configuration file, handshake rate limiting and reconnect backoff — so
+//! they can be unit-tested without sockets; the binary wires them to mio.
+
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+pub mod allow;
+pub mod backoff;
+pub mod config;
+pub mod http_proxy;
+pub mod ratelimit;
+pub mod socks5;
