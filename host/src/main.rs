@@ -1,1 +1,246 @@
-fn main() {}
+//! `hytun`: the command-line tool (keygen, server, client, fetch, demo).
+
+#![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hytun_host::client::Client;
+use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec};
+use hytun_host::fetch::{self, HttpUrl};
+use hytun_host::server::Server;
+use hytun_host::setup::{self, ClientFlags, ServerFlags};
+
+/// hytun: an encrypted TCP forwarding tunnel (RSA-OAEP + X25519 handshake,
+/// AES-GCM records, multiplexed streams).
+#[derive(Parser, Debug)]
+#[command(name = "hytun", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate an RSA key pair (NAME.key, PKCS#8 PEM, mode 0600; NAME.pub, SPKI PEM).
+    Keygen {
+        /// Modulus size.
+        #[arg(long, default_value_t = 3072, value_parser = parse_bits)]
+        bits: usize,
+        /// Output directory.
+        #[arg(long, default_value = "keys")]
+        out: PathBuf,
+        /// File name stem.
+        #[arg(long, default_value = "id")]
+        name: String,
+        /// Overwrite existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the tunnel server.
+    Server(ServerArgs),
+    /// Run the tunnel client (port forwards, SOCKS5, HTTP proxy).
+    Client(ClientArgs),
+    /// Fetch one http:// URL through the tunnel; the body goes to stdout.
+    Fetch {
+        /// The URL (http:// only).
+        url: String,
+        /// Write the body to this file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        conn: ClientConnArgs,
+    },
+    /// Run a complete tunnel on loopback and fetch a page through it.
+    Demo {
+        /// Where the demo keys live (generated on first use).
+        #[arg(long, default_value = "keys/demo")]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Address to accept tunnel clients on [default: 127.0.0.1:7000].
+    #[arg(long, value_parser = ListenSpec::parse)]
+    listen: Option<ListenSpec>,
+    /// The server's private key [default: keys/server.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// File of authorized client public keys (PEM, concatenated) [default: keys/authorized_keys].
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    /// Destination allowed for streams: host:port, host:*, *.example.com:443, 10.0.0.0/8:*, or '*' for all. Repeatable.
+    #[arg(long = "allow", value_name = "PATTERN")]
+    allow: Vec<String>,
+    /// Most concurrent sessions [default: 256].
+    #[arg(long)]
+    max_sessions: Option<u32>,
+    /// Most concurrent streams per session [default: 1024].
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// Seconds a client has to finish the handshake [default: 10].
+    #[arg(long)]
+    handshake_timeout: Option<u64>,
+    /// Seconds without any traffic before a session is declared dead [default: 45].
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Handshakes per second allowed per source address (burst 2x) [default: 20].
+    #[arg(long)]
+    handshake_rate: Option<u32>,
+    /// TOML config file ([server] table); flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ClientConnArgs {
+    /// The server, HOST:PORT [default: 127.0.0.1:7000].
+    #[arg(long, value_parser = Endpoint::parse)]
+    server: Option<Endpoint>,
+    /// The client's private key [default: keys/id.key].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The server's public key to pin [default: keys/server.pub].
+    #[arg(long)]
+    server_key: Option<PathBuf>,
+    /// TOML config file ([client] table); flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    #[command(flatten)]
+    conn: ClientConnArgs,
+    /// Local port forward [BIND:]PORT:HOST:PORT. Repeatable.
+    #[arg(short = 'L', value_parser = ForwardSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
+    forward: Vec<ForwardSpec>,
+    /// SOCKS5 proxy on [BIND:]PORT (names resolved by the server). Repeatable.
+    #[arg(short = 'D', value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    socks: Vec<ListenSpec>,
+    /// HTTP proxy (CONNECT and http:// requests) on [BIND:]PORT. Repeatable.
+    #[arg(long = "http-proxy", value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    http_proxy: Vec<ListenSpec>,
+    /// Seconds between keepalive pings [default: 15].
+    #[arg(long)]
+    keepalive: Option<u64>,
+}
+
+fn parse_bits(s: &str) -> Result<usize, String> {
+    match s {
+        "2048" | "3072" | "4096" => s.parse().map_err(|_| "bad number".to_string()),
+        _ => Err("must be 2048, 3072 or 4096".into()),
+    }
+}
+
+fn init_logs(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_target(false)
+        .init();
+}
+
+fn client_flags(conn: ClientConnArgs) -> ClientFlags {
+    ClientFlags { server: conn.server, key: conn.key, server_key: conn.server_key, config: conn.config, ..ClientFlags::default() }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Keygen { bits, out, name, force } => {
+            let key = hytun_keys::generate(bits)?;
+            let paths = hytun_keys::write_keypair(&out, &name, &key, force)?;
+            let fp = hytun_keys::fingerprint(&key.to_public_key());
+            println!("private key: {}", paths.private.display());
+            println!("public key:  {}", paths.public.display());
+            println!("fingerprint: {fp} ({bits}-bit RSA)");
+            Ok(())
+        }
+        Command::Server(a) => {
+            let opts = setup::server_options(ServerFlags {
+                listen: a.listen,
+                key: a.key,
+                authorized_keys: a.authorized_keys,
+                allow: a.allow,
+                max_sessions: a.max_sessions,
+                max_streams: a.max_streams,
+                handshake_timeout: a.handshake_timeout,
+                idle_timeout: a.idle_timeout,
+                handshake_rate: a.handshake_rate,
+                config: a.config,
+            })?;
+            Server::bind(opts)?.run(true)?;
+            Ok(())
+        }
+        Command::Client(a) => {
+            let mut flags = client_flags(a.conn);
+            flags.forward = a.forward;
+            flags.socks = a.socks;
+            flags.http_proxy = a.http_proxy;
+            flags.keepalive = a.keepalive;
+            let opts = setup::client_options(flags)?;
+            if opts.listeners.is_empty() {
+                log::warn!("no -L, -D or --http-proxy given: the tunnel will carry nothing");
+            }
+            Client::bind(opts)?.run(true)?;
+            Ok(())
+        }
+        Command::Fetch { url, output, conn } => {
+            let url = HttpUrl::parse(&url)?;
+            let opts = setup::client_options(client_flags(conn))?;
+            let result = match &output {
+                Some(path) => {
+                    let mut f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    fetch::fetch(&url, opts, &mut f, true)?
+                }
+                None => {
+                    let stdout = io::stdout();
+                    let mut lock = stdout.lock();
+                    fetch::fetch(&url, opts, &mut lock, false)?
+                }
+            };
+            log::info!("{} ({} body bytes in {:.1} ms)", result.status_line, result.body_len, result.total.as_secs_f64() * 1e3);
+            if !(200..300).contains(&result.status) {
+                return Err(format!("server answered {}", result.status_line).into());
+            }
+            Ok(())
+        }
+        Command::Demo { keys } => {
+            let stdout = io::stdout();
+            let mut lock = stdout.lock();
+            let summary = hytun_host::demo::run(&keys, &mut lock)?;
+            let _ = lock.flush();
+            drop(lock);
+            println!();
+            println!("--- hytun demo summary ---");
+            println!("response:        {}", summary.status_line);
+            println!("body:            {} bytes", summary.body_len);
+            println!("first byte:      {:.1} ms (TCP + RSA/X25519 handshake + request)", summary.first_byte_ms);
+            println!("total:           {:.1} ms", summary.total_ms);
+            println!("tunnel:          client -> hytun server over AES-128-GCM records on 127.0.0.1");
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hytun: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

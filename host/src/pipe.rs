@@ -1,0 +1,206 @@
+//! [`Pipe`]: one local TCP socket attached to a tunnel stream, and the two
+//! copy loops between them.
+//!
+//! * tunnel → socket: stream data is written straight to the socket; what
+//!   the socket cannot take now is kept (bounded by the stream window,
+//!   because credit is returned to the peer only for bytes the socket
+//!   accepted). A FIN from the tunnel becomes `shutdown(Write)` once the
+//!   buffer is empty.
+//! * socket → tunnel: the socket is read straight into the record being
+//!   built (`stream_send_with`), only as far as the stream has credit and
+//!   the tunnel has transmit space; otherwise the pipe is marked blocked
+//!   and retried when room appears. EOF becomes a stream FIN.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use hytun_core::{Connection, StreamError, StreamId};
+use mio::net::TcpStream;
+
+/// What a read pass from the socket ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Read until the socket had nothing more (WouldBlock).
+    Drained,
+    /// Stopped: no stream credit or transmit space; retry later.
+    Blocked,
+    /// The socket reached EOF; FIN was sent on the stream.
+    Eof,
+}
+
+/// A local socket bound to a stream.
+#[derive(Debug)]
+pub struct Pipe {
+    /// The socket; `None` while an upstream connect is still pending.
+    pub sock: Option<TcpStream>,
+    to_sock: Vec<u8>,
+    to_sock_off: usize,
+    /// Leading bytes of `to_sock` that are local (e.g. a SOCKS reply), not
+    /// tunnel data, so they return no credit.
+    local_prefix: usize,
+    /// The peer finished its side: shut our write side once drained.
+    pub tunnel_fin: bool,
+    shut_write: bool,
+    /// The socket hit EOF (FIN sent on the stream) or the stream can no
+    /// longer take data.
+    pub sock_eof: bool,
+    /// Reading stopped for lack of credit or transmit space.
+    pub read_blocked: bool,
+}
+
+impl Pipe {
+    /// A pipe for a connected socket (or `None` until connected).
+    pub fn new(sock: Option<TcpStream>) -> Self {
+        Pipe {
+            sock,
+            to_sock: Vec::new(),
+            to_sock_off: 0,
+            local_prefix: 0,
+            tunnel_fin: false,
+            shut_write: false,
+            sock_eof: false,
+            read_blocked: false,
+        }
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn buffered(&self) -> usize {
+        self.to_sock.len() - self.to_sock_off
+    }
+
+    /// Heap bytes held by this pipe's buffer.
+    pub fn capacity(&self) -> usize {
+        self.to_sock.capacity()
+    }
+
+    /// True when both directions are finished and nothing is buffered.
+    pub fn is_done(&self) -> bool {
+        self.sock_eof && self.shut_write && self.buffered() == 0
+    }
+
+    /// Queues local (non-tunnel) bytes ahead of tunnel data.
+    pub fn queue_local(&mut self, bytes: &[u8]) {
+        debug_assert_eq!(self.buffered(), self.local_prefix);
+        self.to_sock.extend_from_slice(bytes);
+        self.local_prefix += bytes.len();
+    }
+
+    /// Delivers tunnel data: writes what the socket takes now and keeps the
+    /// rest. Returns the tunnel bytes written (to report as consumed).
+    pub fn deliver(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buffered() == 0
+            && let Some(sock) = self.sock.as_mut()
+        {
+            let mut written = 0;
+            while written < data.len() {
+                match sock.write(&data[written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.to_sock.extend_from_slice(&data[written..]);
+            return Ok(written);
+        }
+        self.to_sock.extend_from_slice(data);
+        Ok(0)
+    }
+
+    /// Writes buffered bytes; returns the tunnel bytes among them (to report
+    /// as consumed). Applies a pending shutdown once empty.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let Some(sock) = self.sock.as_mut() else { return Ok(0) };
+        let mut tunnel_bytes = 0;
+        while self.to_sock_off < self.to_sock.len() {
+            match sock.write(&self.to_sock[self.to_sock_off..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let local = n.min(self.local_prefix);
+                    self.local_prefix -= local;
+                    tunnel_bytes += n - local;
+                    self.to_sock_off += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.to_sock_off == self.to_sock.len() {
+            // Give idle connections their memory back.
+            self.to_sock = Vec::new();
+            self.to_sock_off = 0;
+            if self.tunnel_fin && !self.shut_write {
+                self.shut_write = true;
+                // ENOTCONN here means the peer is gone already; the read side
+                // will report it.
+                let _ = sock.shutdown(Shutdown::Write);
+            }
+        }
+        Ok(tunnel_bytes)
+    }
+
+    /// Reads from the socket into the stream while credit and space last.
+    pub fn read_into<const TX: usize, const RX: usize, const S: usize>(
+        &mut self,
+        conn: &mut Connection<TX, RX, S>,
+        id: StreamId,
+    ) -> io::Result<ReadOutcome> {
+        let Some(sock) = self.sock.as_mut() else { return Ok(ReadOutcome::Drained) };
+        if self.sock_eof {
+            return Ok(ReadOutcome::Eof);
+        }
+        loop {
+            let cap = conn.stream_send_capacity(id);
+            if cap == 0 {
+                self.read_blocked = true;
+                return Ok(ReadOutcome::Blocked);
+            }
+            let mut eof = false;
+            let mut would_block = false;
+            let mut error = None;
+            let sent = conn.stream_send_with(id, cap, |buf| loop {
+                match sock.read(buf) {
+                    Ok(0) => {
+                        eof = true;
+                        return 0;
+                    }
+                    Ok(n) => return n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        would_block = true;
+                        return 0;
+                    }
+                    Err(e) => {
+                        error = Some(e);
+                        return 0;
+                    }
+                }
+            });
+            match sent {
+                Ok(_) => {}
+                Err(StreamError::NotWritable | StreamError::UnknownStream) => {
+                    // The stream ended under us (reset by the peer).
+                    self.sock_eof = true;
+                    return Ok(ReadOutcome::Eof);
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+            if eof {
+                self.sock_eof = true;
+                self.read_blocked = false;
+                // The stream may already be finished/reset; nothing to do then.
+                let _ = conn.stream_finish(id);
+                return Ok(ReadOutcome::Eof);
+            }
+            if would_block {
+                self.read_blocked = false;
+                return Ok(ReadOutcome::Drained);
+            }
+        }
+    }
+}
