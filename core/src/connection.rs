@@ -176,7 +176,8 @@ struct Inner<const TX: usize, const S: usize> {
     pending_ping: bool,
     pending_goaway: Option<CloseCode>,
     pending_close: Option<CloseCode>,
-    key_update_requested: bool,
+    /// A key update to do at the next seal: `Some(request_peer)`.
+    key_update_requested: Option<bool>,
     sent_goaway: bool,
     peer_going_away: bool,
     connected_event: bool,
@@ -203,8 +204,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         assert!(S >= 1, "at least one stream slot");
     };
 
-    fn new(role: Role, session: SessionConfig, now: Instant, state: State) -> Self {
+    fn new(role: Role, mut session: SessionConfig, now: Instant, state: State) -> Self {
         let () = Self::SIZES_OK;
+        // Zero would deadlock every stream (or be rejected by the peer).
+        session.stream_window = session.stream_window.max(1);
+        session.max_streams = session.max_streams.max(1);
         let local_max_record = usize::from(session.max_record)
             .min(RX - OVERHEAD)
             .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
@@ -229,7 +233,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 pending_ping: false,
                 pending_goaway: None,
                 pending_close: None,
-                key_update_requested: false,
+                key_update_requested: None,
                 sent_goaway: false,
                 peer_going_away: false,
                 connected_event: false,
@@ -503,7 +507,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
 
     /// Updates the sending key now and asks the peer to update its own.
     pub fn request_key_update(&mut self) {
-        self.inner.key_update_requested = true;
+        self.inner.key_update_requested = Some(true);
     }
 
     // ----------------------------------------------------- stream calls --
@@ -586,6 +590,10 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let i = &mut self.inner;
         let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
         let s = &mut i.streams[idx];
+        if s.open == OpenState::AwaitingAccept {
+            // FIN must not overtake OPEN_OK.
+            return Err(StreamError::InvalidState);
+        }
         if s.local != EndState::Open || s.reset_to_send.is_some() {
             return Err(StreamError::NotWritable);
         }
@@ -650,9 +658,24 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         }
     }
 
+    /// Forgets a stream once nothing more will be sent or received on it,
+    /// dropping its id from the dirty queue too, so finished streams never
+    /// count against the stream limit.
     fn gc(&mut self, idx: usize) {
-        if self.streams[idx].is_finished() && !self.streams[idx].queued {
-            self.streams.remove(idx);
+        if !self.streams[idx].is_finished() {
+            return;
+        }
+        let removed = self.streams.remove(idx);
+        if removed.queued {
+            let n = self.dirty.len();
+            for _ in 0..n {
+                if let Some(id) = self.dirty.pop_front()
+                    && id != removed.id
+                {
+                    // Re-queue in order; capacity is unchanged.
+                    let _ = self.dirty.push_back(id);
+                }
+            }
         }
     }
 
@@ -893,8 +916,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     keys.opener.update();
                 }
                 self.stats.key_updates_received += 1;
-                if request_peer {
-                    self.key_update_requested = true;
+                if request_peer && self.key_update_requested.is_none() {
+                    // Answer without asking back, so updates never ping-pong.
+                    self.key_update_requested = Some(false);
                 }
                 Ok(None)
             }
@@ -1101,8 +1125,22 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             }
         }
         if let Some(code) = self.pending_close {
-            if !self.push_control(&Frame::Close { code })? {
+            // CLOSE must be the last frame of its record: seal what is open
+            // (it may end with a KEY_UPDATE), then put CLOSE in a record of
+            // its own that is sealed without one.
+            let Some(keys) = self.keys.as_mut() else { return Ok(()) };
+            let max_plain = keys.peer_max_record;
+            {
+                let mut seal =
+                    seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+                seal(&mut self.tx)?;
+            }
+            let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
+            if !self.tx.push_frame(&Frame::Close { code }, max_plain, 0, &mut no_seal)? {
                 return Ok(());
+            }
+            if self.tx.seal(&mut keys.sealer)? {
+                self.stats.records_sent += 1;
             }
             self.pending_close = None;
         }
@@ -1116,16 +1154,17 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 fn seal_with<'a, const TX: usize>(
     sealer: &'a mut RecordSealer,
     stats: &'a mut Stats,
-    requested: &'a mut bool,
+    requested: &'a mut Option<bool>,
     update_after: u64,
 ) -> impl FnMut(&mut TxBuffer<TX>) -> Result<(), CryptoError> + 'a {
     move |tx: &mut TxBuffer<TX>| {
         if !tx.has_open_record() {
             return Ok(());
         }
-        let due = *requested || sealer.sequence().saturating_add(1) >= update_after;
+        let due = requested.is_some() || sealer.sequence().saturating_add(1) >= update_after;
+        let request_peer = requested.unwrap_or(false);
         let mut updating = false;
-        if due && tx.push_final_frame(&Frame::KeyUpdate { request_peer: false }) {
+        if due && tx.push_final_frame(&Frame::KeyUpdate { request_peer }) {
             updating = true;
         }
         if tx.seal(sealer)? {
@@ -1133,7 +1172,7 @@ fn seal_with<'a, const TX: usize>(
         }
         if updating {
             sealer.update();
-            *requested = false;
+            *requested = None;
             stats.key_updates_sent += 1;
         }
         Ok(())

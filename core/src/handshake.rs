@@ -142,13 +142,16 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
         .server
         .encrypt_secret(rng, LABEL_CLIENT_SECRET, &client_secret)
         .map_err(HandshakeError::Crypto)?;
+    if config.suites.is_empty() {
+        return Err(HandshakeError::NoCommonSuite);
+    }
     let mut suites = [0u8; 2];
     for (slot, s) in suites.iter_mut().zip(config.suites.iter()) {
         *slot = s.code();
     }
     let hello = ClientHello {
         version: VERSION_1,
-        suites: &suites[..config.suites.len().max(1)],
+        suites: &suites[..config.suites.len()],
         max_record,
         random: &random,
         key_share: share.as_bytes(),
@@ -306,15 +309,16 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     })?;
     let (suite, client_key) = precheck(config, &ch)?;
 
-    // client_secret = RSA-OAEP-Decrypt(server_key, ct) or the implicit
-    // rejection value; never an early error (docs/PROTOCOL.md §4.3).
-    let client_secret =
-        config.identity.decrypt_secret(rng, LABEL_CLIENT_SECRET, ch.encrypted_secret);
+    // Cheap before costly: the X25519 share is checked before any RSA work.
     let mut eph_bytes = random32(rng);
     let ephemeral = StaticSecret::from(*eph_bytes);
     eph_bytes.as_mut().fill(0);
     let share = X25519Public::from(&ephemeral);
     let shared = x25519(&ephemeral, ch.key_share)?;
+    // client_secret = RSA-OAEP-Decrypt(server_key, ct) or the implicit
+    // rejection value; never an early error (docs/PROTOCOL.md §4.3).
+    let client_secret =
+        config.identity.decrypt_secret(rng, LABEL_CLIENT_SECRET, ch.encrypted_secret);
     let random = random32(rng);
     let server_secret = random32(rng);
     let encrypted = client_key
@@ -324,7 +328,7 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
         version: VERSION_1,
         suite: suite.code(),
         max_record,
-        stream_window: config.session.stream_window,
+        stream_window: config.session.stream_window.max(1),
         max_streams,
         random: &random,
         key_share: share.as_bytes(),

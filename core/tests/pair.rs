@@ -585,3 +585,70 @@ fn oversized_record_header_is_rejected_before_buffering() {
     }
     assert!(matches!(evs[0], Ev::Closed(ConnectionError::Malformed(_))), "{evs:?}");
 }
+
+// ------------------------------------------------ regressions from review --
+
+#[test]
+fn key_update_then_close_is_a_normal_close() {
+    let mut p = default_pair();
+    p.handshake();
+    p.client.request_key_update();
+    p.client.close(CloseCode::Normal);
+    let (_, s) = p.pump();
+    assert_eq!(s, vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]);
+}
+
+#[test]
+fn requested_key_update_is_answered_by_the_peer_once() {
+    let mut p = default_pair();
+    p.handshake();
+    p.client.request_key_update();
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.pump();
+    p.server.accept_stream(id).unwrap();
+    p.server.stream_send(id, b"x").unwrap();
+    p.pump();
+    p.client.stream_send(id, b"y").unwrap();
+    p.pump();
+    assert_eq!(p.client.stats().key_updates_sent, 1);
+    assert_eq!(p.server.stats().key_updates_received, 1);
+    assert_eq!(p.server.stats().key_updates_sent, 1, "peer answered the request");
+    assert_eq!(p.client.stats().key_updates_received, 1);
+    assert!(p.client.is_established() && p.server.is_established());
+}
+
+#[test]
+fn reset_then_reopen_at_the_stream_limit() {
+    let mut rng = TestRng::new("k");
+    let mut session = SessionConfig::HOST;
+    session.max_streams = 1;
+    let c = client_config("client", "server", session, &mut rng);
+    let s = server_config("server", &["client"], session, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+    for round in 0..5u16 {
+        let id = p.client.open_stream(dest(100 + round)).unwrap();
+        p.client.stream_send(id, b"data").unwrap();
+        p.pump();
+        p.server.accept_stream(id).unwrap();
+        // The server owes a WINDOW frame when the client resets.
+        p.server.stream_consumed(id, 4);
+        p.client.stream_reset(id, StreamErrorCode::Cancelled).unwrap();
+        let (_, s) = p.pump();
+        assert!(s.contains(&Ev::Reset(id, StreamErrorCode::Cancelled)), "round {round}: {s:?}");
+        assert!(p.server.is_established(), "round {round}");
+    }
+}
+
+#[test]
+fn fin_cannot_overtake_open_ok() {
+    let mut p = default_pair();
+    p.handshake();
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.pump();
+    assert_eq!(p.server.stream_finish(id), Err(StreamError::InvalidState));
+    p.server.accept_stream(id).unwrap();
+    p.server.stream_finish(id).unwrap();
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::Opened(id), Ev::Finished(id)]);
+}

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{
-    ClientConfig, CloseCode, ConnectionError, Destination, Event, HandshakeError, Host, HostConnection,
+    AlertReason, ClientConfig, CloseCode, ConnectionError, Destination, Event, HandshakeError, Host, HostConnection,
     StreamErrorCode, StreamId,
 };
 use log::{debug, error, info, warn};
@@ -513,13 +513,28 @@ impl Client {
                     | HandshakeError::UnknownServerKey(_)
             )
         );
+        let pinned = self.opts.core.server.id();
+        let hint = match error {
+            ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnknownServerKey, _)) => format!(
+                "; we pinned server key {pinned} (--server-key) but the server holds a different key: check the server's fingerprint"
+            ),
+            ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed) => {
+                format!("; the server could not prove it holds the pinned key {pinned}")
+            }
+            ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::Unauthorized, _)) => format!(
+                "; add our public key ({}) to the server's authorized_keys",
+                self.opts.core.identity.public().id()
+            ),
+            _ => String::new(),
+        };
         if auth {
-            error!("tunnel handshake with {} failed: {error}", self.opts.server);
+            error!("tunnel handshake with {} failed: {error}{hint}", self.opts.server);
         } else {
             warn!("tunnel to {} lost: {error}", self.opts.server);
         }
         if auth && self.opts.fail_fast_on_auth && !self.established_once {
-            self.fatal = Some(ClientError::Authentication(format!("handshake with {} failed: {error}", self.opts.server)));
+            self.fatal =
+                Some(ClientError::Authentication(format!("handshake with {} failed: {error}{hint}", self.opts.server)));
         }
         // Flush a final CLOSE if there is one, then drop the socket.
         if let Tunnel::Up { sock, conn, write_failed, .. } = &mut self.tunnel {

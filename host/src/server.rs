@@ -77,7 +77,9 @@ impl std::error::Error for ServerError {}
 
 enum UpstreamState {
     Resolving,
-    Connecting { addrs: Vec<SocketAddr>, next: usize, deadline: StdInstant },
+    /// The socket moves into the pipe only once connected, so no byte is
+    /// written to (and no shutdown applied on) a half-open socket.
+    Connecting { sock: TcpStream, addrs: Vec<SocketAddr>, next: usize, deadline: StdInstant },
     Connected,
 }
 
@@ -272,6 +274,10 @@ impl Server {
     fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr) {
         if self.sessions.len() >= self.opts.max_sessions {
             warn!("{peer}: refused, at the session limit ({})", self.opts.max_sessions);
+            // Tell the client why (best effort; the socket is new and empty).
+            let mut alert = [0u8; 8];
+            let n = hytun_core::handshake::emit_alert(hytun_core::AlertReason::Busy, None, &mut alert);
+            let _ = sock.write(&alert[..n]);
             return;
         }
         if !self.limiter.allow(peer.ip(), StdInstant::now()) {
@@ -482,8 +488,8 @@ impl Server {
                     }
                     owners.insert(token, Owner::Upstream(t, id));
                     up.token = Some(token);
-                    up.pipe.sock = Some(sock);
                     up.state = UpstreamState::Connecting {
+                        sock,
                         addrs: addrs.clone(),
                         next: i + 1,
                         deadline: StdInstant::now() + UPSTREAM_CONNECT_TIMEOUT,
@@ -502,6 +508,9 @@ impl Server {
     fn drop_upstream(s: &mut Session, poll: &Poll, owners: &mut HashMap<Token, Owner>, id: StreamId) {
         if let Some(mut up) = s.upstreams.remove(&id) {
             if let Some(sock) = up.pipe.sock.as_mut() {
+                let _ = poll.registry().deregister(sock);
+            }
+            if let UpstreamState::Connecting { sock, .. } = &mut up.state {
                 let _ = poll.registry().deregister(sock);
             }
             if let Some(tok) = up.token {
@@ -546,11 +555,10 @@ impl Server {
     fn upstream_event(&mut self, t: Token, id: StreamId, readable: bool, writable: bool) {
         let Some(s) = self.sessions.get_mut(&t) else { return };
         let Some(up) = s.upstreams.get_mut(&id) else { return };
-        if let UpstreamState::Connecting { addrs, next, .. } = &up.state {
+        if let UpstreamState::Connecting { sock, addrs, next, .. } = &mut up.state {
             if !writable && !readable {
                 return;
             }
-            let Some(sock) = up.pipe.sock.as_mut() else { return };
             let failure = match sock.take_error() {
                 Ok(Some(e)) | Err(e) => Some(e),
                 Ok(None) => match sock.peer_addr() {
@@ -561,12 +569,11 @@ impl Server {
             };
             if let Some(e) = failure {
                 let rest: Vec<SocketAddr> = addrs[*next..].to_vec();
+                let _ = self.poll.registry().deregister(sock);
                 if let Some(tok) = up.token.take() {
                     self.owners.remove(&tok);
                 }
-                if let Some(mut sock) = up.pipe.sock.take() {
-                    let _ = self.poll.registry().deregister(&mut sock);
-                }
+                up.state = UpstreamState::Resolving;
                 if rest.is_empty() {
                     info!("{}: stream {id} to {} failed: {e}", s.peer, up.dest);
                     let _ = s.conn.refuse_stream(id, error_code(&e));
@@ -577,7 +584,10 @@ impl Server {
                 return;
             }
             let _ = sock.set_nodelay(true);
-            up.state = UpstreamState::Connected;
+            let state = std::mem::replace(&mut up.state, UpstreamState::Connected);
+            if let UpstreamState::Connecting { sock, .. } = state {
+                up.pipe.sock = Some(sock);
+            }
             debug!("{}: stream {id} connected to {}", s.peer, up.dest);
             let _ = s.conn.accept_stream(id);
         }

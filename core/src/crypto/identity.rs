@@ -77,7 +77,8 @@ pub struct PublicIdentity {
 impl PublicIdentity {
     /// Wraps a parsed key (2048..=4096 bits).
     pub fn new(key: RsaPublicKey) -> Result<Self, CryptoError> {
-        check_size(key.size() * 8)?;
+        // Bits of the modulus itself (not rounded up to whole bytes).
+        check_size(key.n().as_ref().bit_width() as usize)?;
         let der = key.to_public_key_der().map_err(|_| CryptoError::BadKey)?;
         let id = KeyId::of_spki_der(der.as_bytes());
         Ok(PublicIdentity { key, id })

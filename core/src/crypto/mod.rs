@@ -6,8 +6,9 @@
 //! * [`aead`] — [`RecordSealer`] and [`RecordOpener`]: AES-GCM with
 //!   sequence-number nonces and key update.
 //!
-//! Every RSA private-key operation goes through the blinded `*_with_rng`
-//! calls of the `rsa` crate; see `docs/PROTOCOL.md` §8 for why.
+//! Every RSA private-key operation goes through the blinded
+//! `decrypt_blinded` call of the `rsa` crate with the caller's RNG (never
+//! the unblinded `decrypt`); see `docs/PROTOCOL.md` §10.9 for why.
 
 pub mod aead;
 pub mod identity;

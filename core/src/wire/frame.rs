@@ -2,7 +2,7 @@
 //! each `type: u8` followed by a type-specific, fixed-order body.
 //!
 //! A record may hold any number of whole frames; a frame never spans two
-//! records. See `docs/PROTOCOL.md` §5 for the table of types.
+//! records. See `docs/PROTOCOL.md` §7.1 for the table of types.
 
 use core::fmt;
 
