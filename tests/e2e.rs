@@ -31,7 +31,11 @@ fn keydir() -> &'static Path {
             let key = hytun_keys::generate(2048).expect("keygen");
             hytun_keys::write_keypair(dir.path(), name, &key, false).expect("write keys");
         }
-        std::fs::copy(dir.path().join("client.pub"), dir.path().join("authorized_keys")).expect("authorized");
+        std::fs::copy(
+            dir.path().join("client.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .expect("authorized");
         dir
     })
     .path()
@@ -97,9 +101,17 @@ impl Drop for RunningClient {
     }
 }
 
-fn client_opts(server: SocketAddr, key: &str, pinned: &str, listeners: Vec<(SocketAddr, ListenerKind)>) -> ClientOptions {
+fn client_opts(
+    server: SocketAddr,
+    key: &str,
+    pinned: &str,
+    listeners: Vec<(SocketAddr, ListenerKind)>,
+) -> ClientOptions {
     let mut opts = setup::client_options(ClientFlags {
-        server: Some(Endpoint { host: DestHost::Ip(server.ip()), port: server.port() }),
+        server: Some(Endpoint {
+            host: DestHost::Ip(server.ip()),
+            port: server.port(),
+        }),
         key: Some(keydir().join(format!("{key}.key"))),
         server_key: Some(keydir().join(format!("{pinned}.pub"))),
         ..ClientFlags::default()
@@ -114,11 +126,18 @@ fn start_client(opts: ClientOptions) -> RunningClient {
     let addrs = client.local_addrs().to_vec();
     let stop = client.stop_handle();
     let thread = Some(thread::spawn(move || client.run(false)));
-    RunningClient { addrs, stop, thread }
+    RunningClient {
+        addrs,
+        stop,
+        thread,
+    }
 }
 
 fn forward_to(dest: SocketAddr) -> ListenerKind {
-    ListenerKind::Forward { host: DestHost::Ip(dest.ip()), port: dest.port() }
+    ListenerKind::Forward {
+        host: DestHost::Ip(dest.ip()),
+        port: dest.port(),
+    }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -129,7 +148,8 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 fn http_get(sock: &mut TcpStream, path: &str) -> String {
-    sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
     let mut out = String::new();
     sock.read_to_string(&mut out).unwrap();
     out
@@ -156,19 +176,38 @@ fn socks_connect(proxy: SocketAddr, host: &str, port: u16) -> (TcpStream, u8) {
 #[test]
 fn keygen_writes_files_with_modes_and_refuses_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let out = hytun(dir.path(), &["keygen", "--bits", "2048", "--out", "k", "--name", "alice"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hytun(
+        dir.path(),
+        &["keygen", "--bits", "2048", "--out", "k", "--name", "alice"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("fingerprint: SHA256:"), "{stdout}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("k/alice.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dir.path().join("k/alice.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let pem = std::fs::read_to_string(dir.path().join("k/alice.pub")).unwrap();
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
-    let again = hytun(dir.path(), &["keygen", "--bits", "2048", "--out", "k", "--name", "alice"]);
+    let again = hytun(
+        dir.path(),
+        &["keygen", "--bits", "2048", "--out", "k", "--name", "alice"],
+    );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let forced = hytun(dir.path(), &["keygen", "--bits", "2048", "--out", "k", "--name", "alice", "--force"]);
+    let forced = hytun(
+        dir.path(),
+        &[
+            "keygen", "--bits", "2048", "--out", "k", "--name", "alice", "--force",
+        ],
+    );
     assert!(forced.status.success());
 }
 
@@ -177,7 +216,11 @@ fn demo_exits_zero_and_prints_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let out = hytun(dir.path(), &["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Hello from the origin server"), "{stdout}");
     assert!(stdout.contains("HTTP/1.1 200 OK"));
     assert!(dir.path().join("keys/demo/server.key").exists());
@@ -190,16 +233,38 @@ fn demo_exits_zero_and_prints_the_page() {
 #[test]
 fn operator_mistakes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let out = hytun(dir.path(), &["server", "--key", "missing.key", "--authorized-keys", "x", "--allow", "127.0.0.1:*"]);
+    let out = hytun(
+        dir.path(),
+        &[
+            "server",
+            "--key",
+            "missing.key",
+            "--authorized-keys",
+            "x",
+            "--allow",
+            "127.0.0.1:*",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing.key"), "{err}");
     // A too-open private key.
     std::fs::copy(keydir().join("server.key"), dir.path().join("open.key")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path().join("open.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = hytun(dir.path(), &["server", "--key", "open.key", "--authorized-keys", "x"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too open"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(
+        dir.path().join("open.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = hytun(
+        dir.path(),
+        &["server", "--key", "open.key", "--authorized-keys", "x"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too open"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Unknown flag.
     let out = hytun(dir.path(), &["client", "--bogus"]);
     assert!(!out.status.success());
@@ -211,9 +276,21 @@ fn operator_mistakes_get_clear_errors() {
     let auth = keydir().join("authorized_keys");
     let out = hytun(
         dir.path(),
-        &["server", "--listen", &format!("127.0.0.1:{port}"), "--key", key.to_str().unwrap(), "--authorized-keys", auth.to_str().unwrap()],
+        &[
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            key.to_str().unwrap(),
+            "--authorized-keys",
+            auth.to_str().unwrap(),
+        ],
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("address already in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("address already in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -226,28 +303,73 @@ fn fetch_command_through_a_server_process() {
     let dir = tempfile::tempdir().unwrap();
     let _server = spawn_hytun(
         dir.path(),
-        &["server", "--listen", &format!("127.0.0.1:{port}"), "--key", key.to_str().unwrap(), "--authorized-keys", auth.to_str().unwrap(), "--allow", &allow],
+        &[
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            key.to_str().unwrap(),
+            "--authorized-keys",
+            auth.to_str().unwrap(),
+            "--allow",
+            &allow,
+        ],
     );
-    assert!(wait_listening(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(20)));
+    assert!(wait_listening(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(20)
+    ));
     let ck = keydir().join("client.key");
     let sp = keydir().join("server.pub");
     let url = format!("http://127.0.0.1:{}/hello", origin.addr().port());
     let out = hytun(
         dir.path(),
-        &["fetch", &url, "--server", &format!("127.0.0.1:{port}"), "--key", ck.to_str().unwrap(), "--server-key", sp.to_str().unwrap()],
+        &[
+            "fetch",
+            &url,
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            ck.to_str().unwrap(),
+            "--server-key",
+            sp.to_str().unwrap(),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), HELLO_BODY);
     // To a file.
     let url = format!("http://127.0.0.1:{}/bytes/300000", origin.addr().port());
     let out = hytun(
         dir.path(),
-        &["fetch", &url, "-o", "body.bin", "--server", &format!("127.0.0.1:{port}"), "--key", ck.to_str().unwrap(), "--server-key", sp.to_str().unwrap()],
+        &[
+            "fetch",
+            &url,
+            "-o",
+            "body.bin",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            ck.to_str().unwrap(),
+            "--server-key",
+            sp.to_str().unwrap(),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body = std::fs::read(dir.path().join("body.bin")).unwrap();
     assert_eq!(body.len(), 300_000);
-    assert!(body.iter().enumerate().all(|(i, b)| *b == hytun_host::origin::pattern_byte(i as u64)));
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, b)| *b == hytun_host::origin::pattern_byte(i as u64))
+    );
 }
 
 // ------------------------------------------------------------- proxies --
@@ -256,7 +378,12 @@ fn fetch_command_through_a_server_process() {
 fn port_forward_carries_a_request_to_the_origin() {
     let origin = Origin::start(loopback()).unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), forward_to(origin.addr()))]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(origin.addr()))],
+    ));
     for _ in 0..3 {
         let mut s = connect(client.addrs[0]);
         let resp = http_get(&mut s, "/hello");
@@ -270,7 +397,12 @@ fn socks5_carries_a_request_and_reports_refusals() {
     let origin = Origin::start(loopback()).unwrap();
     let allowed = format!("127.0.0.1:{}", origin.addr().port());
     let server = RunningServer::start(loopback(), &[&allowed, "localhost:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), ListenerKind::Socks)]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), ListenerKind::Socks)],
+    ));
     let proxy = client.addrs[0];
     // Domain name resolved by the server (socks5h semantics).
     let (mut s, code) = socks_connect(proxy, "localhost", origin.addr().port());
@@ -303,25 +435,42 @@ fn http_proxy_connect_and_absolute_form() {
     let origin = Origin::start(loopback()).unwrap();
     let allowed = format!("127.0.0.1:{}", origin.addr().port());
     let server = RunningServer::start(loopback(), &[&allowed]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), ListenerKind::HttpProxy)]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), ListenerKind::HttpProxy)],
+    ));
     let proxy = client.addrs[0];
     // CONNECT
     let mut s = connect(proxy);
-    s.write_all(format!("CONNECT {allowed} HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(format!("CONNECT {allowed} HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes())
+        .unwrap();
     let mut head = [0u8; 39];
     s.read_exact(&mut head).unwrap();
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let resp = http_get(&mut s, "/hello");
     assert!(resp.ends_with(HELLO_BODY), "{resp}");
     // Absolute-form GET
     let mut s = connect(proxy);
-    s.write_all(format!("GET http://{allowed}/hello HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(
+        format!("GET http://{allowed}/hello HTTP/1.1\r\nHost: {allowed}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK") && out.ends_with(HELLO_BODY), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK") && out.ends_with(HELLO_BODY),
+        "{out}"
+    );
     // Not allowed -> 403
     let mut s = connect(proxy);
-    s.write_all(b"CONNECT 127.0.0.3:80 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"CONNECT 127.0.0.3:80 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
@@ -333,7 +482,12 @@ fn http_proxy_connect_and_absolute_form() {
 fn sixty_four_mib_each_way_with_sha256() {
     let echo = EchoServer::start().unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), forward_to(echo.addr))]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(echo.addr))],
+    ));
     let s = connect(client.addrs[0]);
     let mut w = s.try_clone().unwrap();
     const TOTAL: usize = 64 << 20;
@@ -370,39 +524,68 @@ fn sixty_four_mib_each_way_with_sha256() {
     }
     let sent_hash = writer.join().unwrap();
     assert_eq!(got, TOTAL);
-    assert_eq!(h.finalize(), sent_hash, "SHA-256 of what came back equals what was sent");
+    assert_eq!(
+        h.finalize(),
+        sent_hash,
+        "SHA-256 of what came back equals what was sent"
+    );
 }
 
 #[test]
 fn two_hundred_concurrent_streams() {
     let echo = EchoServer::start().unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), forward_to(echo.addr))]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(echo.addr))],
+    ));
     let local = client.addrs[0];
     let workers: Vec<_> = (0..200u32)
         .map(|i| {
             thread::spawn(move || -> Result<(), String> {
                 let mut s = connect(local);
-                let payload: Vec<u8> = (0..10_000u32).map(|k| (k.wrapping_mul(i + 1) >> 3) as u8).collect();
+                let payload: Vec<u8> = (0..10_000u32)
+                    .map(|k| (k.wrapping_mul(i + 1) >> 3) as u8)
+                    .collect();
                 s.write_all(&payload).map_err(|e| format!("write: {e}"))?;
-                s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
+                s.shutdown(Shutdown::Write)
+                    .map_err(|e| format!("shutdown: {e}"))?;
                 let mut back = Vec::new();
-                s.read_to_end(&mut back).map_err(|e| format!("read: {e} after {} bytes", back.len()))?;
-                if back == payload { Ok(()) } else { Err(format!("got {} bytes back", back.len())) }
+                s.read_to_end(&mut back)
+                    .map_err(|e| format!("read: {e} after {} bytes", back.len()))?;
+                if back == payload {
+                    Ok(())
+                } else {
+                    Err(format!("got {} bytes back", back.len()))
+                }
             })
         })
         .collect();
-    let results: Vec<Result<(), String>> =
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("panicked".into()))).collect();
+    let results: Vec<Result<(), String>> = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or_else(|_| Err("panicked".into())))
+        .collect();
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failures.is_empty(), "{} of 200 failed, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 }
 
 #[test]
 fn half_close_is_carried_end_to_end() {
     let counter = start_count_server().unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), forward_to(counter))]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(counter))],
+    ));
     let mut s = connect(client.addrs[0]);
     s.write_all(&[7u8; 12345]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
@@ -432,7 +615,10 @@ fn wrong_pinned_server_key_is_refused_naming_both_fingerprints() {
     let pinned = opts.core.server.id().to_string();
     let client = Client::bind(opts).unwrap();
     let msg = client.run(false).expect_err("must fail").to_string();
-    let real = hytun_keys::fingerprint(&hytun_keys::load_public_key(&keydir().join("server.pub")).unwrap()).to_string();
+    let real = hytun_keys::fingerprint(
+        &hytun_keys::load_public_key(&keydir().join("server.pub")).unwrap(),
+    )
+    .to_string();
     assert!(msg.contains(&pinned), "names the pinned key: {msg}");
     assert!(msg.contains(&real), "names the server's key: {msg}");
 }
@@ -444,7 +630,12 @@ fn client_reconnects_after_server_restart() {
     let origin = Origin::start(loopback()).unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
     let addr = server.addr;
-    let client = start_client(client_opts(addr, "client", "server", vec![(loopback(), forward_to(origin.addr()))]));
+    let client = start_client(client_opts(
+        addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(origin.addr()))],
+    ));
     let mut s = connect(client.addrs[0]);
     assert!(http_get(&mut s, "/hello").ends_with(HELLO_BODY));
     server.shutdown();
@@ -468,7 +659,10 @@ fn client_reconnects_after_server_restart() {
         if out.ends_with(HELLO_BODY) {
             break;
         }
-        assert!(Instant::now() < deadline, "client did not reconnect: {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "client did not reconnect: {out:?}"
+        );
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -477,7 +671,12 @@ fn client_reconnects_after_server_restart() {
 fn refused_destination_fails_one_stream_while_others_continue() {
     let echo = EchoServer::start().unwrap();
     let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(server.addr, "client", "server", vec![(loopback(), ListenerKind::Socks)]));
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), ListenerKind::Socks)],
+    ));
     let proxy = client.addrs[0];
     let (mut live, code) = socks_connect(proxy, "127.0.0.1", echo.addr.port());
     assert_eq!(code, 0);

@@ -23,7 +23,12 @@ pub(crate) struct TxBuffer<const N: usize> {
 
 impl<const N: usize> TxBuffer<N> {
     pub(crate) const fn new() -> Self {
-        TxBuffer { buf: [0; N], start: 0, end: 0, open: None }
+        TxBuffer {
+            buf: [0; N],
+            start: 0,
+            end: 0,
+            open: None,
+        }
     }
 
     /// Sealed bytes waiting for the transport.
@@ -145,7 +150,9 @@ impl<const N: usize> TxBuffer<N> {
         seal: &mut dyn FnMut(&mut Self) -> Result<(), CryptoError>,
         fill: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> Result<usize, CryptoError> {
-        if max_payload == 0 || !self.reserve_in_record(DATA_OVERHEAD + 1, max_plain, reserve, seal)? {
+        if max_payload == 0
+            || !self.reserve_in_record(DATA_OVERHEAD + 1, max_plain, reserve, seal)?
+        {
             return Ok(0);
         }
         let room = self.room(max_plain, reserve) - DATA_OVERHEAD;
@@ -184,7 +191,9 @@ impl<const N: usize> TxBuffer<N> {
 
     /// Seals the open record in place (no-op if none or empty).
     pub(crate) fn seal(&mut self, sealer: &mut RecordSealer) -> Result<bool, CryptoError> {
-        let Some(open) = self.open else { return Ok(false) };
+        let Some(open) = self.open else {
+            return Ok(false);
+        };
         let plain_len = self.end - open - RECORD_HEADER;
         if plain_len == 0 {
             self.end = open;
@@ -212,7 +221,11 @@ pub(crate) struct RxBuffer<const N: usize> {
 
 impl<const N: usize> RxBuffer<N> {
     pub(crate) const fn new() -> Self {
-        RxBuffer { buf: [0; N], len: 0, frames: None }
+        RxBuffer {
+            buf: [0; N],
+            len: 0,
+            frames: None,
+        }
     }
 
     /// Copies input until `self.len == target`; returns bytes taken.

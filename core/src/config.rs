@@ -85,7 +85,12 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A config with default suites (AES-128-GCM, then AES-256-GCM).
     pub fn new(identity: PrivateIdentity, server: PublicIdentity, session: SessionConfig) -> Self {
-        ClientConfig { identity, server, suites: default_suites(), session }
+        ClientConfig {
+            identity,
+            server,
+            suites: default_suites(),
+            session,
+        }
     }
 }
 
@@ -105,8 +110,17 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// A config with both suites enabled.
-    pub fn new(identity: PrivateIdentity, authorized: Vec<PublicIdentity>, session: SessionConfig) -> Self {
-        ServerConfig { identity, authorized, suites: default_suites(), session }
+    pub fn new(
+        identity: PrivateIdentity,
+        authorized: Vec<PublicIdentity>,
+        session: SessionConfig,
+    ) -> Self {
+        ServerConfig {
+            identity,
+            authorized,
+            suites: default_suites(),
+            session,
+        }
     }
 
     /// The authorized key with this id, if any.

@@ -28,7 +28,8 @@ use crate::config::{ClientConfig, ServerConfig, SessionConfig};
 use crate::crypto::{CryptoError, KeyId, RecordOpener, RecordSealer};
 use crate::error::{ConnectionError, HandshakeError, ProtocolViolation, StreamError, TimeoutKind};
 use crate::handshake::{
-    self, ClientExpectServerFinished, ClientExpectServerHello, Established, ServerExpectClientFinished,
+    self, ClientExpectServerFinished, ClientExpectServerHello, Established,
+    ServerExpectClientFinished,
 };
 use crate::stream::{EndState, OpenState, Stream};
 use crate::time::Instant;
@@ -36,7 +37,8 @@ use crate::wire::frame::{
     CloseCode, Destination, Frame, MAX_CONTROL_FRAME_LEN, StreamErrorCode, StreamId,
 };
 use crate::wire::handshake::{
-    HEADER_LEN as HS_HEADER, HandshakeHeader, MAX_BODY_LEN, MAX_RECORD_LIMIT, MIN_RECORD_LIMIT, Suite,
+    HEADER_LEN as HS_HEADER, HandshakeHeader, MAX_BODY_LEN, MAX_RECORD_LIMIT, MIN_RECORD_LIMIT,
+    Suite,
 };
 use crate::wire::record::{self, HEADER_LEN as RECORD_HEADER, OVERHEAD, TAG_LEN};
 
@@ -199,7 +201,10 @@ pub type HostConnection = Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize 
 impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     const SIZES_OK: () = {
         assert!(RX >= MIN_RX_BUFFER, "RX must hold a 1 KiB record");
-        assert!(RX >= HS_HEADER + MAX_BODY_LEN, "RX must hold a handshake message");
+        assert!(
+            RX >= HS_HEADER + MAX_BODY_LEN,
+            "RX must hold a handshake message"
+        );
         assert!(TX >= MIN_TX_BUFFER, "TX must hold a handshake flight");
         assert!(S >= 1, "at least one stream slot");
     };
@@ -245,7 +250,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     }
 
     /// Starts a client session: the `ClientHello` is queued at once.
-    pub fn client<R: CryptoRng + ?Sized>(config: Arc<ClientConfig>, now: Instant, rng: &mut R) -> Self {
+    pub fn client<R: CryptoRng + ?Sized>(
+        config: Arc<ClientConfig>,
+        now: Instant,
+        rng: &mut R,
+    ) -> Self {
         let session = config.session;
         let mut conn = Self::new(Role::Client(config.clone()), session, now, State::Failed);
         let max_record = conn.inner.local_max_record as u16;
@@ -262,7 +271,12 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// Starts a server session that waits for a `ClientHello`.
     pub fn server(config: Arc<ServerConfig>, now: Instant) -> Self {
         let session = config.session;
-        Self::new(Role::Server(config), session, now, State::ServerExpectClientHello)
+        Self::new(
+            Role::Server(config),
+            session,
+            now,
+            State::ServerExpectClientHello,
+        )
     }
 
     /// True once both Finished messages verified (and until closed).
@@ -304,7 +318,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     pub fn can_open_stream(&self) -> bool {
         self.is_established()
             && !self.inner.peer_going_away
-            && self.inner.keys.as_ref().is_some_and(|k| self.inner.streams.len() < k.max_streams)
+            && self
+                .inner
+                .keys
+                .as_ref()
+                .is_some_and(|k| self.inner.streams.len() < k.max_streams)
     }
 
     // ------------------------------------------------------------ input --
@@ -312,7 +330,12 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// Feeds bytes received from the transport; returns how many were
     /// consumed. Stops after one record so its events can be drained; call
     /// again with the remaining bytes after draining [`Self::poll_event`].
-    pub fn handle_input<R: CryptoRng + ?Sized>(&mut self, input: &[u8], now: Instant, rng: &mut R) -> usize {
+    pub fn handle_input<R: CryptoRng + ?Sized>(
+        &mut self,
+        input: &[u8],
+        now: Instant,
+        rng: &mut R,
+    ) -> usize {
         if self.inner.error.is_some() {
             return input.len();
         }
@@ -325,7 +348,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let mut used = 0;
         loop {
             let handshaking = !matches!(self.inner.state, State::Established);
-            let header_len = if handshaking { HS_HEADER } else { RECORD_HEADER };
+            let header_len = if handshaking {
+                HS_HEADER
+            } else {
+                RECORD_HEADER
+            };
             used += self.rx.fill_to(header_len, &input[used..]);
             if self.rx.len < header_len {
                 return used;
@@ -355,7 +382,8 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 return used;
             }
             if handshaking {
-                self.inner.handle_handshake_message(&self.rx.buf[..total], rng);
+                self.inner
+                    .handle_handshake_message(&self.rx.buf[..total], rng);
                 self.rx.len = 0;
                 if self.inner.error.is_some() {
                     return input.len();
@@ -532,7 +560,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     }
 
     /// (server) Refuses a requested stream with a reason; it is gone.
-    pub fn refuse_stream(&mut self, id: StreamId, code: StreamErrorCode) -> Result<(), StreamError> {
+    pub fn refuse_stream(
+        &mut self,
+        id: StreamId,
+        code: StreamErrorCode,
+    ) -> Result<(), StreamError> {
         let i = &mut self.inner;
         let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
         let s = &mut i.streams[idx];
@@ -549,12 +581,16 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// Bytes [`Self::stream_send`] would accept now for this stream.
     pub fn stream_send_capacity(&self, id: StreamId) -> usize {
         let i = &self.inner;
-        let (Some(idx), Some(keys)) = (i.find(id), i.keys.as_ref()) else { return 0 };
+        let (Some(idx), Some(keys)) = (i.find(id), i.keys.as_ref()) else {
+            return 0;
+        };
         let s = &i.streams[idx];
         if !s.can_send() {
             return 0;
         }
-        let room = i.tx.room(keys.peer_max_record, CONTROL_RESERVE).saturating_sub(crate::wire::frame::DATA_OVERHEAD);
+        let room =
+            i.tx.room(keys.peer_max_record, CONTROL_RESERVE)
+                .saturating_sub(crate::wire::frame::DATA_OVERHEAD);
         (s.send_credit.min(room as u64)) as usize
     }
 
@@ -689,7 +725,10 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         self.pending_ping = false;
         self.pending_pong = None;
         let send_close = self.keys.is_some()
-            && !matches!(error, ConnectionError::PeerClosed(_) | ConnectionError::Truncated);
+            && !matches!(
+                error,
+                ConnectionError::PeerClosed(_) | ConnectionError::Truncated
+            );
         if send_close {
             self.pending_close = Some(error.close_code());
         }
@@ -698,7 +737,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
     /// A handshake-phase failure; the server tells the client why when it
     /// can do so without helping an attacker.
     fn fail_handshake_input(&mut self, error: ConnectionError) {
-        if matches!(self.role, Role::Server(_)) && matches!(self.state, State::ServerExpectClientHello) {
+        if matches!(self.role, Role::Server(_))
+            && matches!(self.state, State::ServerExpectClientHello)
+        {
             let n = handshake::emit_alert(
                 crate::wire::handshake::AlertReason::Malformed,
                 None,
@@ -712,9 +753,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
     fn handle_handshake_message<R: CryptoRng + ?Sized>(&mut self, whole: &[u8], rng: &mut R) {
         let state = core::mem::replace(&mut self.state, State::Failed);
         let result: Result<State, ConnectionError> = match (state, &self.role) {
-            (State::ClientExpectServerHello(st), Role::Client(cfg)) => {
-                st.handle(cfg, whole, rng).map(State::ClientExpectServerFinished)
-            }
+            (State::ClientExpectServerHello(st), Role::Client(cfg)) => st
+                .handle(cfg, whole, rng)
+                .map(State::ClientExpectServerFinished),
             (State::ClientExpectServerFinished(st), Role::Client(_)) => {
                 match st.handle(whole, self.tx.raw_tail()) {
                     Ok((n, est)) => {
@@ -729,7 +770,14 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 let cfg = cfg.clone();
                 let max_streams = usize::from(self.session.max_streams).min(S) as u16;
                 let max_record = self.local_max_record as u16;
-                match handshake::handle_client_hello(&cfg, max_record, max_streams, whole, rng, self.tx.raw_tail()) {
+                match handshake::handle_client_hello(
+                    &cfg,
+                    max_record,
+                    max_streams,
+                    whole,
+                    rng,
+                    self.tx.raw_tail(),
+                ) {
                     Ok((n, next)) => {
                         self.tx.commit_raw(n);
                         Ok(State::ServerExpectClientFinished(next))
@@ -743,10 +791,12 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     }
                 }
             }
-            (State::ServerExpectClientFinished(st), Role::Server(_)) => st.handle(whole).map(|est| {
-                self.establish(est);
-                State::Established
-            }),
+            (State::ServerExpectClientFinished(st), Role::Server(_)) => {
+                st.handle(whole).map(|est| {
+                    self.establish(est);
+                    State::Established
+                })
+            }
             _ => Err(HandshakeError::UnexpectedMessage.into()),
         };
         match result {
@@ -770,17 +820,24 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
     }
 
     fn open_record(&mut self, whole: &mut [u8]) -> Result<(), CryptoError> {
-        let Some(keys) = self.keys.as_mut() else { return Err(CryptoError::Decrypt) };
+        let Some(keys) = self.keys.as_mut() else {
+            return Err(CryptoError::Decrypt);
+        };
         let hdr = [whole[0], whole[1]];
         let tag_at = whole.len() - TAG_LEN;
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&whole[tag_at..]);
-        keys.opener.open(&hdr, &mut whole[RECORD_HEADER..tag_at], &tag)?;
+        keys.opener
+            .open(&hdr, &mut whole[RECORD_HEADER..tag_at], &tag)?;
         self.stats.records_received += 1;
         Ok(())
     }
 
-    fn apply_frame<'a>(&mut self, frame: Frame<'a>, last_in_record: bool) -> Result<Option<Event<'a>>, ConnectionError> {
+    fn apply_frame<'a>(
+        &mut self,
+        frame: Frame<'a>,
+        last_in_record: bool,
+    ) -> Result<Option<Event<'a>>, ConnectionError> {
         let is_server = matches!(self.role, Role::Server(_));
         match frame {
             Frame::Open { id, window, dest } => {
@@ -795,7 +852,12 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 if self.streams.len() >= limit {
                     return Err(ProtocolViolation::TooManyStreams.into());
                 }
-                let mut stream = Stream::new(id, OpenState::AwaitingAccept, window, self.session.stream_window);
+                let mut stream = Stream::new(
+                    id,
+                    OpenState::AwaitingAccept,
+                    window,
+                    self.session.stream_window,
+                );
                 if self.sent_goaway {
                     stream.reply_to_send = Some(Err(StreamErrorCode::SessionClosing));
                     stream.local = EndState::Done;
@@ -816,7 +878,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 if is_server {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
-                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let Some(idx) = self.find_or_forgotten(id)? else {
+                    return Ok(None);
+                };
                 let s = &mut self.streams[idx];
                 if s.open != OpenState::AwaitingReply {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
@@ -834,7 +898,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 }
             }
             Frame::Data { id, data } => {
-                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let Some(idx) = self.find_or_forgotten(id)? else {
+                    return Ok(None);
+                };
                 let s = &mut self.streams[idx];
                 if !is_server && s.open == OpenState::AwaitingReply {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
@@ -843,7 +909,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     EndState::Open => {}
                     // Data racing our RESET: drop it.
                     _ if s.local == EndState::Done && s.reset_to_send.is_some() => return Ok(None),
-                    _ if s.remote == EndState::Done && s.local == EndState::Done => return Ok(None),
+                    _ if s.remote == EndState::Done && s.local == EndState::Done => {
+                        return Ok(None);
+                    }
                     _ => return Err(ProtocolViolation::DataAfterFin.into()),
                 }
                 let len = data.len() as u64;
@@ -855,7 +923,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 Ok(Some(Event::Data { id, data }))
             }
             Frame::Window { id, increment } => {
-                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let Some(idx) = self.find_or_forgotten(id)? else {
+                    return Ok(None);
+                };
                 let s = &mut self.streams[idx];
                 s.send_credit += u64::from(increment);
                 if s.send_credit > u64::from(u32::MAX) {
@@ -868,7 +938,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 Ok(None)
             }
             Frame::Fin { id } => {
-                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let Some(idx) = self.find_or_forgotten(id)? else {
+                    return Ok(None);
+                };
                 let s = &mut self.streams[idx];
                 if !is_server && s.open == OpenState::AwaitingReply {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
@@ -885,7 +957,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 }
             }
             Frame::Reset { id, code } => {
-                let Some(idx) = self.find_or_forgotten(id)? else { return Ok(None) };
+                let Some(idx) = self.find_or_forgotten(id)? else {
+                    return Ok(None);
+                };
                 let s = &mut self.streams[idx];
                 let already_gone = s.local == EndState::Done && s.remote == EndState::Done;
                 s.local = EndState::Done;
@@ -894,7 +968,11 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 s.reply_to_send = None;
                 s.credit_to_return = 0;
                 self.gc(idx);
-                if already_gone { Ok(None) } else { Ok(Some(Event::Reset { id, code })) }
+                if already_gone {
+                    Ok(None)
+                } else {
+                    Ok(Some(Event::Reset { id, code }))
+                }
             }
             Frame::Ping { opaque } => {
                 self.pending_pong = Some(opaque);
@@ -943,7 +1021,11 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             Role::Client(_) => id.0 < self.next_stream_id,
             Role::Server(_) => id.0 <= self.highest_peer_stream,
         };
-        if known { Ok(None) } else { Err(ProtocolViolation::BadStreamId.into()) }
+        if known {
+            Ok(None)
+        } else {
+            Err(ProtocolViolation::BadStreamId.into())
+        }
     }
 
     fn open_stream(&mut self, dest: Destination<'_>) -> Result<StreamId, StreamError> {
@@ -957,20 +1039,36 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             return Err(StreamError::GoingAway);
         }
         dest.validate().map_err(|_| StreamError::BadDestination)?;
-        let Some(keys) = self.keys.as_ref() else { return Err(StreamError::NotEstablished) };
+        let Some(keys) = self.keys.as_ref() else {
+            return Err(StreamError::NotEstablished);
+        };
         if self.streams.len() >= keys.max_streams || self.next_stream_id == u32::MAX {
             return Err(StreamError::TooManyStreams);
         }
         let id = StreamId(self.next_stream_id);
-        let frame = Frame::Open { id, window: self.session.stream_window, dest };
-        if !self.push_control(&frame).map_err(|_| StreamError::NotEstablished)? {
+        let frame = Frame::Open {
+            id,
+            window: self.session.stream_window,
+            dest,
+        };
+        if !self
+            .push_control(&frame)
+            .map_err(|_| StreamError::NotEstablished)?
+        {
             return Err(StreamError::Blocked);
         }
         self.next_stream_id += 1;
         let send_credit = self.keys.as_ref().map_or(0, |k| k.peer_stream_window);
-        let stream = Stream::new(id, OpenState::AwaitingReply, send_credit, self.session.stream_window);
+        let stream = Stream::new(
+            id,
+            OpenState::AwaitingReply,
+            send_credit,
+            self.session.stream_window,
+        );
         // Capacity was checked against max_streams ≤ S above.
-        self.streams.push(stream).map_err(|_| StreamError::TooManyStreams)?;
+        self.streams
+            .push(stream)
+            .map_err(|_| StreamError::TooManyStreams)?;
         Ok(id)
     }
 
@@ -989,7 +1087,8 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         }
         // Frames owed on this stream (OPEN_OK) must precede its data.
         if self.streams[idx].queued {
-            self.flush_stream(idx).map_err(|_| StreamError::NotEstablished)?;
+            self.flush_stream(idx)
+                .map_err(|_| StreamError::NotEstablished)?;
             if self.streams[idx].reply_to_send.is_some() {
                 return Ok(0);
             }
@@ -1003,18 +1102,32 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 break;
             }
             let want = (max - total).min(credit.min(usize::MAX as u64) as usize);
-            let Some(keys) = self.keys.as_mut() else { break };
+            let Some(keys) = self.keys.as_mut() else {
+                break;
+            };
             let max_plain = keys.peer_max_record;
-            let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+            let mut seal = seal_with(
+                &mut keys.sealer,
+                &mut self.stats,
+                &mut self.key_update_requested,
+                self.session.key_update_after,
+            );
             let n = self
                 .tx
-                .push_data_with(id, want, max_plain, CONTROL_RESERVE, &mut seal, &mut |buf| {
-                    let n = fill(buf);
-                    if n < buf.len() {
-                        fill_done = true;
-                    }
-                    n
-                })
+                .push_data_with(
+                    id,
+                    want,
+                    max_plain,
+                    CONTROL_RESERVE,
+                    &mut seal,
+                    &mut |buf| {
+                        let n = fill(buf);
+                        if n < buf.len() {
+                            fill_done = true;
+                        }
+                        n
+                    },
+                )
                 .map_err(|_| StreamError::NotEstablished)?;
             if n == 0 {
                 break;
@@ -1028,9 +1141,16 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 
     /// Appends a control frame; `Ok(false)` when there is no room.
     fn push_control(&mut self, frame: &Frame<'_>) -> Result<bool, CryptoError> {
-        let Some(keys) = self.keys.as_mut() else { return Ok(false) };
+        let Some(keys) = self.keys.as_mut() else {
+            return Ok(false);
+        };
         let max_plain = keys.peer_max_record;
-        let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+        let mut seal = seal_with(
+            &mut keys.sealer,
+            &mut self.stats,
+            &mut self.key_update_requested,
+            self.session.key_update_after,
+        );
         self.tx.push_frame(frame, max_plain, 0, &mut seal)
     }
 
@@ -1049,7 +1169,10 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             }
             self.streams[idx].reply_to_send = None;
         }
-        if s.credit_to_return > 0 && s.remote == EndState::Open && (s.credit_to_return >= threshold || s.local == EndState::Pending) {
+        if s.credit_to_return > 0
+            && s.remote == EndState::Open
+            && (s.credit_to_return >= threshold || s.local == EndState::Pending)
+        {
             let inc = s.credit_to_return.min(u64::from(u32::MAX)) as u32;
             if !self.push_control(&Frame::Window { id, increment: inc })? {
                 return Ok(false);
@@ -1084,7 +1207,12 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             return;
         }
         if let Some(keys) = self.keys.as_mut() {
-            let mut seal = seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+            let mut seal = seal_with(
+                &mut keys.sealer,
+                &mut self.stats,
+                &mut self.key_update_requested,
+                self.session.key_update_after,
+            );
             if let Err(e) = seal(&mut self.tx) {
                 self.error.get_or_insert(ConnectionError::Record(e));
             }
@@ -1101,7 +1229,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             }
             if self.pending_ping {
                 self.ping_counter += 1;
-                if !self.push_control(&Frame::Ping { opaque: self.ping_counter })? {
+                if !self.push_control(&Frame::Ping {
+                    opaque: self.ping_counter,
+                })? {
                     return Ok(());
                 }
                 self.pending_ping = false;
@@ -1128,15 +1258,24 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             // CLOSE must be the last frame of its record: seal what is open
             // (it may end with a KEY_UPDATE), then put CLOSE in a record of
             // its own that is sealed without one.
-            let Some(keys) = self.keys.as_mut() else { return Ok(()) };
+            let Some(keys) = self.keys.as_mut() else {
+                return Ok(());
+            };
             let max_plain = keys.peer_max_record;
             {
-                let mut seal =
-                    seal_with(&mut keys.sealer, &mut self.stats, &mut self.key_update_requested, self.session.key_update_after);
+                let mut seal = seal_with(
+                    &mut keys.sealer,
+                    &mut self.stats,
+                    &mut self.key_update_requested,
+                    self.session.key_update_after,
+                );
                 seal(&mut self.tx)?;
             }
             let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
-            if !self.tx.push_frame(&Frame::Close { code }, max_plain, 0, &mut no_seal)? {
+            if !self
+                .tx
+                .push_frame(&Frame::Close { code }, max_plain, 0, &mut no_seal)?
+            {
                 return Ok(());
             }
             if self.tx.seal(&mut keys.sealer)? {

@@ -134,9 +134,9 @@ impl ConnectionError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             ConnectionError::Protocol(ProtocolViolation::FlowControl) => CloseCode::FlowControl,
-            ConnectionError::Malformed(_) | ConnectionError::Protocol(_) | ConnectionError::Record(_) => {
-                CloseCode::ProtocolViolation
-            }
+            ConnectionError::Malformed(_)
+            | ConnectionError::Protocol(_)
+            | ConnectionError::Record(_) => CloseCode::ProtocolViolation,
             ConnectionError::Timeout(_) => CloseCode::IdleTimeout,
             ConnectionError::LocallyClosed(code) => *code,
             _ => CloseCode::Internal,
@@ -154,8 +154,12 @@ impl fmt::Display for ConnectionError {
             ConnectionError::PeerClosed(code) => write!(f, "peer closed the session: {code}"),
             ConnectionError::LocallyClosed(code) => write!(f, "session closed locally: {code}"),
             ConnectionError::Timeout(TimeoutKind::Handshake) => f.write_str("handshake timed out"),
-            ConnectionError::Timeout(TimeoutKind::Idle) => f.write_str("peer unresponsive (idle timeout)"),
-            ConnectionError::Truncated => f.write_str("connection ended without an authenticated close (truncated)"),
+            ConnectionError::Timeout(TimeoutKind::Idle) => {
+                f.write_str("peer unresponsive (idle timeout)")
+            }
+            ConnectionError::Truncated => {
+                f.write_str("connection ended without an authenticated close (truncated)")
+            }
         }
     }
 }
@@ -217,11 +221,7 @@ impl fmt::Display for StreamError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for HandshakeError {}
-#[cfg(feature = "std")]
-impl std::error::Error for ConnectionError {}
-#[cfg(feature = "std")]
-impl std::error::Error for StreamError {}
-#[cfg(feature = "std")]
-impl std::error::Error for ProtocolViolation {}
+impl core::error::Error for HandshakeError {}
+impl core::error::Error for ConnectionError {}
+impl core::error::Error for StreamError {}
+impl core::error::Error for ProtocolViolation {}

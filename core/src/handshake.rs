@@ -94,7 +94,12 @@ pub fn parse_alert(whole: &[u8]) -> HandshakeError {
 /// Writes an alert; returns the bytes used (0 if `out` is too small).
 pub fn emit_alert(reason: AlertReason, key_id: Option<KeyId>, out: &mut [u8]) -> usize {
     let id = key_id.map(|k| k.0);
-    Alert { reason, key_id: id.as_ref() }.emit(out).unwrap_or(0)
+    Alert {
+        reason,
+        key_id: id.as_ref(),
+    }
+    .emit(out)
+    .unwrap_or(0)
 }
 
 fn common_suite(offered: &[u8], accepted: &[Suite]) -> Option<Suite> {
@@ -164,7 +169,14 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
         .map_err(|_| HandshakeError::Crypto(CryptoError::BadKey))?;
     let mut transcript = Sha256::new();
     transcript.update(&out[..n]);
-    Ok((n, ClientExpectServerHello { ephemeral, client_secret, transcript }))
+    Ok((
+        n,
+        ClientExpectServerHello {
+            ephemeral,
+            client_secret,
+            transcript,
+        },
+    ))
 }
 
 impl ClientExpectServerHello {
@@ -189,7 +201,9 @@ impl ClientExpectServerHello {
             .ok_or(HandshakeError::NoCommonSuite)?;
         let shared = x25519(&self.ephemeral, sh.key_share)?;
         let server_secret =
-            config.identity.decrypt_secret(rng, LABEL_SERVER_SECRET, sh.encrypted_secret);
+            config
+                .identity
+                .decrypt_secret(rng, LABEL_SERVER_SECRET, sh.encrypted_secret);
         self.transcript.update(whole);
         let th1 = hash_of(&self.transcript);
         let secrets = schedule::derive(&self.client_secret, &server_secret, &shared, &th1);
@@ -208,7 +222,11 @@ impl ClientExpectServerHello {
 impl ClientExpectServerFinished {
     /// Verifies the server's Finished, writes the client's Finished into
     /// `out`, and returns the session keys.
-    pub fn handle(mut self, whole: &[u8], out: &mut [u8]) -> Result<(usize, Established), ConnectionError> {
+    pub fn handle(
+        mut self,
+        whole: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, Established), ConnectionError> {
         match whole[0] {
             TYPE_FINISHED => {}
             TYPE_ALERT => return Err(parse_alert(whole).into()),
@@ -223,7 +241,11 @@ impl ClientExpectServerFinished {
         let th2 = hash_of(&self.transcript);
         let mac = schedule::finished_mac(&self.secrets.client_finished, &th2);
         let n = Finished { mac: &mac }.emit(out)?;
-        let HandshakeSecrets { client_traffic, server_traffic, .. } = self.secrets;
+        let HandshakeSecrets {
+            client_traffic,
+            server_traffic,
+            ..
+        } = self.secrets;
         Ok((
             n,
             Established {
@@ -318,7 +340,9 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     // client_secret = RSA-OAEP-Decrypt(server_key, ct) or the implicit
     // rejection value; never an early error (docs/PROTOCOL.md §4.3).
     let client_secret =
-        config.identity.decrypt_secret(rng, LABEL_CLIENT_SECRET, ch.encrypted_secret);
+        config
+            .identity
+            .decrypt_secret(rng, LABEL_CLIENT_SECRET, ch.encrypted_secret);
     let random = random32(rng);
     let server_secret = random32(rng);
     let encrypted = client_key
@@ -374,7 +398,11 @@ impl ServerExpectClientFinished {
         if !schedule::verify_finished(&self.secrets.client_finished, &self.th2, fin.mac) {
             return Err(HandshakeError::ClientAuthenticationFailed.into());
         }
-        let HandshakeSecrets { client_traffic, server_traffic, .. } = self.secrets;
+        let HandshakeSecrets {
+            client_traffic,
+            server_traffic,
+            ..
+        } = self.secrets;
         Ok(Established {
             sealer: RecordSealer::new(self.suite, server_traffic),
             opener: RecordOpener::new(self.suite, client_traffic),

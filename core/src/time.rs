@@ -33,6 +33,8 @@ impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Instant { millis: self.millis.saturating_add(ms) }
+        Instant {
+            millis: self.millis.saturating_add(ms),
+        }
     }
 }

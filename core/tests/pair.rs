@@ -8,7 +8,10 @@ use hytun_core::wire::handshake::AlertReason;
 use hytun_core::*;
 
 fn dest(port: u16) -> Destination<'static> {
-    Destination { host: Host::Domain("origin.test"), port }
+    Destination {
+        host: Host::Domain("origin.test"),
+        port,
+    }
 }
 
 #[test]
@@ -37,7 +40,10 @@ fn stream_open_data_both_ways_half_close() {
     p.handshake();
     let id = p.client.open_stream(dest(80)).unwrap();
     // Data right after OPEN, before the server answers (no extra RTT).
-    assert_eq!(p.client.stream_send(id, b"GET / HTTP/1.0\r\n\r\n").unwrap(), 18);
+    assert_eq!(
+        p.client.stream_send(id, b"GET / HTTP/1.0\r\n\r\n").unwrap(),
+        18
+    );
     p.client.stream_finish(id).unwrap();
     let (_, s) = p.pump();
     assert_eq!(
@@ -49,10 +55,22 @@ fn stream_open_data_both_ways_half_close() {
         ]
     );
     p.server.accept_stream(id).unwrap();
-    assert_eq!(p.server.stream_send(id, b"HTTP/1.0 200 OK\r\n\r\nhi").unwrap(), 21);
+    assert_eq!(
+        p.server
+            .stream_send(id, b"HTTP/1.0 200 OK\r\n\r\nhi")
+            .unwrap(),
+        21
+    );
     p.server.stream_finish(id).unwrap();
     let (c, _) = p.pump();
-    assert_eq!(c, vec![Ev::Opened(id), Ev::Data(id, b"HTTP/1.0 200 OK\r\n\r\nhi".to_vec()), Ev::Finished(id)]);
+    assert_eq!(
+        c,
+        vec![
+            Ev::Opened(id),
+            Ev::Data(id, b"HTTP/1.0 200 OK\r\n\r\nhi".to_vec()),
+            Ev::Finished(id)
+        ]
+    );
     assert_eq!(p.client.stream_count(), 0);
     assert_eq!(p.server.stream_count(), 0);
 }
@@ -61,7 +79,9 @@ fn stream_open_data_both_ways_half_close() {
 fn many_streams_interleaved() {
     let mut p = default_pair();
     p.handshake();
-    let ids: Vec<_> = (0..50).map(|i| p.client.open_stream(dest(1000 + i)).unwrap()).collect();
+    let ids: Vec<_> = (0..50)
+        .map(|i| p.client.open_stream(dest(1000 + i)).unwrap())
+        .collect();
     let mut s = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let payload = vec![i as u8; 1000 + i * 37];
@@ -94,7 +114,10 @@ fn stream_limit_is_enforced_locally() {
     for i in 0..64 {
         p.client.open_stream(dest(1 + i)).unwrap();
     }
-    assert_eq!(p.client.open_stream(dest(9)), Err(StreamError::TooManyStreams));
+    assert_eq!(
+        p.client.open_stream(dest(9)),
+        Err(StreamError::TooManyStreams)
+    );
     assert!(!p.client.can_open_stream());
 }
 
@@ -106,12 +129,17 @@ fn refused_stream_reports_reason() {
     p.client.stream_send(id, b"early").unwrap();
     let (_, s) = p.pump();
     assert!(matches!(s[0], Ev::OpenRequest(..)));
-    p.server.refuse_stream(id, StreamErrorCode::NotAllowed).unwrap();
+    p.server
+        .refuse_stream(id, StreamErrorCode::NotAllowed)
+        .unwrap();
     let (c, _) = p.pump();
     assert_eq!(c, vec![Ev::OpenFailed(id, StreamErrorCode::NotAllowed)]);
     assert_eq!(p.client.stream_count(), 0);
     assert_eq!(p.server.stream_count(), 0);
-    assert_eq!(p.client.stream_send(id, b"x"), Err(StreamError::UnknownStream));
+    assert_eq!(
+        p.client.stream_send(id, b"x"),
+        Err(StreamError::UnknownStream)
+    );
 }
 
 #[test]
@@ -124,10 +152,14 @@ fn reset_travels_both_ways() {
     p.server.accept_stream(a).unwrap();
     p.server.accept_stream(b).unwrap();
     p.pump();
-    p.client.stream_reset(a, StreamErrorCode::Cancelled).unwrap();
+    p.client
+        .stream_reset(a, StreamErrorCode::Cancelled)
+        .unwrap();
     let (_, s) = p.pump();
     assert_eq!(s, vec![Ev::Reset(a, StreamErrorCode::Cancelled)]);
-    p.server.stream_reset(b, StreamErrorCode::ConnectionRefused).unwrap();
+    p.server
+        .stream_reset(b, StreamErrorCode::ConnectionRefused)
+        .unwrap();
     let (c, _) = p.pump();
     assert_eq!(c, vec![Ev::Reset(b, StreamErrorCode::ConnectionRefused)]);
     assert_eq!(p.client.stream_count(), 0);
@@ -202,8 +234,15 @@ fn key_update_automatic_and_requested() {
         let (_, s) = p.pump();
         let _ = s;
     }
-    assert!(p.client.stats().key_updates_sent >= 5, "{:?}", p.client.stats());
-    assert_eq!(p.client.stats().key_updates_sent, p.server.stats().key_updates_received);
+    assert!(
+        p.client.stats().key_updates_sent >= 5,
+        "{:?}",
+        p.client.stats()
+    );
+    assert_eq!(
+        p.client.stats().key_updates_sent,
+        p.server.stats().key_updates_received
+    );
     p.server.request_key_update();
     p.server.stream_send(id, b"after update").unwrap();
     let (c, _) = p.pump();
@@ -217,8 +256,16 @@ fn authenticated_close_and_truncation() {
     p.handshake();
     p.client.close(CloseCode::Normal);
     let (c, s) = p.pump();
-    assert_eq!(c, vec![Ev::Closed(ConnectionError::LocallyClosed(CloseCode::Normal))]);
-    assert_eq!(s, vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]);
+    assert_eq!(
+        c,
+        vec![Ev::Closed(ConnectionError::LocallyClosed(
+            CloseCode::Normal
+        ))]
+    );
+    assert_eq!(
+        s,
+        vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]
+    );
 
     let mut p = default_pair();
     p.handshake();
@@ -242,10 +289,15 @@ fn keepalive_and_idle_timeout() {
     p.advance(15_000);
     p.advance(30_001);
     let (c, _) = (drain(&mut p.client), ());
-    assert!(c.contains(&Ev::Closed(ConnectionError::Timeout(TimeoutKind::Idle))), "{c:?}");
+    assert!(
+        c.contains(&Ev::Closed(ConnectionError::Timeout(TimeoutKind::Idle))),
+        "{c:?}"
+    );
 }
 
-fn drain<const TX: usize, const RX: usize, const S: usize>(c: &mut Connection<TX, RX, S>) -> Vec<Ev> {
+fn drain<const TX: usize, const RX: usize, const S: usize>(
+    c: &mut Connection<TX, RX, S>,
+) -> Vec<Ev> {
     let mut v = Vec::new();
     while let Some(e) = c.poll_event() {
         v.push(own(e));
@@ -257,7 +309,11 @@ fn drain<const TX: usize, const RX: usize, const S: usize>(c: &mut Connection<TX
 fn handshake_timeout() {
     let mut p = default_pair();
     p.advance(10_001);
-    assert!(drain(&mut p.server).contains(&Ev::Closed(ConnectionError::Timeout(TimeoutKind::Handshake))));
+    assert!(
+        drain(&mut p.server).contains(&Ev::Closed(ConnectionError::Timeout(
+            TimeoutKind::Handshake
+        )))
+    );
 }
 
 #[test]
@@ -321,8 +377,12 @@ fn p1_client_without_its_private_key_fails() {
     }));
     let (c, s) = p.pump();
     assert!(!p.server.is_established());
-    assert!(s.contains(&Ev::Closed(ConnectionError::Handshake(HandshakeError::ClientAuthenticationFailed)))
-        || c.iter().any(|e| matches!(e, Ev::Closed(_))), "{c:?} {s:?}");
+    assert!(
+        s.contains(&Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ClientAuthenticationFailed
+        ))) || c.iter().any(|e| matches!(e, Ev::Closed(_))),
+        "{c:?} {s:?}"
+    );
     assert!(c.iter().any(|e| matches!(e, Ev::Closed(_))));
 }
 
@@ -342,7 +402,12 @@ fn p2_server_without_pinned_private_key_fails() {
         }
     }));
     let (c, _) = p.pump();
-    assert!(c.contains(&Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))), "{c:?}");
+    assert!(
+        c.contains(&Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ServerAuthenticationFailed
+        ))),
+        "{c:?}"
+    );
     assert!(!p.client.is_established());
 }
 
@@ -356,9 +421,16 @@ fn wrong_pinned_key_is_named_by_the_server() {
     let server_id = public("server").id();
     assert_eq!(
         c,
-        vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnknownServerKey, Some(server_id))))]
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::PeerAlert(AlertReason::UnknownServerKey, Some(server_id))
+        ))]
     );
-    assert_eq!(s, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::UnknownServerKey(public("other").id())))]);
+    assert_eq!(
+        s,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::UnknownServerKey(public("other").id())
+        ))]
+    );
 }
 
 #[test]
@@ -368,8 +440,18 @@ fn unauthorized_client_is_refused_with_its_key_id() {
     let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
     let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
     let (c, s) = p.pump();
-    assert_eq!(s, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::UnauthorizedClient(public("other").id())))]);
-    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::Unauthorized, None)))]);
+    assert_eq!(
+        s,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::UnauthorizedClient(public("other").id())
+        ))]
+    );
+    assert_eq!(
+        c,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::PeerAlert(AlertReason::Unauthorized, None)
+        ))]
+    );
 }
 
 #[test]
@@ -391,7 +473,12 @@ fn p3_replayed_client_flight_never_yields_a_session() {
         }
     }
     assert!(!server.is_established());
-    assert_eq!(evs, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ClientAuthenticationFailed))]);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ClientAuthenticationFailed
+        ))]
+    );
 }
 
 #[test]
@@ -412,7 +499,12 @@ fn p3_replayed_server_flight_never_yields_a_session() {
         }
     }
     assert!(!client.is_established());
-    assert_eq!(evs, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ServerAuthenticationFailed
+        ))]
+    );
 }
 
 /// Runs a handshake where byte `index` of the first `len` bytes in `dir`
@@ -454,10 +546,16 @@ fn p4_any_flipped_bit_in_any_handshake_message_fails() {
     // flight (hello + finished). Flipping the low bit of each byte covers
     // every message and field.
     for i in 0..c2s {
-        assert!(flip_fails(Dir::ClientToServer, i), "c2s byte {i} flipped but a session came up");
+        assert!(
+            flip_fails(Dir::ClientToServer, i),
+            "c2s byte {i} flipped but a session came up"
+        );
     }
     for i in 0..s2c {
-        assert!(flip_fails(Dir::ServerToClient, i), "s2c byte {i} flipped but a session came up");
+        assert!(
+            flip_fails(Dir::ServerToClient, i),
+            "s2c byte {i} flipped but a session came up"
+        );
     }
 }
 
@@ -474,10 +572,18 @@ fn p5_oaep_failure_is_implicit_rejection() {
         }
     }));
     let (c, s) = p.pump();
-    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+    assert_eq!(
+        c,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ServerAuthenticationFailed
+        ))]
+    );
     // The server only learns of it as a truncated session (the client
     // stops), never through a decryption error of its own.
-    assert!(s.iter().all(|e| !matches!(e, Ev::Closed(ConnectionError::Handshake(HandshakeError::Crypto(_))))));
+    assert!(s.iter().all(|e| !matches!(
+        e,
+        Ev::Closed(ConnectionError::Handshake(HandshakeError::Crypto(_)))
+    )));
     assert!(!p.server.is_established());
 }
 
@@ -486,26 +592,41 @@ fn p6_suite_downgrade_is_caught_by_the_transcript() {
     // The client prefers AES-256; an attacker strips it from the offer so
     // the server picks AES-128.
     let mut rng = TestRng::new("k");
-    let mut cfg = ClientConfig::new(private("client", &mut rng), public("server"), SessionConfig::HOST);
+    let mut cfg = ClientConfig::new(
+        private("client", &mut rng),
+        public("server"),
+        SessionConfig::HOST,
+    );
     cfg.suites.clear();
     cfg.suites.push(Suite::Aes256Gcm).unwrap();
     cfg.suites.push(Suite::Aes128Gcm).unwrap();
     let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
-    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> =
+        Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
     p.tamper = Some(Box::new(|dir, bytes| {
         if dir == Dir::ClientToServer && bytes.first() == Some(&1) {
             bytes[9] = 0x01; // first offered suite: AES-256 -> AES-128
         }
     }));
     let (c, _) = p.pump();
-    assert_eq!(c, vec![Ev::Closed(ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed))]);
+    assert_eq!(
+        c,
+        vec![Ev::Closed(ConnectionError::Handshake(
+            HandshakeError::ServerAuthenticationFailed
+        ))]
+    );
     // Without tampering the stronger preferred suite is chosen.
     let mut rng = TestRng::new("k");
-    let mut cfg = ClientConfig::new(private("client", &mut rng), public("server"), SessionConfig::HOST);
+    let mut cfg = ClientConfig::new(
+        private("client", &mut rng),
+        public("server"),
+        SessionConfig::HOST,
+    );
     cfg.suites.clear();
     cfg.suites.push(Suite::Aes256Gcm).unwrap();
     let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
-    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> =
+        Pair::new(std::sync::Arc::new(cfg), s, TestRng::new("s"));
     p.handshake();
     assert_eq!(p.client.suite(), Some(Suite::Aes256Gcm));
 }
@@ -519,7 +640,16 @@ fn version_downgrade_is_refused() {
         }
     }));
     let (c, _) = p.pump();
-    assert!(matches!(c[0], Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnsupportedVersion, None)))), "{c:?}");
+    assert!(
+        matches!(
+            c[0],
+            Ev::Closed(ConnectionError::Handshake(HandshakeError::PeerAlert(
+                AlertReason::UnsupportedVersion,
+                None
+            )))
+        ),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -562,12 +692,17 @@ fn tampered_replayed_or_dropped_records_close_the_session() {
         }
         bytes.clear();
         assert!(
-            evs.contains(&Ev::Closed(ConnectionError::Record(hytun_core::crypto::CryptoError::Decrypt))),
+            evs.contains(&Ev::Closed(ConnectionError::Record(
+                hytun_core::crypto::CryptoError::Decrypt
+            ))),
             "mode {mode}: {evs:?}"
         );
         // Nothing from a failed record was delivered.
         if mode != 1 {
-            assert!(!evs.iter().any(|e| matches!(e, Ev::Data(..))), "mode {mode}: {evs:?}");
+            assert!(
+                !evs.iter().any(|e| matches!(e, Ev::Data(..))),
+                "mode {mode}: {evs:?}"
+            );
         }
         assert!(p.server.is_closed());
     }
@@ -578,12 +713,17 @@ fn oversized_record_header_is_rejected_before_buffering() {
     let mut p = default_pair();
     p.handshake();
     let mut evs = Vec::new();
-    let n = p.server.handle_input(&[0xff, 0xff, 0, 0, 0], p.now, &mut p.rng);
+    let n = p
+        .server
+        .handle_input(&[0xff, 0xff, 0, 0, 0], p.now, &mut p.rng);
     assert_eq!(n, 5);
     while let Some(e) = p.server.poll_event() {
         evs.push(own(e));
     }
-    assert!(matches!(evs[0], Ev::Closed(ConnectionError::Malformed(_))), "{evs:?}");
+    assert!(
+        matches!(evs[0], Ev::Closed(ConnectionError::Malformed(_))),
+        "{evs:?}"
+    );
 }
 
 // ------------------------------------------------ regressions from review --
@@ -595,7 +735,10 @@ fn key_update_then_close_is_a_normal_close() {
     p.client.request_key_update();
     p.client.close(CloseCode::Normal);
     let (_, s) = p.pump();
-    assert_eq!(s, vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]);
+    assert_eq!(
+        s,
+        vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]
+    );
 }
 
 #[test]
@@ -612,7 +755,11 @@ fn requested_key_update_is_answered_by_the_peer_once() {
     p.pump();
     assert_eq!(p.client.stats().key_updates_sent, 1);
     assert_eq!(p.server.stats().key_updates_received, 1);
-    assert_eq!(p.server.stats().key_updates_sent, 1, "peer answered the request");
+    assert_eq!(
+        p.server.stats().key_updates_sent,
+        1,
+        "peer answered the request"
+    );
     assert_eq!(p.client.stats().key_updates_received, 1);
     assert!(p.client.is_established() && p.server.is_established());
 }
@@ -633,9 +780,14 @@ fn reset_then_reopen_at_the_stream_limit() {
         p.server.accept_stream(id).unwrap();
         // The server owes a WINDOW frame when the client resets.
         p.server.stream_consumed(id, 4);
-        p.client.stream_reset(id, StreamErrorCode::Cancelled).unwrap();
+        p.client
+            .stream_reset(id, StreamErrorCode::Cancelled)
+            .unwrap();
         let (_, s) = p.pump();
-        assert!(s.contains(&Ev::Reset(id, StreamErrorCode::Cancelled)), "round {round}: {s:?}");
+        assert!(
+            s.contains(&Ev::Reset(id, StreamErrorCode::Cancelled)),
+            "round {round}: {s:?}"
+        );
         assert!(p.server.is_established(), "round {round}");
     }
 }

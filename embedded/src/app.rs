@@ -1,53 +1,80 @@
-//! The firmware's application: for now a transport and crypto self-test.
+//! The firmware's application: a hytun tunnel client that fetches one page.
 //!
-//! [`run`] is the seam where the hytun tunnel client will go: it receives
-//! the byte transport (UART0 under QEMU), the boot-seeded CSPRNG and the
-//! provisioned keys, and returns a [`Report`] or a [`FirmwareError`] whose
-//! exit code `main` reports. The protocol core is not ready yet, so the body
-//! is a self-test with two parts:
+//! [`run`] receives the byte transport (UART0 under QEMU, connected to the
+//! hytun server), the boot-seeded CSPRNG and the provisioned keys, and:
 //!
-//! 1. **Crypto smoke test** (links the same crypto stack as `hytun-core`, so
-//!    the size and memory numbers are representative): parse the device's
-//!    PKCS#8 RSA key and the server's SPKI RSA key; RSA-OAEP-SHA256 encrypt a
-//!    random secret to the server key; encrypt one to the device's own public
-//!    key and decrypt it again with blinding; an X25519 exchange between two
-//!    ephemeral keys; SHA-256 of the shared secret keys an AES-256-GCM
-//!    encrypt/decrypt round trip.
-//! 2. **Transport self-test**, line based (every line ends in `\n`):
+//! 1. parses the device's PKCS#8 key and the pinned server SPKI key into a
+//!    [`ClientConfig`] with [`SessionConfig::EMBEDDED`] (1 KiB records and
+//!    stream windows), shared through an `Arc` as the core expects;
+//! 2. starts a [`Connection`] sized by [`TX_BUFFER`], [`RX_BUFFER`] and
+//!    [`STREAMS`] (the core's minimums and one stream slot; it lives on the
+//!    stack of [`run`]) and drives it until `Event::Connected`;
+//! 3. opens one stream to the build-time origin ([`crate::origin`]), sends
+//!    `GET <path> HTTP/1.0`, half-closes, and checks the response as it
+//!    streams in ([`crate::http`]): status `HTTP/1.x 200`, the expected
+//!    marker somewhere in the body;
+//! 4. closes the session with `CLOSE(Normal)`, flushes, and returns a
+//!    [`Report`]; every failure maps to its own [`FirmwareError`] (exit code).
 //!
-//!    | step | direction     | bytes                                     |
-//!    |-----:|---------------|-------------------------------------------|
-//!    | 1    | firmware→host | `HYTUN-FW HELLO`                          |
-//!    | 2    | host→firmware | `HYTUN-HOST HELLO`                        |
-//!    | 3    | firmware→host | `ECHO ` + 64 lowercase hex digits (32 random bytes) |
-//!    | 4    | host→firmware | the line of step 3, unchanged             |
+//! ## Driving the core
 //!
-//!    Any other reply ends the run with [`FirmwareError::UnexpectedReply`].
+//! One loop, following the contract in `hytun_core::connection`: write all of
+//! `transmit_pending()`; run `handle_timeout` once `poll_timeout()` has
+//! passed; otherwise, if the UART holds received bytes, read up to
+//! [`READ_CHUNK`] of them and feed them with `handle_input` — which consumes
+//! at most one record per call — draining `poll_event` after every call.
+//! The UART driver's `read` blocks, so the loop only reads after `read_ready`
+//! says a byte is waiting; while nothing arrives it spins, checking the
+//! timers. Timeouts therefore fire on time as long as the CPU is not inside
+//! a long core call: during the client's RSA operations (≈100 M instructions)
+//! nothing else runs, and a real device would want a watchdog around them.
+//!
+//! ## Measurements
+//!
+//! Every call into the core (and the application's handling of its events)
+//! is timed with [`clock::ticks`]; the sum is the client's CPU cost, free of
+//! the time spent waiting for the server. Under QEMU `-icount shift=0` the
+//! virtual nanoseconds the log prints are exact instruction counts.
 
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{AeadInOut as _, KeyInit as _, Nonce};
-use embedded_io::{Read, Write};
+use alloc::sync::Arc;
+use core::fmt::Write as _;
+
+use defmt::Display2Format;
+use embedded_io::{Read, ReadReady, Write};
+use hytun_core::connection::{MIN_RX_BUFFER, MIN_TX_BUFFER};
+use hytun_core::{
+    ClientConfig, CloseCode, Connection, ConnectionError, Destination, Event, PrivateIdentity,
+    PublicIdentity, SessionConfig, StreamError, StreamErrorCode, StreamId,
+};
 use rand_core::CryptoRng;
-use rsa::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
-use rsa::traits::PublicKeyParts as _;
-use rsa::{Oaep, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
-use sha2::{Digest as _, Sha256};
-use x25519_dalek::{EphemeralSecret, PublicKey as X25519Public};
-use zeroize::Zeroizing;
+use static_cell::StaticCell;
 
+use crate::clock;
 use crate::error::FirmwareError;
+use crate::http::{HttpError, Response};
 use crate::keys::Provisioned;
+use crate::origin;
 
-/// First line the firmware sends.
-pub const HELLO: &[u8] = b"HYTUN-FW HELLO\n";
-/// The reply the host must send to [`HELLO`].
-pub const HOST_HELLO: &[u8] = b"HYTUN-HOST HELLO\n";
-/// Prefix of the echo line.
-const ECHO_PREFIX: &[u8] = b"ECHO ";
-/// Random bytes carried by the echo line (sent as hex).
-const ECHO_RANDOM_LEN: usize = 32;
-/// Receive buffer for one line, newline included.
-const LINE_MAX: usize = 128;
+/// Transmit buffer: the core's minimum (one handshake flight plus the
+/// control-frame reserve; the 1 KiB records the server accepts fit).
+pub const TX_BUFFER: usize = MIN_TX_BUFFER;
+/// Receive buffer: one 1 KiB record plus header and tag (the core's minimum).
+pub const RX_BUFFER: usize = MIN_RX_BUFFER;
+/// Stream slots: the client opens one stream.
+pub const STREAMS: usize = 1;
+/// The client's connection type.
+pub type Conn = Connection<TX_BUFFER, RX_BUFFER, STREAMS>;
+
+/// The connection's home: a static initialised in place, so the 4.4 KiB
+/// value is neither on the stack nor copied there.
+static CONNECTION: StaticCell<Conn> = StaticCell::new();
+
+/// Bytes read from the UART per `read` call.
+const READ_CHUNK: usize = 256;
+/// Room for the request line and headers.
+const REQUEST_MAX: usize = 384;
+/// Body bytes shown in the log.
+const BODY_PREFIX_LOG: usize = 48;
 
 /// What a successful run did.
 #[derive(Debug, Clone, Copy, Default, defmt::Format)]
@@ -56,150 +83,430 @@ pub struct Report {
     pub bytes_sent: u32,
     /// Bytes read from the transport.
     pub bytes_received: u32,
+    /// CPU cost of parsing the keys, in virtual ns (= instructions under
+    /// `-icount shift=0`).
+    pub key_setup_instructions: u64,
+    /// CPU cost of the client's side of the handshake (ClientHello to
+    /// Connected), in virtual ns (= instructions under `-icount shift=0`).
+    pub handshake_instructions: u64,
+    /// Handshake wall time (virtual), including the server's work and I/O.
+    pub handshake_ms: u64,
+    /// Response body bytes received.
+    pub body_len: u32,
+    /// Virtual time from the first response byte to the stream's FIN, ns.
+    pub transfer_ns: u64,
+    /// CPU cost of the client over the same span, virtual ns.
+    pub transfer_cpu_ns: u64,
 }
 
-/// Runs the application over `transport` until it completes or fails.
-pub fn run<T: Read + Write>(
+/// Where the exchange stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `Connected`.
+    Handshake,
+    /// Connected; the stream is not open yet (or OPEN did not fit).
+    Connected,
+    /// The stream is open: request going out, response coming in.
+    Exchange(StreamId),
+    /// The outcome is decided and `close` was called.
+    Closing,
+}
+
+/// An [`Event`] after its data was consumed: no borrow of the connection.
+#[derive(Clone, Copy)]
+enum Owned {
+    Connected,
+    Opened(StreamId),
+    OpenFailed(StreamId, StreamErrorCode),
+    Data { id: StreamId, len: usize, fed: Result<(), HttpError> },
+    Finished(StreamId),
+    Reset(StreamId, StreamErrorCode),
+    GoAway(CloseCode),
+    Closed(ConnectionError),
+    Ignored,
+}
+
+/// The application's state, separate from the connection so event handling
+/// can borrow both.
+struct Client<'m> {
+    phase: Phase,
+    request: heapless::String<REQUEST_MAX>,
+    request_sent: usize,
+    fin_sent: bool,
+    response: Response<'m>,
+    /// Set once the run's result is known; the session is then closed.
+    outcome: Option<Result<(), FirmwareError>>,
+    report: Report,
+    /// Ticks spent in core calls and event handling.
+    busy: u64,
+    handshake_start: u64,
+    first_data: Option<(u64, u64)>,
+}
+
+/// Runs the client over `transport` until the page is fetched or it fails.
+pub fn run<T: Read + ReadReady + Write>(
     transport: &mut T,
     rng: &mut impl CryptoRng,
     keys: &Provisioned,
 ) -> Result<Report, FirmwareError> {
-    crypto_smoke_test(rng, keys)?;
+    let setup_start = clock::ticks();
+    let config = load_config(keys, rng)?;
+    let setup_ticks = clock::ticks() - setup_start;
+    defmt::info!("key_setup_instructions={=u64}", clock::ticks_to_ns(setup_ticks));
 
-    let mut report = Report::default();
-    let mut line = [0u8; LINE_MAX];
-
-    send(transport, HELLO, &mut report)?;
-    let reply = read_line(transport, &mut line, &mut report)?;
-    if reply != HOST_HELLO {
-        defmt::error!("self-test: bad hello reply {=[u8]:a}", reply);
-        return Err(FirmwareError::UnexpectedReply);
-    }
-    defmt::info!("self-test: host hello received");
-
-    let mut random = Zeroizing::new([0u8; ECHO_RANDOM_LEN]);
-    rng.fill_bytes(random.as_mut_slice());
-    let mut echo = [0u8; ECHO_PREFIX.len() + 2 * ECHO_RANDOM_LEN + 1];
-    let (prefix, rest) = echo.split_at_mut(ECHO_PREFIX.len());
-    prefix.copy_from_slice(ECHO_PREFIX);
-    let (hex, newline) = rest.split_at_mut(2 * ECHO_RANDOM_LEN);
-    hex_encode(random.as_slice(), hex);
-    newline.copy_from_slice(b"\n");
-    send(transport, &echo, &mut report)?;
-    let reply = read_line(transport, &mut line, &mut report)?;
-    if reply != echo.as_slice() {
-        defmt::error!("self-test: echo mismatch, got {=[u8]:a}", reply);
-        return Err(FirmwareError::UnexpectedReply);
-    }
-    defmt::info!("self-test: echo of {=usize} bytes verified", echo.len());
-    Ok(report)
-}
-
-/// Exercises every primitive the tunnel client will need.
-fn crypto_smoke_test(rng: &mut impl CryptoRng, keys: &Provisioned) -> Result<(), FirmwareError> {
-    let device = RsaPrivateKey::from_pkcs8_der(keys.device_key_pkcs8_der)
-        .map_err(|_| FirmwareError::DeviceKey)?;
-    let server = RsaPublicKey::from_public_key_der(keys.server_spki_der)
-        .map_err(|_| FirmwareError::ServerKey)?;
+    let mut client = Client::new(origin::EXPECT_BODY.as_bytes());
+    client.report.key_setup_instructions = clock::ticks_to_ns(setup_ticks);
+    client.handshake_start = clock::ticks();
+    let conn = start_connection(config, rng)?;
+    client.busy += clock::ticks() - client.handshake_start;
     defmt::info!(
-        "keys: device RSA-{=usize}, server RSA-{=usize}",
-        device.size() * 8,
-        server.size() * 8
+        "connection: {=usize} B in a static (TX {=usize}, RX {=usize}, {=usize} stream slot); ClientHello queued",
+        core::mem::size_of::<Conn>(),
+        TX_BUFFER,
+        RX_BUFFER,
+        STREAMS
     );
+    drive(&mut client, conn, transport, rng)?;
 
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(secret.as_mut_slice());
-    let to_server = server
-        .encrypt(rng, Oaep::<Sha256>::new(), secret.as_slice())
-        .map_err(|_| FirmwareError::Crypto)?;
-    let to_device = device
-        .as_public_key()
-        .encrypt(rng, Oaep::<Sha256>::new(), secret.as_slice())
-        .map_err(|_| FirmwareError::Crypto)?;
-    let decrypted = Zeroizing::new(
-        device
-            .decrypt_blinded(rng, Oaep::<Sha256>::new(), &to_device)
-            .map_err(|_| FirmwareError::Crypto)?,
-    );
-    if decrypted.as_slice() != secret.as_slice() {
-        return Err(FirmwareError::Crypto);
+    match client.outcome {
+        Some(Ok(())) => Ok(client.report),
+        Some(Err(e)) => Err(e),
+        // `drive` only returns once Closed was seen, which sets the outcome.
+        None => Err(FirmwareError::SessionClosed(
+            conn.error().unwrap_or(ConnectionError::Truncated),
+        )),
     }
-    drop(device);
+}
+
+// The steps below are `#[inline(never)]` on purpose: inlined into one
+// function, their locals (RSA and X25519 temporaries, the response buffer)
+// share one large frame that stays allocated for the whole run; apart, each
+// frame exists only while its step runs, which keeps the stack peak low.
+
+/// Parses the provisioned keys into the client configuration.
+#[inline(never)]
+fn load_config(keys: &Provisioned, rng: &mut impl CryptoRng) -> Result<Arc<ClientConfig>, FirmwareError> {
+    let identity = PrivateIdentity::from_pkcs8_der(keys.device_key_pkcs8_der, rng).map_err(|e| {
+        defmt::error!("device key: {}", Display2Format(&e));
+        FirmwareError::DeviceKey
+    })?;
+    let server = PublicIdentity::from_spki_der(keys.server_spki_der).map_err(|e| {
+        defmt::error!("server key: {}", Display2Format(&e));
+        FirmwareError::ServerKey
+    })?;
     defmt::info!(
-        "rsa: OAEP-SHA256 to server ({=usize} B) and device round trip ok",
-        to_server.len()
+        "keys: device {} RSA-{=usize}, pinned server {} RSA-{=usize}",
+        Display2Format(&identity.public().id()),
+        identity.public().ciphertext_len() * 8,
+        Display2Format(&server.id()),
+        server.ciphertext_len() * 8
     );
-
-    let ours = EphemeralSecret::random_from_rng(rng);
-    let theirs = EphemeralSecret::random_from_rng(rng);
-    let ours_pub = X25519Public::from(&ours);
-    let theirs_pub = X25519Public::from(&theirs);
-    let shared = ours.diffie_hellman(&theirs_pub);
-    let shared_peer = theirs.diffie_hellman(&ours_pub);
-    if shared.as_bytes() != shared_peer.as_bytes() {
-        return Err(FirmwareError::Crypto);
-    }
-
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(&Sha256::digest(shared.as_bytes()));
-    let cipher = Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| FirmwareError::Crypto)?;
-    let mut nonce_bytes = [0u8; 12];
-    rng.fill_bytes(&mut nonce_bytes);
-    let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
-    let mut buf = [0u8; HELLO.len()];
-    buf.copy_from_slice(HELLO);
-    let tag = cipher
-        .encrypt_inout_detached(&nonce, b"hytun", buf.as_mut_slice().into())
-        .map_err(|_| FirmwareError::Crypto)?;
-    cipher
-        .decrypt_inout_detached(&nonce, b"hytun", buf.as_mut_slice().into(), &tag)
-        .map_err(|_| FirmwareError::Crypto)?;
-    if buf != *HELLO {
-        return Err(FirmwareError::Crypto);
-    }
-    defmt::info!("x25519 + sha256 + aes-256-gcm round trip ok");
-    Ok(())
+    Ok(Arc::new(ClientConfig::new(identity, server, SessionConfig::EMBEDDED)))
 }
 
-/// Writes all of `bytes` and flushes.
-fn send<T: Write>(t: &mut T, bytes: &[u8], report: &mut Report) -> Result<(), FirmwareError> {
-    t.write_all(bytes).map_err(FirmwareError::transport)?;
-    t.flush().map_err(FirmwareError::transport)?;
-    report.bytes_sent = report
-        .bytes_sent
-        .saturating_add(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-    Ok(())
+/// Builds the client connection in [`CONNECTION`]; the `ClientHello`
+/// (X25519 share, RSA-OAEP secret to the server) is queued at once.
+#[inline(never)]
+fn start_connection(
+    config: Arc<ClientConfig>,
+    rng: &mut impl CryptoRng,
+) -> Result<&'static mut Conn, FirmwareError> {
+    // `Connection::client` returns the value, so one temporary copy of it
+    // still lands on this frame (the core has no in-place constructor).
+    CONNECTION
+        .try_init_with(|| Conn::client(config, clock::instant(), rng))
+        .ok_or(FirmwareError::BoardTaken)
 }
 
-/// Reads one `\n`-terminated line (newline included) into `buf`.
-///
-/// Reads a byte at a time so nothing after the newline is consumed.
-fn read_line<'b, T: Read>(
-    t: &mut T,
-    buf: &'b mut [u8],
-    report: &mut Report,
-) -> Result<&'b [u8], FirmwareError> {
-    let mut len = 0;
+/// The I/O loop: runs until the session is closed and its last bytes are
+/// written. Not inlined, so its frame stays small and separate from the
+/// connection's.
+#[inline(never)]
+fn drive<T: Read + ReadReady + Write>(
+    client: &mut Client<'_>,
+    conn: &mut Conn,
+    transport: &mut T,
+    rng: &mut impl CryptoRng,
+) -> Result<(), FirmwareError> {
+    let mut buf = [0u8; READ_CHUNK];
     loop {
-        let Some(slot) = buf.get_mut(len..=len) else {
-            return Err(FirmwareError::LineTooLong);
-        };
-        if t.read(slot).map_err(FirmwareError::transport)? == 0 {
-            return Err(FirmwareError::TransportClosed);
+        client.write_pending(transport, conn)?;
+        if conn.is_closed() {
+            // Closed was drained and the CLOSE (if any) is written.
+            break;
         }
-        report.bytes_received = report.bytes_received.saturating_add(1);
-        len += 1;
-        if slot[0] == b'\n' {
-            return Ok(&buf[..len]);
+        let now = clock::instant();
+        if conn.poll_timeout().is_some_and(|deadline| now >= deadline) {
+            client.timed(|| conn.handle_timeout(now));
+            client.drain(conn);
+            client.progress(conn);
+            client.drain(conn);
+            continue;
         }
+        if !transport.read_ready().map_err(FirmwareError::transport)? {
+            core::hint::spin_loop();
+            continue;
+        }
+        let n = transport.read(&mut buf).map_err(FirmwareError::transport)?;
+        client.report.bytes_received = client.report.bytes_received.saturating_add(n as u32);
+        if n == 0 {
+            conn.handle_eof();
+        }
+        let mut off = 0;
+        while off < n {
+            off += client.timed(|| conn.handle_input(&buf[off..n], now, rng));
+            client.drain(conn);
+        }
+        client.drain(conn);
+        client.progress(conn);
+        client.drain(conn);
     }
+    transport.flush().map_err(FirmwareError::transport)
 }
 
-/// Lowercase hex of `bytes` into `out` (`out.len() == 2 * bytes.len()`).
-fn hex_encode(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+impl<'m> Client<'m> {
+    fn new(marker: &'m [u8]) -> Self {
+        let mut request = heapless::String::new();
+        // Fits: build.rs bounds the path and host well below REQUEST_MAX.
+        let _ = write!(
+            request,
+            "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: hytun-firmware\r\n\r\n",
+            origin::PATH,
+            origin::HOST_STR
+        );
+        Self {
+            phase: Phase::Handshake,
+            request,
+            request_sent: 0,
+            fin_sent: false,
+            response: Response::new(marker),
+            outcome: None,
+            report: Report::default(),
+            busy: 0,
+            handshake_start: 0,
+            first_data: None,
+        }
+    }
+
+    /// Runs `f`, adding its duration to the busy counter.
+    fn timed<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let start = clock::ticks();
+        let r = f();
+        self.busy += clock::ticks() - start;
+        r
+    }
+
+    /// Writes everything the connection has to send.
+    fn write_pending<T: Write>(&mut self, t: &mut T, conn: &mut Conn) -> Result<(), FirmwareError> {
+        loop {
+            let start = clock::ticks();
+            let pending = conn.transmit_pending();
+            self.busy += clock::ticks() - start;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let n = t.write(pending).map_err(FirmwareError::transport)?;
+            conn.transmit_done(n);
+            self.report.bytes_sent = self.report.bytes_sent.saturating_add(n as u32);
+        }
+    }
+
+    /// Decides the run's result (first decision wins) and closes the session.
+    fn conclude(&mut self, conn: &mut Conn, outcome: Result<(), FirmwareError>) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+        if !conn.is_closed() {
+            conn.close(if outcome.is_ok() { CloseCode::Normal } else { CloseCode::Other });
+        }
+        self.phase = Phase::Closing;
+    }
+
+    /// Drains the connection's events.
+    fn drain(&mut self, conn: &mut Conn) {
+        loop {
+            let start = clock::ticks();
+            let Some(event) = conn.poll_event() else {
+                self.busy += clock::ticks() - start;
+                return;
+            };
+            // Data borrows the record being read: feed it to the response
+            // checker here, then continue with a borrow-free event.
+            let event = match event {
+                Event::Data { id, data } => {
+                    if self.first_data.is_none() {
+                        self.first_data = Some((start, self.busy));
+                    }
+                    Owned::Data { id, len: data.len(), fed: self.response.feed(data) }
+                }
+                Event::Connected => Owned::Connected,
+                Event::Opened { id } => Owned::Opened(id),
+                Event::OpenFailed { id, code } => Owned::OpenFailed(id, code),
+                Event::Finished { id } => Owned::Finished(id),
+                Event::Reset { id, code } => Owned::Reset(id, code),
+                Event::GoAway { code } => Owned::GoAway(code),
+                Event::Closed { error } => Owned::Closed(error),
+                // Writable: `progress` retries sends anyway; OpenRequest
+                // only reaches servers.
+                Event::Writable { .. } | Event::OpenRequest { .. } => Owned::Ignored,
+            };
+            if let Owned::Data { id, len, .. } = event {
+                conn.stream_consumed(id, len);
+            }
+            self.busy += clock::ticks() - start;
+            self.on_event(conn, event);
+        }
+    }
+
+    fn on_event(&mut self, conn: &mut Conn, event: Owned) {
+        match event {
+            Owned::Connected => {
+                let now = clock::ticks();
+                self.report.handshake_instructions =
+                    clock::ticks_to_ns(self.busy);
+                self.report.handshake_ms = clock::ticks_to_ns(now - self.handshake_start) / 1_000_000;
+                defmt::info!(
+                    "connected: handshake done, handshake_instructions={=u64} wall_ms={=u64} suite={}",
+                    self.report.handshake_instructions,
+                    self.report.handshake_ms,
+                    conn.suite()
+                );
+                if self.phase == Phase::Handshake {
+                    self.phase = Phase::Connected;
+                }
+            }
+            Owned::Opened(id) => defmt::info!("stream {=u32} opened", id.0),
+            Owned::OpenFailed(id, code) => {
+                defmt::error!(
+                    "stream {=u32} refused by the server: {} ({})",
+                    id.0,
+                    code,
+                    Display2Format(&code)
+                );
+                self.conclude(conn, Err(FirmwareError::StreamRefused(code)));
+            }
+            Owned::Data { fed: Err(_), .. } => {
+                defmt::error!("response headers do not fit in {=usize} bytes", crate::http::KEEP);
+                self.conclude(conn, Err(FirmwareError::MalformedResponse));
+            }
+            Owned::Finished(id) => self.on_finished(conn, id),
+            Owned::Reset(id, code) => {
+                defmt::error!("stream {=u32} reset by the server: {}", id.0, Display2Format(&code));
+                self.conclude(conn, Err(FirmwareError::StreamReset(code)));
+            }
+            Owned::GoAway(code) => defmt::warn!("server going away: {}", Display2Format(&code)),
+            Owned::Closed(error) => self.on_closed(error),
+            Owned::Data { fed: Ok(()), .. } | Owned::Ignored => {}
+        }
+    }
+
+    fn on_finished(&mut self, conn: &mut Conn, id: StreamId) {
+        let end = clock::ticks();
+        if let Some((start, busy_start)) = self.first_data {
+            self.report.transfer_ns = clock::ticks_to_ns(end - start);
+            self.report.transfer_cpu_ns = clock::ticks_to_ns(self.busy - busy_start);
+        }
+        let body_len = self.response.body_len();
+        self.report.body_len = u32::try_from(body_len).unwrap_or(u32::MAX);
+        defmt::info!(
+            "stream {=u32} finished: status line `{=[u8]:a}`",
+            id.0,
+            self.response.status_line()
+        );
+        defmt::info!(
+            "body: {=usize} bytes, starts `{=[u8]:a}`",
+            body_len,
+            self.response.body_prefix(BODY_PREFIX_LOG)
+        );
+        if body_len > 0 {
+            let per_kib = |ns: u64| ns.saturating_mul(1024) / body_len as u64;
+            defmt::info!(
+                "transfer: {=u32} B in {=u64} us virtual ({=u64} us/KiB), client cpu {=u64} ns/KiB",
+                self.report.body_len,
+                self.report.transfer_ns / 1000,
+                per_kib(self.report.transfer_ns) / 1000,
+                per_kib(self.report.transfer_cpu_ns)
+            );
+        }
+        let result = match self.response.finish() {
+            Ok(()) => {
+                defmt::info!("body contains `{=str}`: ok", origin::EXPECT_BODY);
+                Ok(())
+            }
+            Err(HttpError::BadStatus) => {
+                defmt::error!("unexpected status (want HTTP/1.x 200)");
+                Err(FirmwareError::BadStatus)
+            }
+            Err(HttpError::MarkerMissing) => {
+                defmt::error!("body does not contain `{=str}`", origin::EXPECT_BODY);
+                Err(FirmwareError::BodyMismatch)
+            }
+            Err(HttpError::Malformed) => {
+                defmt::error!("response ended inside its header block");
+                Err(FirmwareError::MalformedResponse)
+            }
+        };
+        self.conclude(conn, result);
+    }
+
+    fn on_closed(&mut self, error: ConnectionError) {
+        match (self.outcome, self.phase) {
+            (Some(Ok(())), _) if error == ConnectionError::LocallyClosed(CloseCode::Normal) => {
+                defmt::info!("session closed (CLOSE Normal sent)");
+            }
+            (Some(_), _) => defmt::warn!("session closed: {}", Display2Format(&error)),
+            (None, Phase::Handshake) => {
+                defmt::error!("handshake failed: {} [{}]", Display2Format(&error), error);
+                self.outcome = Some(Err(FirmwareError::Handshake(error)));
+            }
+            (None, _) => {
+                defmt::error!("session closed early: {} [{}]", Display2Format(&error), error);
+                self.outcome = Some(Err(FirmwareError::SessionClosed(error)));
+            }
+        }
+        self.phase = Phase::Closing;
+    }
+
+    /// Moves the exchange forward: opens the stream, sends the request,
+    /// half-closes. Calls the core refuses for lack of room are retried on
+    /// the next pass.
+    fn progress(&mut self, conn: &mut Conn) {
+        let start = clock::ticks();
+        let result = self.try_progress(conn);
+        self.busy += clock::ticks() - start;
+        if let Err(e) = result {
+            defmt::error!("stream call refused: {}", Display2Format(&e));
+            self.conclude(conn, Err(FirmwareError::Stream(e)));
+        }
+    }
+
+    fn try_progress(&mut self, conn: &mut Conn) -> Result<(), StreamError> {
+        if self.phase == Phase::Connected {
+            let dest = Destination { host: origin::HOST, port: origin::PORT };
+            match conn.open_stream(dest) {
+                Ok(id) => {
+                    defmt::info!("stream {=u32}: OPEN {}", id.0, Display2Format(&dest));
+                    self.phase = Phase::Exchange(id);
+                }
+                Err(StreamError::Blocked) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        let Phase::Exchange(id) = self.phase else { return Ok(()) };
+        let request = self.request.as_bytes();
+        if self.request_sent < request.len() {
+            self.request_sent += conn.stream_send(id, &request[self.request_sent..])?;
+        }
+        if self.request_sent == request.len() && !self.fin_sent {
+            conn.stream_finish(id)?;
+            self.fin_sent = true;
+            defmt::info!(
+                "stream {=u32}: sent `GET {=str} HTTP/1.0` ({=usize} B) and FIN",
+                id.0,
+                origin::PATH,
+                request.len()
+            );
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Board support: one module per QEMU machine, selected by a cargo feature.
 //!
-//! Each board provides its QEMU machine name, the heap size (a static in
+//! Each board provides its QEMU machine name, its SysTick clock, the heap size (a static in
 //! `.bss`, so it counts against static RAM), the UART0 base address and the
 //! [`Uart`] driver type. [`uart0`] hands out UART0 at most once, which is what
 //! makes the drivers' exclusive-ownership requirement hold. The linker
@@ -23,6 +23,8 @@ mod imp {
     pub const QEMU_MACHINE: &str = "mps2-an385";
     /// Heap size in bytes (4 MiB of RAM: plenty).
     pub const HEAP_SIZE: usize = 48 * 1024;
+    /// SysTick (processor) clock of QEMU's model, in Hz.
+    pub const SYSTICK_HZ: u32 = 25_000_000;
     /// Base address of the CMSDK UART0.
     pub const UART0_BASE: usize = 0x4000_4000;
     /// The UART driver of this board.
@@ -46,6 +48,8 @@ mod imp {
     pub const QEMU_MACHINE: &str = "lm3s6965evb";
     /// Heap size in bytes (64 KiB of SRAM in total).
     pub const HEAP_SIZE: usize = 12 * 1024;
+    /// SysTick (processor) clock of QEMU's model at reset, in Hz.
+    pub const SYSTICK_HZ: u32 = 12_500_000;
     /// Base address of the PL011 UART0.
     pub const UART0_BASE: usize = 0x4000_c000;
     /// The UART driver of this board.
@@ -61,7 +65,7 @@ mod imp {
     }
 }
 
-pub use imp::{HEAP_SIZE, QEMU_MACHINE, UART0_BASE, Uart};
+pub use imp::{HEAP_SIZE, QEMU_MACHINE, SYSTICK_HZ, UART0_BASE, Uart};
 
 static UART0_TAKEN: AtomicBool = AtomicBool::new(false);
 

@@ -7,46 +7,61 @@
 //!
 //! | code | meaning                                                                |
 //! |-----:|------------------------------------------------------------------------|
-//! |    0 | success                                                                |
+//! |    0 | success: page fetched through the tunnel and checked, session closed   |
 //! |    1 | *not used by the firmware*: QEMU's own failure (bad option, `-serial tcp:` listener not accepting, ...) |
-//! |    2 | board bring-up failed (UART0 already taken)                            |
+//! |    2 | board bring-up failed (UART0 or the core peripherals already taken)   |
 //! |    3 | RNG seed file missing, unreadable, shorter than 32 bytes or degenerate |
 //! |    4 | RNG seed file could not be deleted after reading (would be reused)    |
 //! |   10 | transport (UART) I/O error                                             |
-//! |   11 | transport closed (end of stream)                                       |
-//! |   12 | peer sent an unexpected reply                                          |
-//! |   13 | peer sent a line longer than the receive buffer                        |
-//! |   20 | provisioned device private key does not parse (PKCS#8 RSA)             |
-//! |   21 | provisioned server public key does not parse (SPKI RSA)                |
-//! |   22 | cryptographic operation failed                                         |
+//! |   20 | provisioned device private key does not parse (PKCS#8 RSA 2048..4096)  |
+//! |   21 | provisioned server public key does not parse (SPKI RSA 2048..4096)     |
+//! |   30 | handshake failed (peer alert such as an unauthorized device key, server authentication failure, handshake timeout, truncation) |
+//! |   31 | the server refused the stream (`OPEN_FAIL` with a `StreamErrorCode`)   |
+//! |   32 | the server reset the stream                                            |
+//! |   33 | the HTTP status line is not `HTTP/1.x 200`                             |
+//! |   34 | the response body does not contain the expected marker                 |
+//! |   35 | the session closed before the exchange completed (peer CLOSE, idle timeout, protocol error, truncation) |
+//! |   36 | malformed HTTP response (no header end, or headers larger than the buffer) |
+//! |   37 | a stream call was refused locally (`StreamError`, e.g. peer going away) |
 //! |  101 | Rust panic (including heap exhaustion: look for `heap exhausted`)      |
 //! |  102 | HardFault                                                              |
 //! |  103 | unexpected exception or interrupt                                      |
 //! |  124 | *not from the firmware*: `qemu-run.sh` timeout (`HYTUN_QEMU_TIMEOUT`)  |
 
+use hytun_core::{ConnectionError, StreamError, StreamErrorCode};
+
 /// Why the firmware stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, defmt::Format)]
 pub enum FirmwareError {
-    /// UART0 was already handed out.
-    UartTaken,
+    /// UART0 or the Cortex-M core peripherals were already handed out.
+    BoardTaken,
     /// The host seed file could not be used (see [`crate::seed::SeedError`]).
     Seed(crate::seed::SeedError),
     /// The host seed file was read but could not be deleted.
     SeedNotConsumed,
     /// The transport reported an error (its [`embedded_io::ErrorKind`]).
     Transport(embedded_io::ErrorKind),
-    /// The transport reached end of stream.
-    TransportClosed,
-    /// The peer's reply was not the expected one.
-    UnexpectedReply,
-    /// The peer sent a line that does not fit the receive buffer.
-    LineTooLong,
-    /// The provisioned device key is not a PKCS#8 RSA private key.
+    /// The provisioned device key is not a usable PKCS#8 RSA private key.
     DeviceKey,
-    /// The provisioned server key is not an SPKI RSA public key.
+    /// The provisioned server key is not a usable SPKI RSA public key.
     ServerKey,
-    /// A cryptographic operation failed.
-    Crypto,
+    /// The session ended before `Connected`.
+    Handshake(ConnectionError),
+    /// The server answered the stream's OPEN with OPEN_FAIL.
+    StreamRefused(StreamErrorCode),
+    /// The server reset the stream.
+    StreamReset(StreamErrorCode),
+    /// The status line is not `HTTP/1.x 200`.
+    BadStatus,
+    /// The body lacks the expected marker.
+    BodyMismatch,
+    /// The session ended after the handshake but before the exchange
+    /// completed.
+    SessionClosed(ConnectionError),
+    /// The response has no complete header block, or one too large to keep.
+    MalformedResponse,
+    /// The core refused a stream call.
+    Stream(StreamError),
 }
 
 /// Exit code of a Rust panic (see the module table).
@@ -60,21 +75,23 @@ impl FirmwareError {
     /// The process exit code for this failure (see the module table).
     pub const fn exit_code(&self) -> i32 {
         match self {
-            Self::UartTaken => 2,
+            Self::BoardTaken => 2,
             Self::Seed(_) => 3,
             Self::SeedNotConsumed => 4,
             Self::Transport(_) => 10,
-            Self::TransportClosed => 11,
-            Self::UnexpectedReply => 12,
-            Self::LineTooLong => 13,
             Self::DeviceKey => 20,
             Self::ServerKey => 21,
-            Self::Crypto => 22,
+            Self::Handshake(_) => 30,
+            Self::StreamRefused(_) => 31,
+            Self::StreamReset(_) => 32,
+            Self::BadStatus => 33,
+            Self::BodyMismatch => 34,
+            Self::SessionClosed(_) => 35,
+            Self::MalformedResponse => 36,
+            Self::Stream(_) => 37,
         }
     }
-}
 
-impl FirmwareError {
     /// Wraps any transport error, keeping its [`embedded_io::ErrorKind`].
     pub fn transport<E: embedded_io::Error>(e: E) -> Self {
         Self::Transport(e.kind())

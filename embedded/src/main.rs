@@ -1,8 +1,9 @@
 //! hytun client firmware for Cortex-M (QEMU `mps2-an385` / `lm3s6965evb`).
 //!
 //! Boot sequence: heap init, read and delete the host seed file (emulation
-//! only, see [`seed`]), instantiate the [`drbg::Drbg`], take UART0, then hand
-//! everything to [`app::run`]. Afterwards the stack and heap high-water
+//! only, see [`seed`]), instantiate the [`drbg::Drbg`], start the SysTick
+//! [`clock`], take UART0, then hand everything to [`app::run`], the hytun
+//! tunnel client. Afterwards the stack and heap high-water
 //! marks are logged as `mem: stack_peak=.. heap_peak=..` and the firmware
 //! exits through semihosting with 0, or with the failure's exit code (table
 //! in [`error`]). Logging is defmt over semihosting: QEMU writes the frames
@@ -26,10 +27,13 @@ use defmt_semihosting as _;
 
 mod app;
 mod board;
+mod clock;
 mod drbg;
 mod error;
 mod heap;
+mod http;
 mod keys;
+mod origin;
 mod seed;
 mod stack;
 mod uart;
@@ -86,7 +90,9 @@ fn boot_and_run() -> Result<app::Report, FirmwareError> {
     let mut rng = drbg::Drbg::from_seed(&seed);
     drop(seed);
 
-    let mut uart = board::uart0().ok_or(FirmwareError::UartTaken)?;
+    let core = cortex_m::Peripherals::take().ok_or(FirmwareError::BoardTaken)?;
+    clock::start(core.SYST);
+    let mut uart = board::uart0().ok_or(FirmwareError::BoardTaken)?;
     app::run(&mut uart, &mut rng, &keys::PROVISIONED)
 }
 

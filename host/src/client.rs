@@ -16,8 +16,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{
-    AlertReason, ClientConfig, CloseCode, ConnectionError, Destination, Event, HandshakeError, Host, HostConnection,
-    StreamErrorCode, StreamId,
+    AlertReason, ClientConfig, CloseCode, ConnectionError, Destination, Event, HandshakeError,
+    Host, HostConnection, StreamErrorCode, StreamId,
 };
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -99,7 +99,11 @@ enum Phase {
     /// Reading the SOCKS / HTTP request.
     Negotiating,
     /// Request known; waiting for the tunnel to open a stream for it.
-    WaitingTunnel { host: DestHost, port: u16, early: Vec<u8> },
+    WaitingTunnel {
+        host: DestHost,
+        port: u16,
+        early: Vec<u8>,
+    },
     /// OPEN sent; waiting for OPENED (SOCKS/CONNECT reply pending).
     Opening(StreamId),
     /// Relaying.
@@ -108,10 +112,16 @@ enum Phase {
     Closing,
 }
 
+/// A parsed proxy request: destination and the payload bytes after it.
+type ProxyTarget = (DestHost, u16, Vec<u8>);
+
 enum Proto {
     Forward,
     Socks(Socks5Handshake),
-    Http { parser: HttpProxyParser, connect: bool },
+    Http {
+        parser: HttpProxyParser,
+        connect: bool,
+    },
 }
 
 struct Local {
@@ -123,9 +133,21 @@ struct Local {
 }
 
 enum Tunnel {
-    Down { retry_at: StdInstant },
-    Connecting { sock: TcpStream, addr: SocketAddr, deadline: StdInstant },
-    Up { sock: TcpStream, addr: SocketAddr, conn: Box<HostConnection>, started: StdInstant, write_failed: bool },
+    Down {
+        retry_at: StdInstant,
+    },
+    Connecting {
+        sock: TcpStream,
+        addr: SocketAddr,
+        deadline: StdInstant,
+    },
+    Up {
+        sock: TcpStream,
+        addr: SocketAddr,
+        conn: Box<HostConnection>,
+        started: StdInstant,
+        write_failed: bool,
+    },
 }
 
 /// A bound, not yet running client.
@@ -169,7 +191,9 @@ impl Client {
             let mut l = TcpListener::bind(*addr).map_err(|e| ClientError::Bind(*addr, e))?;
             next_token += 1;
             let token = Token(next_token);
-            poll.registry().register(&mut l, token, Interest::READABLE).map_err(ClientError::Io)?;
+            poll.registry()
+                .register(&mut l, token, Interest::READABLE)
+                .map_err(ClientError::Io)?;
             bound.push(l.local_addr().map_err(ClientError::Io)?);
             listeners.insert(token, (l, kind.clone()));
         }
@@ -179,7 +203,9 @@ impl Client {
             listeners,
             locals: HashMap::new(),
             streams: HashMap::new(),
-            tunnel: Tunnel::Down { retry_at: StdInstant::now() },
+            tunnel: Tunnel::Down {
+                retry_at: StdInstant::now(),
+            },
             established_once: false,
             backoff: Backoff::new(),
             clock: Clock::default(),
@@ -211,16 +237,24 @@ impl Client {
     /// or until a fatal authentication error.
     pub fn run(mut self, handle_signals: bool) -> Result<(), ClientError> {
         let mut signals = if handle_signals {
-            let mut s = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])
+            .map_err(ClientError::Io)?;
+            self.poll
+                .registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)
                 .map_err(ClientError::Io)?;
-            self.poll.registry().register(&mut s, SIGNALS, Interest::READABLE).map_err(ClientError::Io)?;
             Some(s)
         } else {
             None
         };
         for (addr, (_, kind)) in self.bound.iter().zip(self.opts.listeners.iter()) {
             let what = match kind {
-                ListenerKind::Forward { host, port } => format!("forward to {}", host.with_port(*port)),
+                ListenerKind::Forward { host, port } => {
+                    format!("forward to {}", host.with_port(*port))
+                }
                 ListenerKind::Socks => "SOCKS5 proxy".into(),
                 ListenerKind::HttpProxy => "HTTP proxy".into(),
             };
@@ -256,7 +290,11 @@ impl Client {
                     TUNNEL => self.tunnel_event(event.is_readable()),
                     t if self.listeners.contains_key(&t) => self.accept_all(t),
                     t => {
-                        self.local_event(t, event.is_readable(), event.is_writable() || event.is_write_closed());
+                        self.local_event(
+                            t,
+                            event.is_readable(),
+                            event.is_writable() || event.is_write_closed(),
+                        );
                     }
                 }
             }
@@ -270,7 +308,9 @@ impl Client {
         let mut next: Option<Duration> = None;
         let mut take = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
         match &self.tunnel {
-            Tunnel::Down { retry_at } if self.wants_tunnel() => take(retry_at.saturating_duration_since(now)),
+            Tunnel::Down { retry_at } if self.wants_tunnel() => {
+                take(retry_at.saturating_duration_since(now))
+            }
             Tunnel::Down { .. } => {}
             Tunnel::Connecting { deadline, .. } => take(deadline.saturating_duration_since(now)),
             Tunnel::Up { conn, .. } => {
@@ -294,7 +334,10 @@ impl Client {
     }
 
     fn start_connect(&mut self) {
-        let addrs: Vec<SocketAddr> = match (self.opts.server.host.to_string().as_str(), self.opts.server.port)
+        let addrs: Vec<SocketAddr> = match (
+            self.opts.server.host.to_string().as_str(),
+            self.opts.server.port,
+        )
             .to_socket_addrs()
         {
             Ok(a) => a.collect(),
@@ -311,13 +354,21 @@ impl Client {
         };
         match TcpStream::connect(addr) {
             Ok(mut sock) => {
-                if let Err(e) = self.poll.registry().register(&mut sock, TUNNEL, Interest::READABLE | Interest::WRITABLE) {
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    TUNNEL,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     warn!("cannot register tunnel socket: {e}");
                     self.schedule_retry();
                     return;
                 }
                 debug!("connecting to server {addr}");
-                self.tunnel = Tunnel::Connecting { sock, addr, deadline: StdInstant::now() + TUNNEL_CONNECT_TIMEOUT };
+                self.tunnel = Tunnel::Connecting {
+                    sock,
+                    addr,
+                    deadline: StdInstant::now() + TUNNEL_CONNECT_TIMEOUT,
+                };
             }
             Err(e) => {
                 warn!("cannot connect to server {addr}: {e}");
@@ -328,8 +379,14 @@ impl Client {
 
     fn schedule_retry(&mut self) {
         let delay = self.backoff.next_delay(random_u64());
-        info!("reconnecting to {} in {} ms", self.opts.server, delay.as_millis());
-        self.tunnel = Tunnel::Down { retry_at: StdInstant::now() + delay };
+        info!(
+            "reconnecting to {} in {} ms",
+            self.opts.server,
+            delay.as_millis()
+        );
+        self.tunnel = Tunnel::Down {
+            retry_at: StdInstant::now() + delay,
+        };
     }
 
     fn tunnel_event(&mut self, readable: bool) {
@@ -345,16 +402,36 @@ impl Client {
             let addr = *addr;
             if let Some(e) = failure {
                 warn!("server {addr} unreachable: {e}");
-                if let Tunnel::Connecting { mut sock, .. } = std::mem::replace(&mut self.tunnel, Tunnel::Down { retry_at: StdInstant::now() }) {
+                if let Tunnel::Connecting { mut sock, .. } = std::mem::replace(
+                    &mut self.tunnel,
+                    Tunnel::Down {
+                        retry_at: StdInstant::now(),
+                    },
+                ) {
                     let _ = self.poll.registry().deregister(&mut sock);
                 }
                 self.schedule_retry();
                 return;
             }
             let _ = sock.set_nodelay(true);
-            let conn = Box::new(HostConnection::client(self.opts.core.clone(), self.clock.now(), &mut os_rng()));
-            if let Tunnel::Connecting { sock, .. } = std::mem::replace(&mut self.tunnel, Tunnel::Down { retry_at: StdInstant::now() }) {
-                self.tunnel = Tunnel::Up { sock, addr, conn, started: StdInstant::now(), write_failed: false };
+            let conn = Box::new(HostConnection::client(
+                self.opts.core.clone(),
+                self.clock.now(),
+                &mut os_rng(),
+            ));
+            if let Tunnel::Connecting { sock, .. } = std::mem::replace(
+                &mut self.tunnel,
+                Tunnel::Down {
+                    retry_at: StdInstant::now(),
+                },
+            ) {
+                self.tunnel = Tunnel::Up {
+                    sock,
+                    addr,
+                    conn,
+                    started: StdInstant::now(),
+                    write_failed: false,
+                };
             }
         }
         if readable {
@@ -364,7 +441,9 @@ impl Client {
 
     fn read_tunnel(&mut self) {
         loop {
-            let Tunnel::Up { sock, conn, .. } = &mut self.tunnel else { return };
+            let Tunnel::Up { sock, conn, .. } = &mut self.tunnel else {
+                return;
+            };
             if conn.is_closed() {
                 return;
             }
@@ -379,10 +458,14 @@ impl Client {
                     let mut off = 0;
                     let mut rng = os_rng();
                     loop {
-                        let Tunnel::Up { conn, .. } = &mut self.tunnel else { return };
+                        let Tunnel::Up { conn, .. } = &mut self.tunnel else {
+                            return;
+                        };
                         off += conn.handle_input(&self.scratch[off..n], now, &mut rng);
                         self.drain_events();
-                        let Tunnel::Up { conn, .. } = &mut self.tunnel else { return };
+                        let Tunnel::Up { conn, .. } = &mut self.tunnel else {
+                            return;
+                        };
                         if off >= n || conn.is_closed() {
                             break;
                         }
@@ -402,7 +485,15 @@ impl Client {
 
     fn drain_events(&mut self) {
         loop {
-            let Tunnel::Up { conn, started, addr, .. } = &mut self.tunnel else { return };
+            let Tunnel::Up {
+                conn,
+                started,
+                addr,
+                ..
+            } = &mut self.tunnel
+            else {
+                return;
+            };
             let Some(ev) = conn.poll_event() else { return };
             match ev {
                 Event::Connected => {
@@ -426,10 +517,14 @@ impl Client {
                     }
                 }
                 Event::Opened { id } => {
-                    let Some(&t) = self.streams.get(&id) else { continue };
+                    let Some(&t) = self.streams.get(&id) else {
+                        continue;
+                    };
                     if let Some(l) = self.locals.get_mut(&t) {
                         match &l.proto {
-                            Proto::Socks(_) => l.pipe.queue_local(&socks5::reply(Socks5Reply::Succeeded, None)),
+                            Proto::Socks(_) => l
+                                .pipe
+                                .queue_local(&socks5::reply(Socks5Reply::Succeeded, None)),
                             Proto::Http { connect: true, .. } => {
                                 l.pipe.queue_local(&ProxyStatus::Established.response(""))
                             }
@@ -441,14 +536,18 @@ impl Client {
                     }
                 }
                 Event::OpenFailed { id, code } => {
-                    let Some(t) = self.streams.remove(&id) else { continue };
+                    let Some(t) = self.streams.remove(&id) else {
+                        continue;
+                    };
                     if let Some(l) = self.locals.get_mut(&t) {
                         info!("{}: stream {id} refused by server: {code}", l.peer);
                         match &l.proto {
-                            Proto::Socks(_) => l.pipe.queue_local(&socks5::reply(socks_code(code), None)),
-                            Proto::Http { .. } => {
-                                l.pipe.queue_local(&http_status(code).response(&code.to_string()))
+                            Proto::Socks(_) => {
+                                l.pipe.queue_local(&socks5::reply(socks_code(code), None))
                             }
+                            Proto::Http { .. } => l
+                                .pipe
+                                .queue_local(&http_status(code).response(&code.to_string())),
                             Proto::Forward => {}
                         }
                         l.pipe.tunnel_fin = true;
@@ -458,8 +557,12 @@ impl Client {
                     }
                 }
                 Event::Data { id, data } => {
-                    let Some(&t) = self.streams.get(&id) else { continue };
-                    let Some(l) = self.locals.get_mut(&t) else { continue };
+                    let Some(&t) = self.streams.get(&id) else {
+                        continue;
+                    };
+                    let Some(l) = self.locals.get_mut(&t) else {
+                        continue;
+                    };
                     match l.pipe.deliver(data) {
                         Ok(n) => {
                             if n > 0 {
@@ -474,7 +577,9 @@ impl Client {
                     }
                 }
                 Event::Finished { id } => {
-                    let Some(&t) = self.streams.get(&id) else { continue };
+                    let Some(&t) = self.streams.get(&id) else {
+                        continue;
+                    };
                     if let Some(l) = self.locals.get_mut(&t) {
                         l.pipe.tunnel_fin = true;
                         self.touched_locals.insert(t);
@@ -515,29 +620,45 @@ impl Client {
         );
         let pinned = self.opts.core.server.id();
         let hint = match error {
-            ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::UnknownServerKey, _)) => format!(
+            ConnectionError::Handshake(HandshakeError::PeerAlert(
+                AlertReason::UnknownServerKey,
+                _,
+            )) => format!(
                 "; we pinned server key {pinned} (--server-key) but the server holds a different key: check the server's fingerprint"
             ),
             ConnectionError::Handshake(HandshakeError::ServerAuthenticationFailed) => {
                 format!("; the server could not prove it holds the pinned key {pinned}")
             }
-            ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::Unauthorized, _)) => format!(
-                "; add our public key ({}) to the server's authorized_keys",
-                self.opts.core.identity.public().id()
-            ),
+            ConnectionError::Handshake(HandshakeError::PeerAlert(AlertReason::Unauthorized, _)) => {
+                format!(
+                    "; add our public key ({}) to the server's authorized_keys",
+                    self.opts.core.identity.public().id()
+                )
+            }
             _ => String::new(),
         };
         if auth {
-            error!("tunnel handshake with {} failed: {error}{hint}", self.opts.server);
+            error!(
+                "tunnel handshake with {} failed: {error}{hint}",
+                self.opts.server
+            );
         } else {
             warn!("tunnel to {} lost: {error}", self.opts.server);
         }
         if auth && self.opts.fail_fast_on_auth && !self.established_once {
-            self.fatal =
-                Some(ClientError::Authentication(format!("handshake with {} failed: {error}{hint}", self.opts.server)));
+            self.fatal = Some(ClientError::Authentication(format!(
+                "handshake with {} failed: {error}{hint}",
+                self.opts.server
+            )));
         }
         // Flush a final CLOSE if there is one, then drop the socket.
-        if let Tunnel::Up { sock, conn, write_failed, .. } = &mut self.tunnel {
+        if let Tunnel::Up {
+            sock,
+            conn,
+            write_failed,
+            ..
+        } = &mut self.tunnel
+        {
             if !*write_failed {
                 let pending = conn.transmit_pending();
                 let _ = sock.write(pending);
@@ -562,24 +683,41 @@ impl Client {
 
     fn accept_all(&mut self, lt: Token) {
         loop {
-            let Some((listener, kind)) = self.listeners.get(&lt) else { return };
+            let Some((listener, kind)) = self.listeners.get(&lt) else {
+                return;
+            };
             let kind = kind.clone();
             match listener.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
                     let t = self.token();
-                    if let Err(e) = self.poll.registry().register(&mut sock, t, Interest::READABLE | Interest::WRITABLE) {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        t,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         warn!("{peer}: cannot register: {e}");
                         continue;
                     }
                     let (proto, phase) = match kind {
-                        ListenerKind::Forward { host, port } => {
-                            (Proto::Forward, Phase::WaitingTunnel { host, port, early: Vec::new() })
+                        ListenerKind::Forward { host, port } => (
+                            Proto::Forward,
+                            Phase::WaitingTunnel {
+                                host,
+                                port,
+                                early: Vec::new(),
+                            },
+                        ),
+                        ListenerKind::Socks => {
+                            (Proto::Socks(Socks5Handshake::new()), Phase::Negotiating)
                         }
-                        ListenerKind::Socks => (Proto::Socks(Socks5Handshake::new()), Phase::Negotiating),
-                        ListenerKind::HttpProxy => {
-                            (Proto::Http { parser: HttpProxyParser::new(), connect: false }, Phase::Negotiating)
-                        }
+                        ListenerKind::HttpProxy => (
+                            Proto::Http {
+                                parser: HttpProxyParser::new(),
+                                connect: false,
+                            },
+                            Phase::Negotiating,
+                        ),
                     };
                     debug!("{peer}: local connection accepted");
                     self.locals.insert(
@@ -592,7 +730,10 @@ impl Client {
                             deadline: Some(StdInstant::now() + PENDING_LOCAL_TIMEOUT),
                         },
                     );
-                    if matches!(self.locals.get(&t).map(|l| &l.phase), Some(Phase::WaitingTunnel { .. })) {
+                    if matches!(
+                        self.locals.get(&t).map(|l| &l.phase),
+                        Some(Phase::WaitingTunnel { .. })
+                    ) {
                         self.open_for(t);
                     }
                 }
@@ -608,12 +749,18 @@ impl Client {
 
     /// Opens the stream for a local connection whose request is known.
     fn open_for(&mut self, t: Token) {
-        let Tunnel::Up { conn, .. } = &mut self.tunnel else { return };
+        let Tunnel::Up { conn, .. } = &mut self.tunnel else {
+            return;
+        };
         if !conn.is_established() {
             return;
         }
-        let Some(l) = self.locals.get_mut(&t) else { return };
-        let Phase::WaitingTunnel { host, port, early } = &mut l.phase else { return };
+        let Some(l) = self.locals.get_mut(&t) else {
+            return;
+        };
+        let Phase::WaitingTunnel { host, port, early } = &mut l.phase else {
+            return;
+        };
         match conn.open_stream(destination(host, *port)) {
             Ok(id) => {
                 info!("{}: stream {id} to {}", l.peer, host.with_port(*port));
@@ -630,7 +777,11 @@ impl Client {
                 if off < early.len() {
                     l.pipe.read_blocked = true;
                     l.phase = Phase::Opening(id);
-                    warn!("{}: {} early bytes exceed the initial window; dropping connection", l.peer, early.len() - off);
+                    warn!(
+                        "{}: {} early bytes exceed the initial window; dropping connection",
+                        l.peer,
+                        early.len() - off
+                    );
                     let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
                     self.drop_local(t);
                     return;
@@ -660,7 +811,10 @@ impl Client {
             return;
         }
         if readable {
-            let negotiating = self.locals.get(&t).is_some_and(|l| matches!(l.phase, Phase::Negotiating));
+            let negotiating = self
+                .locals
+                .get(&t)
+                .is_some_and(|l| matches!(l.phase, Phase::Negotiating));
             if negotiating {
                 self.negotiate(t);
             }
@@ -673,8 +827,12 @@ impl Client {
     fn negotiate(&mut self, t: Token) {
         let mut buf = [0u8; 4096];
         loop {
-            let Some(l) = self.locals.get_mut(&t) else { return };
-            let Some(sock) = l.pipe.sock.as_mut() else { return };
+            let Some(l) = self.locals.get_mut(&t) else {
+                return;
+            };
+            let Some(sock) = l.pipe.sock.as_mut() else {
+                return;
+            };
             let n = match sock.read(&mut buf) {
                 Ok(0) => {
                     debug!("{}: closed during negotiation", l.peer);
@@ -690,13 +848,18 @@ impl Client {
                 }
             };
             let input = &buf[..n];
-            let outcome: Result<Option<(DestHost, u16, Vec<u8>)>, Vec<u8>> = match &mut l.proto {
+            let outcome: Result<Option<ProxyTarget>, Vec<u8>> = match &mut l.proto {
                 Proto::Socks(hs) => match hs.feed(input) {
                     Ok(Socks5Progress::NeedMore { output, .. }) => {
                         l.pipe.queue_local(&output);
                         Ok(None)
                     }
-                    Ok(Socks5Progress::Request { consumed, output, host, port }) => {
+                    Ok(Socks5Progress::Request {
+                        consumed,
+                        output,
+                        host,
+                        port,
+                    }) => {
                         l.pipe.queue_local(&output);
                         Ok(Some((host, port, input[consumed..].to_vec())))
                     }
@@ -707,11 +870,20 @@ impl Client {
                 },
                 Proto::Http { parser, connect } => match parser.feed(input) {
                     Ok(None) => Ok(None),
-                    Ok(Some(ProxyRequest::Connect { host, port, consumed })) => {
+                    Ok(Some(ProxyRequest::Connect {
+                        host,
+                        port,
+                        consumed,
+                    })) => {
                         *connect = true;
                         Ok(Some((host, port, input[consumed..].to_vec())))
                     }
-                    Ok(Some(ProxyRequest::Forward { host, port, head, consumed })) => {
+                    Ok(Some(ProxyRequest::Forward {
+                        host,
+                        port,
+                        head,
+                        consumed,
+                    })) => {
                         let mut early = head;
                         early.extend_from_slice(&input[consumed..]);
                         Ok(Some((host, port, early)))
@@ -789,14 +961,17 @@ impl Client {
             .collect();
         for t in expired {
             if let Some(l) = self.locals.get_mut(&t) {
-                warn!("{}: tunnel not available in time; closing local connection", l.peer);
+                warn!(
+                    "{}: tunnel not available in time; closing local connection",
+                    l.peer
+                );
                 match &l.proto {
-                    Proto::Socks(_) if !matches!(l.phase, Phase::Negotiating) => {
-                        l.pipe.queue_local(&socks5::reply(Socks5Reply::GeneralFailure, None))
-                    }
-                    Proto::Http { .. } if !matches!(l.phase, Phase::Negotiating) => {
-                        l.pipe.queue_local(&ProxyStatus::GatewayTimeout.response("tunnel unavailable"))
-                    }
+                    Proto::Socks(_) if !matches!(l.phase, Phase::Negotiating) => l
+                        .pipe
+                        .queue_local(&socks5::reply(Socks5Reply::GeneralFailure, None)),
+                    Proto::Http { .. } if !matches!(l.phase, Phase::Negotiating) => l
+                        .pipe
+                        .queue_local(&ProxyStatus::GatewayTimeout.response("tunnel unavailable")),
                     _ => {}
                 }
                 l.pipe.tunnel_fin = true;
@@ -813,8 +988,12 @@ impl Client {
             self.drain_events();
             // Locals: flush to socket, read into tunnel.
             let touched: Vec<Token> = self.touched_locals.drain().collect();
-            let blocked: Vec<Token> =
-                self.locals.iter().filter(|(_, l)| l.pipe.read_blocked).map(|(t, _)| *t).collect();
+            let blocked: Vec<Token> = self
+                .locals
+                .iter()
+                .filter(|(_, l)| l.pipe.read_blocked)
+                .map(|(t, _)| *t)
+                .collect();
             for t in touched.into_iter().chain(blocked) {
                 self.service_local(t);
             }
@@ -841,7 +1020,9 @@ impl Client {
     }
 
     fn service_local(&mut self, t: Token) {
-        let Some(l) = self.locals.get_mut(&t) else { return };
+        let Some(l) = self.locals.get_mut(&t) else {
+            return;
+        };
         let id = match l.phase {
             Phase::Streaming(id) | Phase::Opening(id) => Some(id),
             _ => None,
@@ -887,7 +1068,15 @@ impl Client {
     }
 
     fn write_tunnel(&mut self) -> usize {
-        let Tunnel::Up { sock, conn, write_failed, .. } = &mut self.tunnel else { return 0 };
+        let Tunnel::Up {
+            sock,
+            conn,
+            write_failed,
+            ..
+        } = &mut self.tunnel
+        else {
+            return 0;
+        };
         let mut total = 0;
         loop {
             let pending = conn.transmit_pending();

@@ -52,7 +52,9 @@ pub fn run(key_dir: &Path, out: &mut dyn Write) -> Result<DemoSummary, Box<dyn s
     eprintln!("origin web server on http://{}/", origin.addr());
 
     let mut server_opts = setup::server_options(ServerFlags {
-        listen: Some(crate::config::ListenSpec { addr: any_loopback() }),
+        listen: Some(crate::config::ListenSpec {
+            addr: any_loopback(),
+        }),
         key: Some(server_key),
         authorized_keys: Some(authorized),
         allow: vec![format!("127.0.0.1:{}", origin.addr().port())],
@@ -62,17 +64,28 @@ pub fn run(key_dir: &Path, out: &mut dyn Write) -> Result<DemoSummary, Box<dyn s
     let server = Server::bind(server_opts)?;
     let server_addr = server.local_addr();
     let server_stop = server.stop_handle();
-    let server_thread = thread::Builder::new().name("hytun-server".into()).spawn(move || server.run(false))?;
-    eprintln!("hytun server on {server_addr}, only allowing 127.0.0.1:{}", origin.addr().port());
+    let server_thread = thread::Builder::new()
+        .name("hytun-server".into())
+        .spawn(move || server.run(false))?;
+    eprintln!(
+        "hytun server on {server_addr}, only allowing 127.0.0.1:{}",
+        origin.addr().port()
+    );
 
     let client_opts = setup::client_options(setup::ClientFlags {
-        server: Some(Endpoint { host: DestHost::Ip(server_addr.ip()), port: server_addr.port() }),
+        server: Some(Endpoint {
+            host: DestHost::Ip(server_addr.ip()),
+            port: server_addr.port(),
+        }),
         key: Some(client_key),
         server_key: Some(key_dir.join("server.pub")),
         ..setup::ClientFlags::default()
     })?;
     let url = HttpUrl::parse(&format!("http://127.0.0.1:{}/", origin.addr().port()))?;
-    eprintln!("fetching {} through the tunnel ...\n", format_args!("http://127.0.0.1:{}/", origin.addr().port()));
+    eprintln!(
+        "fetching {} through the tunnel ...\n",
+        format_args!("http://127.0.0.1:{}/", origin.addr().port())
+    );
     let result = fetch::fetch(&url, client_opts, out, false);
     server_stop.stop();
     let server_result = server_thread.join();

@@ -34,13 +34,17 @@ impl HttpUrl {
                 "{url}: https is not supported by `hytun fetch` (it speaks plain HTTP); use `hytun client -D` with curl for TLS origins"
             ));
         }
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
-            let (h, tail) = inner.split_once(']').ok_or_else(|| format!("{url}: unclosed '['"))?;
+            let (h, tail) = inner
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: unclosed '['"))?;
             let port = match tail.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| format!("{url}: bad port"))?,
                 None if tail.is_empty() => 80,
@@ -49,7 +53,10 @@ impl HttpUrl {
             (format!("[{h}]"), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| format!("{url}: bad port"))?),
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("{url}: bad port"))?,
+                ),
                 None => (authority.to_string(), 80),
             }
         };
@@ -57,7 +64,11 @@ impl HttpUrl {
             return Err(format!("{url}: port 0"));
         }
         let host = DestHost::parse(&host).ok_or_else(|| format!("{url}: bad host '{host}'"))?;
-        Ok(HttpUrl { host, port, path: path.to_string() })
+        Ok(HttpUrl {
+            host,
+            port,
+            path: path.to_string(),
+        })
     }
 }
 
@@ -108,7 +119,10 @@ pub fn fetch(
 ) -> Result<FetchResult, FetchError> {
     opts.listeners = vec![(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        ListenerKind::Forward { host: url.host.clone(), port: url.port },
+        ListenerKind::Forward {
+            host: url.host.clone(),
+            port: url.port,
+        },
     )];
     opts.fail_fast_on_auth = true;
     let client = Client::bind(opts).map_err(FetchError::Client)?;
@@ -129,7 +143,12 @@ pub fn fetch(
     }
 }
 
-fn get(url: &HttpUrl, local: SocketAddr, out: &mut dyn Write, progress: bool) -> Result<FetchResult, FetchError> {
+fn get(
+    url: &HttpUrl,
+    local: SocketAddr,
+    out: &mut dyn Write,
+    progress: bool,
+) -> Result<FetchResult, FetchError> {
     let start = Instant::now();
     let mut sock = TcpStream::connect(local).map_err(FetchError::Io)?;
     sock.set_nodelay(true).map_err(FetchError::Io)?;
@@ -144,7 +163,9 @@ fn get(url: &HttpUrl, local: SocketAddr, out: &mut dyn Write, progress: bool) ->
     let mut status_line = String::new();
     let n = reader.read_line(&mut status_line).map_err(FetchError::Io)?;
     if n == 0 {
-        return Err(FetchError::BadResponse("connection closed before any response (see the log above)".into()));
+        return Err(FetchError::BadResponse(
+            "connection closed before any response (see the log above)".into(),
+        ));
     }
     let first_byte = start.elapsed();
     let status_line = status_line.trim_end().to_string();
@@ -153,7 +174,9 @@ fn get(url: &HttpUrl, local: SocketAddr, out: &mut dyn Write, progress: bool) ->
         .nth(1)
         .and_then(|s| s.parse().ok())
         .filter(|_| status_line.starts_with("HTTP/"))
-        .ok_or_else(|| FetchError::BadResponse(format!("not an HTTP status line: {status_line:?}")))?;
+        .ok_or_else(|| {
+            FetchError::BadResponse(format!("not an HTTP status line: {status_line:?}"))
+        })?;
     let mut content_length: Option<u64> = None;
     loop {
         let mut h = String::new();
@@ -170,7 +193,8 @@ fn get(url: &HttpUrl, local: SocketAddr, out: &mut dyn Write, progress: bool) ->
             content_length = v.trim().parse().ok();
         }
     }
-    let show = progress && io::stderr().is_terminal() && content_length.is_none_or(|n| n > (1 << 20));
+    let show =
+        progress && io::stderr().is_terminal() && content_length.is_none_or(|n| n > (1 << 20));
     let mut body_len = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_report = Instant::now();
@@ -190,21 +214,37 @@ fn get(url: &HttpUrl, local: SocketAddr, out: &mut dyn Write, progress: bool) ->
             last_report = Instant::now();
             let mib = body_len as f64 / 1048576.0;
             match content_length {
-                Some(total) => eprint!("\r  {mib:.1} / {:.1} MiB ({:.0}%)", total as f64 / 1048576.0, 100.0 * body_len as f64 / total as f64),
+                Some(total) => eprint!(
+                    "\r  {mib:.1} / {:.1} MiB ({:.0}%)",
+                    total as f64 / 1048576.0,
+                    100.0 * body_len as f64 / total as f64
+                ),
                 None => eprint!("\r  {mib:.1} MiB"),
             }
         }
     }
     if show {
-        eprintln!("\r  {:.1} MiB done{}", body_len as f64 / 1048576.0, " ".repeat(20));
+        eprintln!(
+            "\r  {:.1} MiB done{}",
+            body_len as f64 / 1048576.0,
+            " ".repeat(20)
+        );
     }
     out.flush().map_err(FetchError::Io)?;
     if let Some(n) = content_length
         && body_len < n
     {
-        return Err(FetchError::BadResponse(format!("body truncated: {body_len} of {n} bytes")));
+        return Err(FetchError::BadResponse(format!(
+            "body truncated: {body_len} of {n} bytes"
+        )));
     }
-    Ok(FetchResult { status, status_line, body_len, first_byte, total: start.elapsed() })
+    Ok(FetchResult {
+        status,
+        status_line,
+        body_len,
+        first_byte,
+        total: start.elapsed(),
+    })
 }
 
 #[cfg(test)]

@@ -8,16 +8,16 @@
 
 pub mod allow;
 pub mod backoff;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod fetch;
 pub mod http_proxy;
-pub mod ratelimit;
-pub mod socks5;
+pub mod origin;
 pub mod pipe;
+pub mod ratelimit;
 pub mod resolver;
 pub mod runtime;
 pub mod server;
-pub mod client;
-pub mod origin;
-pub mod fetch;
 pub mod setup;
-pub mod demo;
+pub mod socks5;

@@ -152,12 +152,23 @@ fn init_logs(verbose: u8) {
 }
 
 fn client_flags(conn: ClientConnArgs) -> ClientFlags {
-    ClientFlags { server: conn.server, key: conn.key, server_key: conn.server_key, config: conn.config, ..ClientFlags::default() }
+    ClientFlags {
+        server: conn.server,
+        key: conn.key,
+        server_key: conn.server_key,
+        config: conn.config,
+        ..ClientFlags::default()
+    }
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Keygen { bits, out, name, force } => {
+        Command::Keygen {
+            bits,
+            out,
+            name,
+            force,
+        } => {
             let key = hytun_keys::generate(bits)?;
             let paths = hytun_keys::write_keypair(&out, &name, &key, force)?;
             let fp = hytun_keys::fingerprint(&key.to_public_key());
@@ -200,7 +211,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let opts = setup::client_options(client_flags(conn))?;
             let result = match &output {
                 Some(path) => {
-                    let mut f = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let mut f =
+                        File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
                     fetch::fetch(&url, opts, &mut f, true)?
                 }
                 None => {
@@ -209,7 +221,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     fetch::fetch(&url, opts, &mut lock, false)?
                 }
             };
-            log::info!("{} ({} body bytes in {:.1} ms)", result.status_line, result.body_len, result.total.as_secs_f64() * 1e3);
+            log::info!(
+                "{} ({} body bytes in {:.1} ms)",
+                result.status_line,
+                result.body_len,
+                result.total.as_secs_f64() * 1e3
+            );
             if !(200..300).contains(&result.status) {
                 return Err(format!("server answered {}", result.status_line).into());
             }
@@ -225,9 +242,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("--- hytun demo summary ---");
             println!("response:        {}", summary.status_line);
             println!("body:            {} bytes", summary.body_len);
-            println!("first byte:      {:.1} ms (TCP + RSA/X25519 handshake + request)", summary.first_byte_ms);
+            println!(
+                "first byte:      {:.1} ms (TCP + RSA/X25519 handshake + request)",
+                summary.first_byte_ms
+            );
             println!("total:           {:.1} ms", summary.total_ms);
-            println!("tunnel:          client -> hytun server over AES-128-GCM records on 127.0.0.1");
+            println!(
+                "tunnel:          client -> hytun server over AES-128-GCM records on 127.0.0.1"
+            );
             Ok(())
         }
     }

@@ -27,16 +27,20 @@ impl Origin {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        thread::Builder::new().name("hytun-origin".into()).spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    return;
+        thread::Builder::new()
+            .name("hytun-origin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(sock) = conn {
+                        let _ = thread::Builder::new()
+                            .name("hytun-origin-conn".into())
+                            .spawn(move || serve(sock));
+                    }
                 }
-                if let Ok(sock) = conn {
-                    let _ = thread::Builder::new().name("hytun-origin-conn".into()).spawn(move || serve(sock));
-                }
-            }
-        })?;
+            })?;
         Ok(Origin { addr, stop })
     }
 
@@ -61,7 +65,9 @@ pub fn pattern_byte(i: u64) -> u8 {
 
 fn serve(sock: TcpStream) {
     let _ = sock.set_nodelay(true);
-    let Ok(read_half) = sock.try_clone() else { return };
+    let Ok(read_half) = sock.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half);
     let mut out = sock;
     loop {
@@ -89,13 +95,35 @@ fn serve(sock: TcpStream) {
         let conn_hdr = if keep_alive { "keep-alive" } else { "close" };
         let result = if path == "/" {
             let body = "<!doctype html>\n<html><head><title>hytun demo origin</title></head>\n<body><h1>Hello from the origin server</h1>\n<p>This page travelled through an encrypted hytun tunnel.</p></body></html>\n";
-            respond(&mut out, "200 OK", "text/html; charset=utf-8", body.as_bytes(), conn_hdr)
+            respond(
+                &mut out,
+                "200 OK",
+                "text/html; charset=utf-8",
+                body.as_bytes(),
+                conn_hdr,
+            )
         } else if path == "/hello" {
-            respond(&mut out, "200 OK", "text/plain", HELLO_BODY.as_bytes(), conn_hdr)
-        } else if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()).filter(|n| *n <= MAX_BYTES) {
+            respond(
+                &mut out,
+                "200 OK",
+                "text/plain",
+                HELLO_BODY.as_bytes(),
+                conn_hdr,
+            )
+        } else if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n <= MAX_BYTES)
+        {
             send_pattern(&mut out, n, conn_hdr)
         } else {
-            respond(&mut out, "404 Not Found", "text/plain", b"not found\n", conn_hdr)
+            respond(
+                &mut out,
+                "404 Not Found",
+                "text/plain",
+                b"not found\n",
+                conn_hdr,
+            )
         };
         if result.is_err() || !keep_alive {
             return;
@@ -103,7 +131,13 @@ fn serve(sock: TcpStream) {
     }
 }
 
-fn respond(out: &mut TcpStream, status: &str, ctype: &str, body: &[u8], conn: &str) -> io::Result<()> {
+fn respond(
+    out: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    conn: &str,
+) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
         body.len()
@@ -114,7 +148,9 @@ fn respond(out: &mut TcpStream, status: &str, ctype: &str, body: &[u8], conn: &s
 }
 
 fn send_pattern(out: &mut TcpStream, n: u64, conn: &str) -> io::Result<()> {
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: {conn}\r\n\r\n");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: {conn}\r\n\r\n"
+    );
     out.write_all(head.as_bytes())?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut i = 0u64;

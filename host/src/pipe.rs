@@ -111,7 +111,9 @@ impl Pipe {
     /// Writes buffered bytes; returns the tunnel bytes among them (to report
     /// as consumed). Applies a pending shutdown once empty.
     pub fn flush(&mut self) -> io::Result<usize> {
-        let Some(sock) = self.sock.as_mut() else { return Ok(0) };
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(0);
+        };
         let mut tunnel_bytes = 0;
         while self.to_sock_off < self.to_sock.len() {
             match sock.write(&self.to_sock[self.to_sock_off..]) {
@@ -147,7 +149,9 @@ impl Pipe {
         conn: &mut Connection<TX, RX, S>,
         id: StreamId,
     ) -> io::Result<ReadOutcome> {
-        let Some(sock) = self.sock.as_mut() else { return Ok(ReadOutcome::Drained) };
+        let Some(sock) = self.sock.as_mut() else {
+            return Ok(ReadOutcome::Drained);
+        };
         if self.sock_eof {
             return Ok(ReadOutcome::Eof);
         }
@@ -160,21 +164,23 @@ impl Pipe {
             let mut eof = false;
             let mut would_block = false;
             let mut error = None;
-            let sent = conn.stream_send_with(id, cap, |buf| loop {
-                match sock.read(buf) {
-                    Ok(0) => {
-                        eof = true;
-                        return 0;
-                    }
-                    Ok(n) => return n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        would_block = true;
-                        return 0;
-                    }
-                    Err(e) => {
-                        error = Some(e);
-                        return 0;
+            let sent = conn.stream_send_with(id, cap, |buf| {
+                loop {
+                    match sock.read(buf) {
+                        Ok(0) => {
+                            eof = true;
+                            return 0;
+                        }
+                        Ok(n) => return n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            would_block = true;
+                            return 0;
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            return 0;
+                        }
                     }
                 }
             });

@@ -38,20 +38,31 @@ impl<T: Send + 'static> Resolver<T> {
     pub fn start(waker: Arc<mio::Waker>) -> std::io::Result<Self> {
         let (req_tx, req_rx) = mpsc::channel::<Lookup<T>>();
         let (res_tx, res_rx) = mpsc::channel::<Resolved<T>>();
-        thread::Builder::new().name("hytun-resolver".into()).spawn(move || {
-            for Lookup { tag, host, port } in req_rx {
-                let result = (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map(|it| it.collect::<Vec<_>>())
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| if v.is_empty() { Err("no addresses".into()) } else { Ok(v) });
-                if res_tx.send(Resolved { tag, result }).is_err() {
-                    return;
+        thread::Builder::new()
+            .name("hytun-resolver".into())
+            .spawn(move || {
+                for Lookup { tag, host, port } in req_rx {
+                    let result = (host.as_str(), port)
+                        .to_socket_addrs()
+                        .map(|it| it.collect::<Vec<_>>())
+                        .map_err(|e| e.to_string())
+                        .and_then(|v| {
+                            if v.is_empty() {
+                                Err("no addresses".into())
+                            } else {
+                                Ok(v)
+                            }
+                        });
+                    if res_tx.send(Resolved { tag, result }).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
                 }
-                let _ = waker.wake();
-            }
-        })?;
-        Ok(Resolver { requests: req_tx, results: res_rx })
+            })?;
+        Ok(Resolver {
+            requests: req_tx,
+            results: res_rx,
+        })
     }
 
     /// Queues a lookup.

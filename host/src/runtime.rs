@@ -16,7 +16,9 @@ pub struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { origin: StdInstant::now() }
+        Clock {
+            origin: StdInstant::now(),
+        }
     }
 }
 

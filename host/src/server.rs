@@ -17,7 +17,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{
-    CloseCode, ConnectionError, Event, Host, HostConnection, Instant, ServerConfig, StreamErrorCode, StreamId,
+    CloseCode, ConnectionError, Event, Host, HostConnection, Instant, ServerConfig,
+    StreamErrorCode, StreamId,
 };
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -65,7 +66,10 @@ impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ServerError::Bind(addr, e) if e.kind() == io::ErrorKind::AddrInUse => {
-                write!(f, "cannot listen on {addr}: address already in use (is another server running?)")
+                write!(
+                    f,
+                    "cannot listen on {addr}: address already in use (is another server running?)"
+                )
             }
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::Io(e) => write!(f, "event loop setup failed: {e}"),
@@ -79,7 +83,12 @@ enum UpstreamState {
     Resolving,
     /// The socket moves into the pipe only once connected, so no byte is
     /// written to (and no shutdown applied on) a half-open socket.
-    Connecting { sock: TcpStream, addrs: Vec<SocketAddr>, next: usize, deadline: StdInstant },
+    Connecting {
+        sock: TcpStream,
+        addrs: Vec<SocketAddr>,
+        next: usize,
+        deadline: StdInstant,
+    },
     Connected,
 }
 
@@ -129,7 +138,8 @@ impl Server {
     /// Binds the listener and prepares the loop.
     pub fn bind(opts: ServerOptions) -> Result<Server, ServerError> {
         let poll = Poll::new().map_err(ServerError::Io)?;
-        let mut listener = TcpListener::bind(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
+        let mut listener =
+            TcpListener::bind(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
         let local_addr = listener.local_addr().map_err(ServerError::Io)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -177,16 +187,27 @@ impl Server {
     /// `handle_signals`). Returns after a graceful shutdown.
     pub fn run(mut self, handle_signals: bool) -> io::Result<()> {
         let mut signals = if handle_signals {
-            let mut s = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-            self.poll.registry().register(&mut s, SIGNALS, Interest::READABLE)?;
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            self.poll
+                .registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
             Some(s)
         } else {
             None
         };
         if self.opts.allow.allows_all() {
-            warn!("--allow '*': this server will connect streams to ANY destination its clients name");
+            warn!(
+                "--allow '*': this server will connect streams to ANY destination its clients name"
+            );
         }
-        info!("listening on {} ({} authorized client keys)", self.local_addr, self.opts.core.authorized.len());
+        info!(
+            "listening on {} ({} authorized client keys)",
+            self.local_addr,
+            self.opts.core.authorized.len()
+        );
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -207,7 +228,11 @@ impl Server {
                         }
                         self.stop.stop();
                     }
-                    token => self.dispatch(token, event.is_readable(), event.is_writable() || event.is_write_closed()),
+                    token => self.dispatch(
+                        token,
+                        event.is_readable(),
+                        event.is_writable() || event.is_write_closed(),
+                    ),
                 }
             }
             if self.stop.is_stopped() && self.shutdown_deadline.is_none() {
@@ -273,10 +298,14 @@ impl Server {
 
     fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr) {
         if self.sessions.len() >= self.opts.max_sessions {
-            warn!("{peer}: refused, at the session limit ({})", self.opts.max_sessions);
+            warn!(
+                "{peer}: refused, at the session limit ({})",
+                self.opts.max_sessions
+            );
             // Tell the client why (best effort; the socket is new and empty).
             let mut alert = [0u8; 8];
-            let n = hytun_core::handshake::emit_alert(hytun_core::AlertReason::Busy, None, &mut alert);
+            let n =
+                hytun_core::handshake::emit_alert(hytun_core::AlertReason::Busy, None, &mut alert);
             let _ = sock.write(&alert[..n]);
             return;
         }
@@ -286,12 +315,19 @@ impl Server {
         }
         let _ = sock.set_nodelay(true);
         let token = self.token();
-        if let Err(e) = self.poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+        {
             warn!("{peer}: cannot register: {e}");
             return;
         }
         debug!("{peer}: connection accepted");
-        let conn = Box::new(HostConnection::server(self.opts.core.clone(), self.clock.now()));
+        let conn = Box::new(HostConnection::server(
+            self.opts.core.clone(),
+            self.clock.now(),
+        ));
         self.sessions.insert(
             token,
             Session {
@@ -327,7 +363,9 @@ impl Server {
     }
 
     fn read_session(&mut self, t: Token) {
-        let Some(s) = self.sessions.get_mut(&t) else { return };
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
         if s.closed {
             return;
         }
@@ -343,7 +381,15 @@ impl Server {
                     let mut rng = os_rng();
                     loop {
                         off += s.conn.handle_input(&self.scratch[off..n], now, &mut rng);
-                        Self::drain_events(s, &self.opts, &self.resolver, &self.poll, &mut self.owners, &mut self.next_token, t);
+                        Self::drain_events(
+                            s,
+                            &self.opts,
+                            &self.resolver,
+                            &self.poll,
+                            &mut self.owners,
+                            &mut self.next_token,
+                            t,
+                        );
                         if off >= n || s.conn.is_closed() {
                             break;
                         }
@@ -375,7 +421,9 @@ impl Server {
         t: Token,
     ) {
         loop {
-            let Some(ev) = s.conn.poll_event() else { return };
+            let Some(ev) = s.conn.poll_event() else {
+                return;
+            };
             match ev {
                 Event::Connected => {
                     let key = s.conn.peer_key().map(|k| k.to_string()).unwrap_or_default();
@@ -393,7 +441,12 @@ impl Server {
                     };
                     let port = dest.port;
                     let label = host.with_port(port);
-                    let up = Upstream { token: None, dest: label.clone(), state: UpstreamState::Resolving, pipe: Pipe::new(None) };
+                    let up = Upstream {
+                        token: None,
+                        dest: label.clone(),
+                        state: UpstreamState::Resolving,
+                        pipe: Pipe::new(None),
+                    };
                     match &host {
                         DestHost::Ip(ip) => {
                             if !opts.allow.allows(&host, port) {
@@ -402,7 +455,15 @@ impl Server {
                                 continue;
                             }
                             s.upstreams.insert(id, up);
-                            Self::connect_upstream(s, poll, owners, next_token, t, id, vec![SocketAddr::new(*ip, port)]);
+                            Self::connect_upstream(
+                                s,
+                                poll,
+                                owners,
+                                next_token,
+                                t,
+                                id,
+                                vec![SocketAddr::new(*ip, port)],
+                            );
                         }
                         DestHost::Domain(name) => {
                             // A domain not matched by a name pattern may
@@ -449,7 +510,10 @@ impl Server {
                     s.closed = true;
                     return;
                 }
-                Event::Writable { .. } | Event::Opened { .. } | Event::OpenFailed { .. } | Event::GoAway { .. } => {}
+                Event::Writable { .. }
+                | Event::Opened { .. }
+                | Event::OpenFailed { .. }
+                | Event::GoAway { .. } => {}
             }
         }
     }
@@ -460,7 +524,9 @@ impl Server {
                 warn!("{}: refused unauthorized client key {id}", s.peer)
             }
             ConnectionError::Handshake(e) => warn!("{}: handshake failed: {e}", s.peer),
-            ConnectionError::PeerClosed(CloseCode::Normal) => info!("{}: session closed by client", s.peer),
+            ConnectionError::PeerClosed(CloseCode::Normal) => {
+                info!("{}: session closed by client", s.peer)
+            }
             ConnectionError::LocallyClosed(code) => info!("{}: session closed: {code}", s.peer),
             e => info!("{}: session ended: {e}", s.peer),
         }
@@ -475,14 +541,20 @@ impl Server {
         id: StreamId,
         addrs: Vec<SocketAddr>,
     ) {
-        let Some(up) = s.upstreams.get_mut(&id) else { return };
+        let Some(up) = s.upstreams.get_mut(&id) else {
+            return;
+        };
         let mut last_err = None;
         for (i, addr) in addrs.iter().enumerate() {
             match TcpStream::connect(*addr) {
                 Ok(mut sock) => {
                     *next_token += 1;
                     let token = Token(*next_token);
-                    if let Err(e) = poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE) {
+                    if let Err(e) = poll.registry().register(
+                        &mut sock,
+                        token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
                         last_err = Some(e);
                         continue;
                     }
@@ -500,12 +572,22 @@ impl Server {
             }
         }
         let code = last_err.as_ref().map_or(StreamErrorCode::Other, error_code);
-        info!("{}: stream {id} to {} failed: {}", s.peer, up.dest, last_err.map_or_else(|| "no address".into(), |e| e.to_string()));
+        info!(
+            "{}: stream {id} to {} failed: {}",
+            s.peer,
+            up.dest,
+            last_err.map_or_else(|| "no address".into(), |e| e.to_string())
+        );
         let _ = s.conn.refuse_stream(id, code);
         Self::drop_upstream(s, poll, owners, id);
     }
 
-    fn drop_upstream(s: &mut Session, poll: &Poll, owners: &mut HashMap<Token, Owner>, id: StreamId) {
+    fn drop_upstream(
+        s: &mut Session,
+        poll: &Poll,
+        owners: &mut HashMap<Token, Owner>,
+        id: StreamId,
+    ) {
         if let Some(mut up) = s.upstreams.remove(&id) {
             if let Some(sock) = up.pipe.sock.as_mut() {
                 let _ = poll.registry().deregister(sock);
@@ -522,29 +604,49 @@ impl Server {
     fn take_resolved(&mut self) {
         while let Some(res) = self.resolver.try_result() {
             let (t, id) = res.tag;
-            let Some(s) = self.sessions.get_mut(&t) else { continue };
-            let Some(up) = s.upstreams.get(&id) else { continue };
+            let Some(s) = self.sessions.get_mut(&t) else {
+                continue;
+            };
+            let Some(up) = s.upstreams.get(&id) else {
+                continue;
+            };
             let dest = up.dest.clone();
-            let host = DestHost::Domain(dest.rsplit_once(':').map_or(dest.clone(), |(h, _)| h.to_string()));
+            let host = DestHost::Domain(
+                dest.rsplit_once(':')
+                    .map_or(dest.clone(), |(h, _)| h.to_string()),
+            );
             match res.result {
                 Ok(addrs) => {
                     let port = addrs.first().map_or(0, |a| a.port());
                     let allowed: Vec<SocketAddr> = if self.opts.allow.allows(&host, port) {
                         addrs
                     } else {
-                        addrs.into_iter().filter(|a| self.opts.allow.check_resolved(&host, port, a.ip())).collect()
+                        addrs
+                            .into_iter()
+                            .filter(|a| self.opts.allow.check_resolved(&host, port, a.ip()))
+                            .collect()
                     };
                     if allowed.is_empty() {
                         info!("{}: stream {id} to {dest} refused: not allowed", s.peer);
                         let _ = s.conn.refuse_stream(id, StreamErrorCode::NotAllowed);
                         Self::drop_upstream(s, &self.poll, &mut self.owners, id);
                     } else {
-                        Self::connect_upstream(s, &self.poll, &mut self.owners, &mut self.next_token, t, id, allowed);
+                        Self::connect_upstream(
+                            s,
+                            &self.poll,
+                            &mut self.owners,
+                            &mut self.next_token,
+                            t,
+                            id,
+                            allowed,
+                        );
                     }
                 }
                 Err(e) => {
                     info!("{}: stream {id} to {dest}: name not resolved: {e}", s.peer);
-                    let _ = s.conn.refuse_stream(id, StreamErrorCode::NetworkUnreachable);
+                    let _ = s
+                        .conn
+                        .refuse_stream(id, StreamErrorCode::NetworkUnreachable);
                     Self::drop_upstream(s, &self.poll, &mut self.owners, id);
                 }
             }
@@ -553,9 +655,16 @@ impl Server {
     }
 
     fn upstream_event(&mut self, t: Token, id: StreamId, readable: bool, writable: bool) {
-        let Some(s) = self.sessions.get_mut(&t) else { return };
-        let Some(up) = s.upstreams.get_mut(&id) else { return };
-        if let UpstreamState::Connecting { sock, addrs, next, .. } = &mut up.state {
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
+        let Some(up) = s.upstreams.get_mut(&id) else {
+            return;
+        };
+        if let UpstreamState::Connecting {
+            sock, addrs, next, ..
+        } = &mut up.state
+        {
             if !writable && !readable {
                 return;
             }
@@ -579,7 +688,15 @@ impl Server {
                     let _ = s.conn.refuse_stream(id, error_code(&e));
                     Self::drop_upstream(s, &self.poll, &mut self.owners, id);
                 } else {
-                    Self::connect_upstream(s, &self.poll, &mut self.owners, &mut self.next_token, t, id, rest);
+                    Self::connect_upstream(
+                        s,
+                        &self.poll,
+                        &mut self.owners,
+                        &mut self.next_token,
+                        t,
+                        id,
+                        rest,
+                    );
                 }
                 return;
             }
@@ -591,7 +708,9 @@ impl Server {
             debug!("{}: stream {id} connected to {}", s.peer, up.dest);
             let _ = s.conn.accept_stream(id);
         }
-        let Some(up) = s.upstreams.get_mut(&id) else { return };
+        let Some(up) = s.upstreams.get_mut(&id) else {
+            return;
+        };
         if writable {
             match up.pipe.flush() {
                 Ok(n) => s.conn.stream_consumed(id, n),
@@ -608,8 +727,15 @@ impl Server {
         }
     }
 
-    fn pump_upstream(s: &mut Session, poll: &Poll, owners: &mut HashMap<Token, Owner>, id: StreamId) {
-        let Some(up) = s.upstreams.get_mut(&id) else { return };
+    fn pump_upstream(
+        s: &mut Session,
+        poll: &Poll,
+        owners: &mut HashMap<Token, Owner>,
+        id: StreamId,
+    ) {
+        let Some(up) = s.upstreams.get_mut(&id) else {
+            return;
+        };
         if !matches!(up.state, UpstreamState::Connected) {
             return;
         }
@@ -637,7 +763,9 @@ impl Server {
         }
         let tokens: Vec<Token> = self.sessions.keys().copied().collect();
         for t in tokens {
-            let Some(s) = self.sessions.get_mut(&t) else { continue };
+            let Some(s) = self.sessions.get_mut(&t) else {
+                continue;
+            };
             if s.conn.poll_timeout().is_some_and(|d: Instant| d <= now) {
                 s.conn.handle_timeout(now);
                 self.touched.insert(t);
@@ -660,18 +788,37 @@ impl Server {
     /// Drains events, retries blocked reads, writes the tunnel, reaps.
     fn service(&mut self, t: Token) {
         for _ in 0..64 {
-            let Some(s) = self.sessions.get_mut(&t) else { return };
-            Self::drain_events(s, &self.opts, &self.resolver, &self.poll, &mut self.owners, &mut self.next_token, t);
+            let Some(s) = self.sessions.get_mut(&t) else {
+                return;
+            };
+            Self::drain_events(
+                s,
+                &self.opts,
+                &self.resolver,
+                &self.poll,
+                &mut self.owners,
+                &mut self.next_token,
+                t,
+            );
             // Retry upstream reads that stopped for lack of room.
-            let blocked: Vec<StreamId> =
-                s.upstreams.iter().filter(|(_, u)| u.pipe.read_blocked).map(|(id, _)| *id).collect();
+            let blocked: Vec<StreamId> = s
+                .upstreams
+                .iter()
+                .filter(|(_, u)| u.pipe.read_blocked)
+                .map(|(id, _)| *id)
+                .collect();
             for id in blocked {
                 if s.conn.stream_send_capacity(id) > 0 {
                     Self::pump_upstream(s, &self.poll, &mut self.owners, id);
                 }
             }
             // Upstreams finished in both directions go away.
-            let done: Vec<StreamId> = s.upstreams.iter().filter(|(_, u)| u.pipe.is_done()).map(|(id, _)| *id).collect();
+            let done: Vec<StreamId> = s
+                .upstreams
+                .iter()
+                .filter(|(_, u)| u.pipe.is_done())
+                .map(|(id, _)| *id)
+                .collect();
             for id in done {
                 Self::drop_upstream(s, &self.poll, &mut self.owners, id);
             }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hytun_core::{ClientConfig as CoreClientConfig, PrivateIdentity, PublicIdentity, ServerConfig as CoreServerConfig, SessionConfig};
+use hytun_core::{
+    ClientConfig as CoreClientConfig, PrivateIdentity, PublicIdentity,
+    ServerConfig as CoreServerConfig, SessionConfig,
+};
 
 use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
@@ -96,7 +99,8 @@ fn load_config(path: Option<&Path>) -> Result<config::Config, SetupError> {
 /// Loads this side's private key as a core identity.
 pub fn load_identity(path: &Path) -> Result<PrivateIdentity, SetupError> {
     let key = hytun_keys::load_private_key(path).map_err(err)?;
-    PrivateIdentity::new(key, &mut os_rng()).map_err(|e| SetupError(format!("{}: {e}", path.display())))
+    PrivateIdentity::new(key, &mut os_rng())
+        .map_err(|e| SetupError(format!("{}: {e}", path.display())))
 }
 
 /// Loads a public key as a core identity.
@@ -107,15 +111,28 @@ pub fn load_public(path: &Path) -> Result<PublicIdentity, SetupError> {
 
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
-    let cfg = load_config(flags.config.as_deref())?.server.unwrap_or_default();
+    let cfg = load_config(flags.config.as_deref())?
+        .server
+        .unwrap_or_default();
     let listen = match flags.listen.or(cfg.listen) {
         Some(l) => l.addr,
-        None => DEFAULT_LISTEN.parse().map_err(|_| SetupError("bad default listen address".into()))?,
+        None => DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| SetupError("bad default listen address".into()))?,
     };
-    let key = flags.key.or(cfg.key).unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.key"));
-    let authorized =
-        flags.authorized_keys.or(cfg.authorized_keys).unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("authorized_keys"));
-    let allow_patterns = if flags.allow.is_empty() { cfg.allow.unwrap_or_default() } else { flags.allow };
+    let key = flags
+        .key
+        .or(cfg.key)
+        .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.key"));
+    let authorized = flags
+        .authorized_keys
+        .or(cfg.authorized_keys)
+        .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("authorized_keys"));
+    let allow_patterns = if flags.allow.is_empty() {
+        cfg.allow.unwrap_or_default()
+    } else {
+        flags.allow
+    };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
     if allow.is_empty() {
         log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
@@ -124,7 +141,8 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
     for k in keys {
-        let id = PublicIdentity::new(k.key).map_err(|e| SetupError(format!("{}: {e}", authorized.display())))?;
+        let id = PublicIdentity::new(k.key)
+            .map_err(|e| SetupError(format!("{}: {e}", authorized.display())))?;
         authorized_ids.push(id);
     }
     let max_streams = flags
@@ -132,19 +150,33 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         .or(cfg.max_streams_per_session.map(NonZeroU32::get))
         .unwrap_or(MAX_STREAMS_LIMIT);
     if max_streams == 0 || max_streams > MAX_STREAMS_LIMIT {
-        return Err(SetupError(format!("--max-streams must be 1..={MAX_STREAMS_LIMIT}")));
+        return Err(SetupError(format!(
+            "--max-streams must be 1..={MAX_STREAMS_LIMIT}"
+        )));
     }
     let mut session = SessionConfig::HOST;
     session.max_streams = max_streams as u16;
-    if let Some(s) = flags.handshake_timeout.or(cfg.handshake_timeout_secs.map(|v| v.get())) {
+    if let Some(s) = flags
+        .handshake_timeout
+        .or(cfg.handshake_timeout_secs.map(|v| v.get()))
+    {
         session.handshake_timeout = Duration::from_secs(s.max(1));
     }
-    if let Some(s) = flags.idle_timeout.or(cfg.idle_timeout_secs.map(|v| v.get())) {
+    if let Some(s) = flags
+        .idle_timeout
+        .or(cfg.idle_timeout_secs.map(|v| v.get()))
+    {
         session.idle_timeout = Duration::from_secs(s.max(3));
         session.keepalive_interval = session.idle_timeout / 3;
     }
-    let rate = flags.handshake_rate.or(cfg.handshakes_per_source_per_sec.map(NonZeroU32::get)).unwrap_or(20);
-    let max_sessions = flags.max_sessions.or(cfg.max_sessions.map(NonZeroU32::get)).unwrap_or(256);
+    let rate = flags
+        .handshake_rate
+        .or(cfg.handshakes_per_source_per_sec.map(NonZeroU32::get))
+        .unwrap_or(20);
+    let max_sessions = flags
+        .max_sessions
+        .or(cfg.max_sessions.map(NonZeroU32::get))
+        .unwrap_or(256);
     log::info!("server key {} ({})", identity.public().id(), key.display());
     Ok(ServerOptions {
         listen,
@@ -157,13 +189,21 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
 
 /// Builds the client's options.
 pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
-    let cfg = load_config(flags.config.as_deref())?.client.unwrap_or_default();
+    let cfg = load_config(flags.config.as_deref())?
+        .client
+        .unwrap_or_default();
     let server = match flags.server.or(cfg.server) {
         Some(s) => s,
         None => Endpoint::parse(DEFAULT_LISTEN).map_err(err)?,
     };
-    let key = flags.key.or(cfg.key).unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("id.key"));
-    let server_key = flags.server_key.or(cfg.server_key).unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.pub"));
+    let key = flags
+        .key
+        .or(cfg.key)
+        .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("id.key"));
+    let server_key = flags
+        .server_key
+        .or(cfg.server_key)
+        .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.pub"));
     let identity = load_identity(&key)?;
     let pinned = load_public(&server_key)?;
     let mut session = SessionConfig::HOST;
@@ -172,19 +212,41 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         session.idle_timeout = session.keepalive_interval * 3;
     }
     let mut listeners = Vec::new();
-    let forward = if flags.forward.is_empty() { cfg.forward.unwrap_or_default() } else { flags.forward };
+    let forward = if flags.forward.is_empty() {
+        cfg.forward.unwrap_or_default()
+    } else {
+        flags.forward
+    };
     for f in forward {
-        listeners.push((f.listen, ListenerKind::Forward { host: f.host, port: f.port }));
+        listeners.push((
+            f.listen,
+            ListenerKind::Forward {
+                host: f.host,
+                port: f.port,
+            },
+        ));
     }
-    let socks = if flags.socks.is_empty() { cfg.socks.unwrap_or_default() } else { flags.socks };
+    let socks = if flags.socks.is_empty() {
+        cfg.socks.unwrap_or_default()
+    } else {
+        flags.socks
+    };
     for s in socks {
         listeners.push((s.addr, ListenerKind::Socks));
     }
-    let http = if flags.http_proxy.is_empty() { cfg.http_proxy.unwrap_or_default() } else { flags.http_proxy };
+    let http = if flags.http_proxy.is_empty() {
+        cfg.http_proxy.unwrap_or_default()
+    } else {
+        flags.http_proxy
+    };
     for h in http {
         listeners.push((h.addr, ListenerKind::HttpProxy));
     }
-    log::info!("client key {}, pinned server key {}", identity.public().id(), pinned.id());
+    log::info!(
+        "client key {}, pinned server key {}",
+        identity.public().id(),
+        pinned.id()
+    );
     Ok(ClientOptions {
         server,
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),

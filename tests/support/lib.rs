@@ -13,14 +13,20 @@ use std::time::{Duration, Instant};
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The `target/<profile>` directory the tests were built into.
 pub fn target_profile_dir() -> PathBuf {
     // current_exe = target/<profile>/deps/<test>-<hash>
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| workspace_root().join("target/debug"))
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace_root().join("target/debug"))
 }
 
 /// Path to the `hytun` binary, built once if needed.
@@ -31,7 +37,14 @@ pub fn hytun_bin() -> PathBuf {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "hytun-host", "--bin", "hytun"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "-q",
+            "-p",
+            "hytun-host",
+            "--bin",
+            "hytun",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -54,7 +67,12 @@ impl Drop for ChildGuard {
 
 /// Runs `hytun ARGS` to completion in `cwd`.
 pub fn hytun(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(hytun_bin()).current_dir(cwd).args(args).stdin(Stdio::null()).output().expect("run hytun")
+    Command::new(hytun_bin())
+        .current_dir(cwd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hytun")
 }
 
 /// Starts `hytun ARGS` in the background.
@@ -74,7 +92,10 @@ pub fn spawn_hytun(cwd: &Path, args: &[&str]) -> ChildGuard {
 /// An unused loopback port (bound then released; tests tolerate the race
 /// by retrying where it matters).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// Waits until something accepts on `addr`.

@@ -43,13 +43,21 @@ impl TrafficKey {
         // be a bug, and falls back to an all-zero key only in that case.
         let cipher = match suite {
             Suite::Aes128Gcm => Cipher::Aes128(
-                Aes128Gcm::new_from_slice(key).unwrap_or_else(|_| Aes128Gcm::new(&Default::default())),
+                Aes128Gcm::new_from_slice(key)
+                    .unwrap_or_else(|_| Aes128Gcm::new(&Default::default())),
             ),
             Suite::Aes256Gcm => Cipher::Aes256(
-                Aes256Gcm::new_from_slice(key).unwrap_or_else(|_| Aes256Gcm::new(&Default::default())),
+                Aes256Gcm::new_from_slice(key)
+                    .unwrap_or_else(|_| Aes256Gcm::new(&Default::default())),
             ),
         };
-        TrafficKey { cipher, iv, seq: 0, secret, suite }
+        TrafficKey {
+            cipher,
+            iv,
+            seq: 0,
+            secret,
+            suite,
+        }
     }
 
     fn next_nonce(&mut self) -> Result<[u8; 12], CryptoError> {
@@ -78,7 +86,9 @@ pub struct RecordSealer {
 impl RecordSealer {
     /// A sealer for the first key derived from `traffic_secret`.
     pub fn new(suite: Suite, traffic_secret: Secret) -> Self {
-        RecordSealer { key: TrafficKey::new(suite, traffic_secret) }
+        RecordSealer {
+            key: TrafficKey::new(suite, traffic_secret),
+        }
     }
 
     /// Encrypts `plaintext` in place with `aad` and returns the tag.
@@ -111,11 +121,18 @@ pub struct RecordOpener {
 impl RecordOpener {
     /// An opener for the first key derived from `traffic_secret`.
     pub fn new(suite: Suite, traffic_secret: Secret) -> Self {
-        RecordOpener { key: TrafficKey::new(suite, traffic_secret) }
+        RecordOpener {
+            key: TrafficKey::new(suite, traffic_secret),
+        }
     }
 
     /// Decrypts `ciphertext` in place; any failure is final for the session.
-    pub fn open(&mut self, aad: &[u8], ciphertext: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), CryptoError> {
+    pub fn open(
+        &mut self,
+        aad: &[u8],
+        ciphertext: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), CryptoError> {
         let nonce = Nonce::<Aes128Gcm>::from(self.key.next_nonce()?);
         let tag = Tag::<Aes128Gcm>::from(*tag);
         match &self.key.cipher {
@@ -182,7 +199,10 @@ mod tests {
         flipped[0] ^= 1;
         assert!(o.open(&[0, 21], &mut flipped, &ta).is_err());
         let (_, mut o) = pair(Suite::Aes128Gcm);
-        assert!(o.open(&[0, 22], &mut a.clone(), &ta).is_err(), "aad is bound");
+        assert!(
+            o.open(&[0, 22], &mut a.clone(), &ta).is_err(),
+            "aad is bound"
+        );
         let (_, mut o) = pair(Suite::Aes128Gcm);
         let mut a1 = a;
         o.open(&[0, 21], &mut a1, &ta).unwrap();
@@ -198,11 +218,27 @@ mod tests {
         let c = Aes128Gcm::new_from_slice(&key).unwrap();
         let mut pt = [0u8; 16];
         let tag = c
-            .encrypt_inout_detached(&Nonce::<Aes128Gcm>::from([0u8; 12]), &[], (&mut pt[..]).into())
+            .encrypt_inout_detached(
+                &Nonce::<Aes128Gcm>::from([0u8; 12]),
+                &[],
+                (&mut pt[..]).into(),
+            )
             .unwrap();
-        assert_eq!(pt, [0x03, 0x88, 0xda, 0xce, 0x60, 0xb6, 0xa3, 0x92, 0xf3, 0x28, 0xc2, 0xb9, 0x71, 0xb2, 0xfe, 0x78]);
+        assert_eq!(
+            pt,
+            [
+                0x03, 0x88, 0xda, 0xce, 0x60, 0xb6, 0xa3, 0x92, 0xf3, 0x28, 0xc2, 0xb9, 0x71, 0xb2,
+                0xfe, 0x78
+            ]
+        );
         let tag: [u8; 16] = tag.into();
-        assert_eq!(tag, [0xab, 0x6e, 0x47, 0xd4, 0x2c, 0xec, 0x13, 0xbd, 0xf5, 0x3a, 0x67, 0xb2, 0x12, 0x57, 0xbd, 0xdf]);
+        assert_eq!(
+            tag,
+            [
+                0xab, 0x6e, 0x47, 0xd4, 0x2c, 0xec, 0x13, 0xbd, 0xf5, 0x3a, 0x67, 0xb2, 0x12, 0x57,
+                0xbd, 0xdf
+            ]
+        );
     }
 
     #[test]

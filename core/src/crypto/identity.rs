@@ -48,7 +48,11 @@ impl core::fmt::Display for KeyId {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         f.write_str("SHA256:")?;
         for chunk in self.0.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 let idx = ((n >> (18 - 6 * i)) & 0x3f) as usize;
@@ -126,23 +130,38 @@ pub struct PrivateIdentity {
 
 impl core::fmt::Debug for PrivateIdentity {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PrivateIdentity").field("id", &self.public.id).finish_non_exhaustive()
+        f.debug_struct("PrivateIdentity")
+            .field("id", &self.public.id)
+            .finish_non_exhaustive()
     }
 }
 
 impl PrivateIdentity {
     /// Wraps a parsed private key (2048..=4096 bits). The rejection key is
     /// drawn from `rng` once per identity.
-    pub fn new<R: CryptoRng + ?Sized>(key: RsaPrivateKey, rng: &mut R) -> Result<Self, CryptoError> {
+    pub fn new<R: CryptoRng + ?Sized>(
+        key: RsaPrivateKey,
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
         let public = PublicIdentity::new(key.to_public_key())?;
         let mut rejection_key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(rejection_key.as_mut());
-        Ok(PrivateIdentity { key, public, rejection_key })
+        Ok(PrivateIdentity {
+            key,
+            public,
+            rejection_key,
+        })
     }
 
     /// Parses a PKCS#8 DER private key.
-    pub fn from_pkcs8_der<R: CryptoRng + ?Sized>(der: &[u8], rng: &mut R) -> Result<Self, CryptoError> {
-        Self::new(RsaPrivateKey::from_pkcs8_der(der).map_err(|_| CryptoError::BadKey)?, rng)
+    pub fn from_pkcs8_der<R: CryptoRng + ?Sized>(
+        der: &[u8],
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
+        Self::new(
+            RsaPrivateKey::from_pkcs8_der(der).map_err(|_| CryptoError::BadKey)?,
+            rng,
+        )
     }
 
     /// The public half.
@@ -190,7 +209,10 @@ mod tests {
         let id = KeyId([0u8; 32]);
         let mut s = heapless::String::<64>::new();
         core::fmt::write(&mut s, format_args!("{id}")).unwrap();
-        assert_eq!(s.as_str(), "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(
+            s.as_str(),
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        );
         assert_eq!(s.len(), 7 + 43);
         let id = KeyId([0xff; 32]);
         s.clear();

@@ -48,5 +48,4 @@ impl fmt::Display for CryptoError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for CryptoError {}
+impl core::error::Error for CryptoError {}

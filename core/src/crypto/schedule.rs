@@ -104,7 +104,8 @@ pub fn verify_finished(key: &[u8; 32], transcript_hash: &[u8; 32], received: &[u
 
 /// The next traffic secret after a key update.
 pub fn next_traffic_secret(current: &[u8; 32]) -> Secret {
-    let prk = Hkdf::<Sha256>::from_prk(current).unwrap_or_else(|_| Hkdf::<Sha256>::new(None, current));
+    let prk =
+        Hkdf::<Sha256>::from_prk(current).unwrap_or_else(|_| Hkdf::<Sha256>::new(None, current));
     let mut out = Zeroizing::new([0u8; 32]);
     expand(&prk, &[LABEL_UPDATE], out.as_mut());
     out
@@ -117,7 +118,12 @@ mod tests {
     #[test]
     fn directions_and_labels_give_distinct_secrets() {
         let s = derive(&[1; 32], &[2; 32], &[3; 32], &[4; 32]);
-        let all = [&s.client_finished, &s.server_finished, &s.client_traffic, &s.server_traffic];
+        let all = [
+            &s.client_finished,
+            &s.server_finished,
+            &s.client_traffic,
+            &s.server_traffic,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.as_ref(), b.as_ref());
@@ -128,7 +134,10 @@ mod tests {
         assert_ne!(s.client_traffic.as_ref(), t.client_traffic.as_ref());
         let u = derive(&[1; 32], &[9; 32], &[3; 32], &[4; 32]);
         assert_ne!(s.client_traffic.as_ref(), u.client_traffic.as_ref());
-        assert_ne!(next_traffic_secret(&s.client_traffic).as_ref(), s.client_traffic.as_ref());
+        assert_ne!(
+            next_traffic_secret(&s.client_traffic).as_ref(),
+            s.client_traffic.as_ref()
+        );
     }
 
     #[test]

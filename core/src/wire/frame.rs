@@ -383,7 +383,9 @@ impl<'a> Frame<'a> {
                 let dest = Destination::parse(&mut r)?;
                 Frame::Open { id, window, dest }
             }
-            T_OPEN_OK => Frame::OpenOk { id: stream_id(&mut r)? },
+            T_OPEN_OK => Frame::OpenOk {
+                id: stream_id(&mut r)?,
+            },
             T_OPEN_FAIL => Frame::OpenFail {
                 id: stream_id(&mut r)?,
                 code: StreamErrorCode::from_code(r.u8("error code")?),
@@ -394,7 +396,10 @@ impl<'a> Frame<'a> {
                 if len == 0 {
                     return Err(WireError::InvalidField("data length"));
                 }
-                Frame::Data { id, data: r.bytes(len, "data")? }
+                Frame::Data {
+                    id,
+                    data: r.bytes(len, "data")?,
+                }
             }
             T_WINDOW => {
                 let id = stream_id(&mut r)?;
@@ -404,14 +409,22 @@ impl<'a> Frame<'a> {
                 }
                 Frame::Window { id, increment }
             }
-            T_FIN => Frame::Fin { id: stream_id(&mut r)? },
+            T_FIN => Frame::Fin {
+                id: stream_id(&mut r)?,
+            },
             T_RESET => Frame::Reset {
                 id: stream_id(&mut r)?,
                 code: StreamErrorCode::from_code(r.u8("error code")?),
             },
-            T_PING => Frame::Ping { opaque: r.u64("ping value")? },
-            T_PONG => Frame::Pong { opaque: r.u64("pong value")? },
-            T_GOAWAY => Frame::GoAway { code: CloseCode::from_code(r.u8("close code")?) },
+            T_PING => Frame::Ping {
+                opaque: r.u64("ping value")?,
+            },
+            T_PONG => Frame::Pong {
+                opaque: r.u64("pong value")?,
+            },
+            T_GOAWAY => Frame::GoAway {
+                code: CloseCode::from_code(r.u8("close code")?),
+            },
             T_KEY_UPDATE => Frame::KeyUpdate {
                 request_peer: match r.u8("key update flag")? {
                     0 => false,
@@ -419,7 +432,9 @@ impl<'a> Frame<'a> {
                     _ => return Err(WireError::InvalidField("key update flag")),
                 },
             },
-            T_CLOSE => Frame::Close { code: CloseCode::from_code(r.u8("close code")?) },
+            T_CLOSE => Frame::Close {
+                code: CloseCode::from_code(r.u8("close code")?),
+            },
             other => return Err(WireError::UnknownType(other)),
         };
         let used = buf.len() - r.remaining();
@@ -535,29 +550,56 @@ mod tests {
             Frame::Open {
                 id: StreamId(1),
                 window: 65536,
-                dest: Destination { host: Host::Domain("example.com"), port: 443 },
+                dest: Destination {
+                    host: Host::Domain("example.com"),
+                    port: 443,
+                },
             },
             Frame::Open {
                 id: StreamId(2),
                 window: 1,
-                dest: Destination { host: Host::Ipv4([127, 0, 0, 1]), port: 80 },
+                dest: Destination {
+                    host: Host::Ipv4([127, 0, 0, 1]),
+                    port: 80,
+                },
             },
             Frame::Open {
                 id: StreamId(3),
                 window: 1,
-                dest: Destination { host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), port: 22 },
+                dest: Destination {
+                    host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                    port: 22,
+                },
             },
             Frame::OpenOk { id: StreamId(1) },
-            Frame::OpenFail { id: StreamId(1), code: StreamErrorCode::NotAllowed },
-            Frame::Data { id: StreamId(9), data: b"hello" },
-            Frame::Window { id: StreamId(9), increment: 4096 },
+            Frame::OpenFail {
+                id: StreamId(1),
+                code: StreamErrorCode::NotAllowed,
+            },
+            Frame::Data {
+                id: StreamId(9),
+                data: b"hello",
+            },
+            Frame::Window {
+                id: StreamId(9),
+                increment: 4096,
+            },
             Frame::Fin { id: StreamId(9) },
-            Frame::Reset { id: StreamId(9), code: StreamErrorCode::Cancelled },
-            Frame::Ping { opaque: 0x0102030405060708 },
+            Frame::Reset {
+                id: StreamId(9),
+                code: StreamErrorCode::Cancelled,
+            },
+            Frame::Ping {
+                opaque: 0x0102030405060708,
+            },
             Frame::Pong { opaque: 7 },
-            Frame::GoAway { code: CloseCode::ShuttingDown },
+            Frame::GoAway {
+                code: CloseCode::ShuttingDown,
+            },
             Frame::KeyUpdate { request_peer: true },
-            Frame::Close { code: CloseCode::Normal },
+            Frame::Close {
+                code: CloseCode::Normal,
+            },
         ]
     }
 
@@ -584,19 +626,30 @@ mod tests {
         assert!(Frame::parse(&[T_WINDOW, 0, 0, 0, 1, 0, 0, 0, 0]).is_err());
         assert!(Frame::parse(&[T_KEY_UPDATE, 2]).is_err());
         // domain with a space, and port 0
-        assert!(Frame::parse(&[T_OPEN, 0, 0, 0, 1, 0, 0, 1, 0, 3, 3, b'a', b' ', b'b', 0, 80]).is_err());
+        assert!(
+            Frame::parse(&[
+                T_OPEN, 0, 0, 0, 1, 0, 0, 1, 0, 3, 3, b'a', b' ', b'b', 0, 80
+            ])
+            .is_err()
+        );
         assert!(Frame::parse(&[T_OPEN, 0, 0, 0, 1, 0, 0, 1, 0, 1, 127, 0, 0, 1, 0, 0]).is_err());
         let bad = Frame::Open {
             id: StreamId(1),
             window: 1,
-            dest: Destination { host: Host::Domain(""), port: 1 },
+            dest: Destination {
+                host: Host::Domain(""),
+                port: 1,
+            },
         };
         assert!(bad.emit(&mut [0u8; 64]).is_err());
     }
 
     #[test]
     fn destination_display() {
-        let d = Destination { host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), port: 8 };
+        let d = Destination {
+            host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            port: 8,
+        };
         let mut s = heapless::String::<64>::new();
         core::fmt::write(&mut s, format_args!("{d}")).unwrap();
         assert_eq!(s.as_str(), "[0:0:0:0:0:0:0:1]:8");

@@ -471,7 +471,9 @@ mod tests {
         let ct = [9u8; 256];
         let mut small = [0u8; 10];
         match sample_ch(&ct).emit(&mut small) {
-            Err(WireError::BufferTooSmall { required }) => assert_eq!(required, 3 + 4 + 2 + 2 + 2 + 128 + 2 + 256),
+            Err(WireError::BufferTooSmall { required }) => {
+                assert_eq!(required, 3 + 4 + 2 + 2 + 2 + 128 + 2 + 256)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -499,10 +501,21 @@ mod tests {
         let n = fin.emit(&mut buf).unwrap();
         assert_eq!(n, 35);
         assert_eq!(Finished::parse(&buf[3..n]).unwrap(), fin);
-        let n = Alert { reason: AlertReason::Unauthorized, key_id: None }.emit(&mut buf).unwrap();
+        let n = Alert {
+            reason: AlertReason::Unauthorized,
+            key_id: None,
+        }
+        .emit(&mut buf)
+        .unwrap();
         assert_eq!(&buf[..n], &[TYPE_ALERT, 0, 2, 1, 0]);
-        assert_eq!(Alert::parse(&buf[3..n]).unwrap().reason, AlertReason::Unauthorized);
-        let alert = Alert { reason: AlertReason::UnknownServerKey, key_id: Some(&[3; 32]) };
+        assert_eq!(
+            Alert::parse(&buf[3..n]).unwrap().reason,
+            AlertReason::Unauthorized
+        );
+        let alert = Alert {
+            reason: AlertReason::UnknownServerKey,
+            key_id: Some(&[3; 32]),
+        };
         let n = alert.emit(&mut buf).unwrap();
         assert_eq!(Alert::parse(&buf[3..n]).unwrap(), alert);
         assert!(Alert::parse(&[1, 5, 0]).is_err());
@@ -510,7 +523,10 @@ mod tests {
 
     #[test]
     fn header_rejects_unknown_type_and_oversize() {
-        assert_eq!(HandshakeHeader::parse(&[0x42, 0, 1]), Err(WireError::UnknownType(0x42)));
+        assert_eq!(
+            HandshakeHeader::parse(&[0x42, 0, 1]),
+            Err(WireError::UnknownType(0x42))
+        );
         assert!(HandshakeHeader::parse(&[TYPE_CLIENT_HELLO, 0xff, 0xff]).is_err());
     }
 }

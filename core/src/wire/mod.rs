@@ -50,8 +50,7 @@ impl fmt::Display for WireError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for WireError {}
+impl core::error::Error for WireError {}
 
 /// A bounds-checked cursor over untrusted input. Every read names the field
 /// it is reading so that a truncation error says where the input ended.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::vec::Vec;
 
 use hytun_core::{
-    ClientConfig, Connection, Event, Instant, PrivateIdentity, PublicIdentity, ServerConfig, SessionConfig,
-    StreamErrorCode, StreamId,
+    ClientConfig, Connection, Event, Instant, PrivateIdentity, PublicIdentity, ServerConfig,
+    SessionConfig, StreamErrorCode, StreamId,
 };
 use hytun_core::{CloseCode, ConnectionError};
 use rand_core::{TryCryptoRng, TryRng};
@@ -21,7 +21,10 @@ pub struct TestRng {
 
 impl TestRng {
     pub fn new(label: &str) -> Self {
-        TestRng { seed: Sha256::digest(label.as_bytes()).into(), counter: 0 }
+        TestRng {
+            seed: Sha256::digest(label.as_bytes()).into(),
+            counter: 0,
+        }
     }
 }
 
@@ -65,11 +68,25 @@ pub fn public(name: &str) -> PublicIdentity {
     PublicIdentity::from_spki_der(&vector(&format!("{name}.pub.der"))).unwrap()
 }
 
-pub fn client_config(client: &str, pinned: &str, session: SessionConfig, rng: &mut TestRng) -> Arc<ClientConfig> {
-    Arc::new(ClientConfig::new(private(client, rng), public(pinned), session))
+pub fn client_config(
+    client: &str,
+    pinned: &str,
+    session: SessionConfig,
+    rng: &mut TestRng,
+) -> Arc<ClientConfig> {
+    Arc::new(ClientConfig::new(
+        private(client, rng),
+        public(pinned),
+        session,
+    ))
 }
 
-pub fn server_config(server: &str, authorized: &[&str], session: SessionConfig, rng: &mut TestRng) -> Arc<ServerConfig> {
+pub fn server_config(
+    server: &str,
+    authorized: &[&str],
+    session: SessionConfig,
+    rng: &mut TestRng,
+) -> Arc<ServerConfig> {
     let auth = authorized.iter().map(|n| public(n)).collect();
     Arc::new(ServerConfig::new(private(server, rng), auth, session))
 }
@@ -152,6 +169,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         from: &mut Connection<TX, RX, S>,
         to: &mut Connection<TX, RX, S>,
@@ -168,7 +186,11 @@ impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
         if pending.is_empty() {
             return false;
         }
-        let take = if chunk == 0 { pending.len() } else { pending.len().min(chunk) };
+        let take = if chunk == 0 {
+            pending.len()
+        } else {
+            pending.len().min(chunk)
+        };
         let mut bytes = pending[..take].to_vec();
         from.transmit_done(take);
         log.extend_from_slice(&bytes);
@@ -207,12 +229,28 @@ impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
         }
         for _ in 0..100_000 {
             let a = Self::deliver(
-                &mut self.client, &mut self.server, Dir::ClientToServer, &mut self.tamper,
-                &mut self.wire_c2s, self.now, &mut self.rng, self.server_consumes, self.chunk, &mut sev,
+                &mut self.client,
+                &mut self.server,
+                Dir::ClientToServer,
+                &mut self.tamper,
+                &mut self.wire_c2s,
+                self.now,
+                &mut self.rng,
+                self.server_consumes,
+                self.chunk,
+                &mut sev,
             );
             let b = Self::deliver(
-                &mut self.server, &mut self.client, Dir::ServerToClient, &mut self.tamper,
-                &mut self.wire_s2c, self.now, &mut self.rng, self.client_consumes, self.chunk, &mut cev,
+                &mut self.server,
+                &mut self.client,
+                Dir::ServerToClient,
+                &mut self.tamper,
+                &mut self.wire_s2c,
+                self.now,
+                &mut self.rng,
+                self.client_consumes,
+                self.chunk,
+                &mut cev,
             );
             if !a && !b {
                 return (cev, sev);

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian machine (apt packages, rustup
+# targets/components, defmt-print, cargo-fuzz) and runs ALL tests:
+# formatting, lints, the no_std build of the core for thumbv7m, the unit /
+# in-memory / loopback end-to-end tests, the QEMU firmware test on two
+# boards, the firmware size check, and a short fuzz smoke run.
+#
+# Usage: bash scripts/test-all.sh        (as root, or with sudo available)
+# Knobs: FUZZ_SECONDS=10 (per fuzz target; 0 skips the fuzz smoke run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+
+step() { printf '\n==== %s ====\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+step "install: apt packages"
+missing=()
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+else
+  echo "all present"
+fi
+
+step "install: rust targets and components"
+rustup target add thumbv7m-none-eabi >/dev/null
+rustup component add rustfmt clippy >/dev/null
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+fi
+command -v defmt-print >/dev/null || cargo install defmt-print --locked
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (workspace, all targets, -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "core builds no_std for thumbv7m-none-eabi"
+cargo build -p hytun-core --target thumbv7m-none-eabi
+cargo build -p hytun-core --target thumbv7m-none-eabi --features defmt
+
+step "cargo test (unit, in-memory pair, vectors, loopback e2e, QEMU firmware)"
+cargo test --workspace
+
+step "firmware size check against embedded/expected-size.txt"
+(cd embedded && bash check-size.sh)
+
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+  FUZZ_SECONDS=$FUZZ_SECONDS bash scripts/fuzz-smoke.sh
+fi
+
+step "benchmarks build (not run: timings never gate CI)"
+cargo bench --workspace --no-run
+
+echo
+echo "ALL TESTS PASSED"
