@@ -695,3 +695,104 @@ fn refused_destination_fails_one_stream_while_others_continue() {
 
 #[allow(dead_code)]
 fn unused(_: PathBuf) {}
+
+#[test]
+fn bad_clients_do_not_hurt_the_server() {
+    let origin = Origin::start(loopback()).unwrap();
+    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    // Garbage, a truncated hello, an oversized length, and a silent client.
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[1, 0xff, 0xff][..],
+        &[1, 0, 200, b'H', b'Y'][..],
+        &[0x42; 4096][..],
+    ] {
+        let mut s = connect(server.addr);
+        let _ = s.write_all(junk);
+        let _ = s.shutdown(Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        assert!(
+            sink.len() < 64,
+            "the server answers junk with at most an alert"
+        );
+    }
+    let _silent = connect(server.addr);
+    // A real client still works.
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(origin.addr()))],
+    ));
+    let mut s = connect(client.addrs[0]);
+    assert!(http_get(&mut s, "/hello").ends_with(HELLO_BODY));
+}
+
+#[test]
+fn broken_tunnel_closes_the_local_side_of_live_streams() {
+    let echo = EchoServer::start().unwrap();
+    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(echo.addr))],
+    ));
+    let mut s = connect(client.addrs[0]);
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    server.shutdown();
+    // The local connection learns of the break: EOF or reset, not a hang.
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(r.is_ok() || r.is_err());
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn server_process_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let key = keydir().join("server.key");
+    let auth = keydir().join("authorized_keys");
+    let mut child = spawn_hytun(
+        dir.path(),
+        &[
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            key.to_str().unwrap(),
+            "--authorized-keys",
+            auth.to_str().unwrap(),
+            "--allow",
+            "127.0.0.1:*",
+        ],
+    );
+    assert!(wait_listening(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(20)
+    ));
+    let pid = child.0.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(err.contains("shutting down"), "{err}");
+}
