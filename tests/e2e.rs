@@ -796,3 +796,37 @@ fn server_process_stops_gracefully_on_sigterm() {
     }
     assert!(err.contains("shutting down"), "{err}");
 }
+
+#[test]
+fn fetch_fails_fast_when_the_server_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ck = keydir().join("client.key");
+    let sp = keydir().join("server.pub");
+    let started = Instant::now();
+    let out = hytun(
+        dir.path(),
+        &[
+            "fetch",
+            "http://127.0.0.1:9/",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--key",
+            ck.to_str().unwrap(),
+            "--server-key",
+            sp.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unreachable") || err.contains("Connection refused"),
+        "{err}"
+    );
+    assert!(err.contains("cannot establish a tunnel"), "{err}");
+}

@@ -67,6 +67,10 @@ pub struct ClientOptions {
     /// Exit instead of retrying when the very first handshake is refused
     /// for a key reason (pinned key mismatch, unauthorized client).
     pub fail_fast_on_auth: bool,
+    /// Exit instead of retrying when the very first connection attempt
+    /// fails for any reason (used by `fetch`: a one-shot command should
+    /// report "server unreachable" at once, not wait).
+    pub fail_fast_on_first_attempt: bool,
 }
 
 /// Why the client could not start or had to stop.
@@ -78,6 +82,8 @@ pub enum ClientError {
     Io(io::Error),
     /// The server refused our key or does not hold the pinned key.
     Authentication(String),
+    /// The server could not be reached (fail-fast mode only).
+    Unreachable(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -88,7 +94,7 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ClientError::Io(e) => write!(f, "event loop setup failed: {e}"),
-            ClientError::Authentication(msg) => f.write_str(msg),
+            ClientError::Authentication(msg) | ClientError::Unreachable(msg) => f.write_str(msg),
         }
     }
 }
@@ -378,6 +384,12 @@ impl Client {
     }
 
     fn schedule_retry(&mut self) {
+        if self.opts.fail_fast_on_first_attempt && !self.established_once && self.fatal.is_none() {
+            self.fatal = Some(ClientError::Unreachable(format!(
+                "cannot establish a tunnel to {} (see the log above)",
+                self.opts.server
+            )));
+        }
         let delay = self.backoff.next_delay(random_u64());
         info!(
             "reconnecting to {} in {} ms",
@@ -922,6 +934,10 @@ impl Client {
             }
             if let Phase::Streaming(id) | Phase::Opening(id) = l.phase {
                 self.streams.remove(&id);
+                info!(
+                    "{}: stream {id} closed ({} bytes sent, {} received)",
+                    l.peer, l.pipe.bytes_from_sock, l.pipe.bytes_to_sock
+                );
             }
         }
     }

@@ -125,6 +125,7 @@ pub fn fetch(
         },
     )];
     opts.fail_fast_on_auth = true;
+    opts.fail_fast_on_first_attempt = true;
     let client = Client::bind(opts).map_err(FetchError::Client)?;
     let local = client.local_addrs()[0];
     let stop = client.stop_handle();

@@ -46,6 +46,10 @@ pub struct Pipe {
     pub sock_eof: bool,
     /// Reading stopped for lack of credit or transmit space.
     pub read_blocked: bool,
+    /// Tunnel bytes written to the socket.
+    pub bytes_to_sock: u64,
+    /// Socket bytes sent into the tunnel.
+    pub bytes_from_sock: u64,
 }
 
 impl Pipe {
@@ -60,6 +64,8 @@ impl Pipe {
             shut_write: false,
             sock_eof: false,
             read_blocked: false,
+            bytes_to_sock: 0,
+            bytes_from_sock: 0,
         }
     }
 
@@ -102,6 +108,7 @@ impl Pipe {
                 }
             }
             self.to_sock.extend_from_slice(&data[written..]);
+            self.bytes_to_sock += written as u64;
             return Ok(written);
         }
         self.to_sock.extend_from_slice(data);
@@ -122,6 +129,7 @@ impl Pipe {
                     let local = n.min(self.local_prefix);
                     self.local_prefix -= local;
                     tunnel_bytes += n - local;
+                    self.bytes_to_sock += (n - local) as u64;
                     self.to_sock_off += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -185,7 +193,7 @@ impl Pipe {
                 }
             });
             match sent {
-                Ok(_) => {}
+                Ok(n) => self.bytes_from_sock += n as u64,
                 Err(StreamError::NotWritable | StreamError::UnknownStream) => {
                     // The stream ended under us (reset by the peer).
                     self.sock_eof = true;

@@ -252,6 +252,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),
         listeners,
         fail_fast_on_auth: true,
+        fail_fast_on_first_attempt: false,
     })
 }
 
