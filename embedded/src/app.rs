@@ -7,8 +7,8 @@
 //!    [`ClientConfig`] with [`SessionConfig::EMBEDDED`] (1 KiB records and
 //!    stream windows), shared through an `Arc` as the core expects;
 //! 2. starts a [`Connection`] sized by [`TX_BUFFER`], [`RX_BUFFER`] and
-//!    [`STREAMS`] (the core's minimums and one stream slot; it lives on the
-//!    stack of [`run`]) and drives it until `Event::Connected`;
+//!    [`STREAMS`] (the core's minimums and one stream slot; 4448 B in the
+//!    static [`CONNECTION`]) and drives it until `Event::Connected`;
 //! 3. opens one stream to the build-time origin ([`crate::origin`]), sends
 //!    `GET <path> HTTP/1.0`, half-closes, and checks the response as it
 //!    streams in ([`crate::http`]): status `HTTP/1.x 200`, the expected
@@ -18,16 +18,18 @@
 //!
 //! ## Driving the core
 //!
-//! One loop, following the contract in `hytun_core::connection`: write all of
-//! `transmit_pending()`; run `handle_timeout` once `poll_timeout()` has
-//! passed; otherwise, if the UART holds received bytes, read up to
-//! [`READ_CHUNK`] of them and feed them with `handle_input` — which consumes
-//! at most one record per call — draining `poll_event` after every call.
-//! The UART driver's `read` blocks, so the loop only reads after `read_ready`
-//! says a byte is waiting; while nothing arrives it spins, checking the
-//! timers. Timeouts therefore fire on time as long as the CPU is not inside
-//! a long core call: during the client's RSA operations (≈100 M instructions)
-//! nothing else runs, and a real device would want a watchdog around them.
+//! One loop ([`drive`]), following the contract in `hytun_core::connection`:
+//! write all of `transmit_pending()` whenever `wants_transmit()`; run
+//! `handle_timeout` once `poll_timeout()` has passed; otherwise, if the UART
+//! holds received bytes, read up to [`READ_CHUNK`] of them and feed them
+//! with `handle_input` — which consumes at most one record per call —
+//! draining `poll_event` after every call. The UART driver's `read` blocks,
+//! so the loop only reads after `read_ready` says a byte is waiting; while
+//! nothing arrives it spins, checking the timers (the core's handshake,
+//! keepalive and idle timers, and [`EXCHANGE_TIMEOUT_MS`]). Timeouts
+//! therefore fire on time as long as the CPU is not inside a long core call:
+//! during the client's RSA operations (≈90 M instructions) nothing else
+//! runs, and a real device would want its watchdog period above that.
 //!
 //! ## Measurements
 //!
@@ -37,7 +39,6 @@
 //! virtual nanoseconds the log prints are exact instruction counts.
 
 use alloc::sync::Arc;
-use core::fmt::Write as _;
 
 use defmt::Display2Format;
 use embedded_io::{Read, ReadReady, Write};
@@ -65,14 +66,17 @@ pub const STREAMS: usize = 1;
 /// The client's connection type.
 pub type Conn = Connection<TX_BUFFER, RX_BUFFER, STREAMS>;
 
-/// The connection's home: a static initialised in place, so the 4.4 KiB
-/// value is neither on the stack nor copied there.
+/// The connection's home, initialised once by [`start_connection`]. The
+/// value itself outlives every stack frame here, but see there for the
+/// temporary copy construction still needs.
 static CONNECTION: StaticCell<Conn> = StaticCell::new();
 
 /// Bytes read from the UART per `read` call.
 const READ_CHUNK: usize = 256;
-/// Room for the request line and headers.
-const REQUEST_MAX: usize = 384;
+/// How long the exchange (OPEN to the response's FIN) may take after
+/// `Connected`. The session's keepalives keep a connection to a live server
+/// open forever, so a stalled origin needs its own deadline.
+const EXCHANGE_TIMEOUT_MS: u64 = 60_000;
 /// Body bytes shown in the log.
 const BODY_PREFIX_LOG: usize = 48;
 
@@ -118,7 +122,11 @@ enum Owned {
     Connected,
     Opened(StreamId),
     OpenFailed(StreamId, StreamErrorCode),
-    Data { id: StreamId, len: usize, fed: Result<(), HttpError> },
+    Data {
+        id: StreamId,
+        len: usize,
+        fed: Result<(), HttpError>,
+    },
     Finished(StreamId),
     Reset(StreamId, StreamErrorCode),
     GoAway(CloseCode),
@@ -130,7 +138,6 @@ enum Owned {
 /// can borrow both.
 struct Client<'m> {
     phase: Phase,
-    request: heapless::String<REQUEST_MAX>,
     request_sent: usize,
     fin_sent: bool,
     response: Response<'m>,
@@ -140,7 +147,12 @@ struct Client<'m> {
     /// Ticks spent in core calls and event handling.
     busy: u64,
     handshake_start: u64,
-    first_data: Option<(u64, u64)>,
+    /// When the exchange must be complete (ms), set at `Connected`.
+    exchange_deadline: Option<u64>,
+    /// Non-empty transport reads so far.
+    reads: u32,
+    /// (ticks, busy, reads) at the first response byte.
+    first_data: Option<(u64, u64, u32)>,
 }
 
 /// Runs the client over `transport` until the page is fetched or it fails.
@@ -152,7 +164,10 @@ pub fn run<T: Read + ReadReady + Write>(
     let setup_start = clock::ticks();
     let config = load_config(keys, rng)?;
     let setup_ticks = clock::ticks() - setup_start;
-    defmt::info!("key_setup_instructions={=u64}", clock::ticks_to_ns(setup_ticks));
+    defmt::info!(
+        "key_setup_instructions={=u64}",
+        clock::ticks_to_ns(setup_ticks)
+    );
 
     let mut client = Client::new(origin::EXPECT_BODY.as_bytes());
     client.report.key_setup_instructions = clock::ticks_to_ns(setup_ticks);
@@ -185,13 +200,17 @@ pub fn run<T: Read + ReadReady + Write>(
 
 /// Parses the provisioned keys into the client configuration.
 #[inline(never)]
-fn load_config(keys: &Provisioned, rng: &mut impl CryptoRng) -> Result<Arc<ClientConfig>, FirmwareError> {
-    let identity = PrivateIdentity::from_pkcs8_der(keys.device_key_pkcs8_der, rng).map_err(|e| {
-        defmt::error!("device key: {}", Display2Format(&e));
-        FirmwareError::DeviceKey
-    })?;
+fn load_config(
+    keys: &Provisioned,
+    rng: &mut impl CryptoRng,
+) -> Result<Arc<ClientConfig>, FirmwareError> {
+    let identity =
+        PrivateIdentity::from_pkcs8_der(keys.device_key_pkcs8_der, rng).map_err(|e| {
+            defmt::error!("device key: {}", e);
+            FirmwareError::DeviceKey
+        })?;
     let server = PublicIdentity::from_spki_der(keys.server_spki_der).map_err(|e| {
-        defmt::error!("server key: {}", Display2Format(&e));
+        defmt::error!("server key: {}", e);
         FirmwareError::ServerKey
     })?;
     defmt::info!(
@@ -201,7 +220,11 @@ fn load_config(keys: &Provisioned, rng: &mut impl CryptoRng) -> Result<Arc<Clien
         Display2Format(&server.id()),
         server.ciphertext_len() * 8
     );
-    Ok(Arc::new(ClientConfig::new(identity, server, SessionConfig::EMBEDDED)))
+    Ok(Arc::new(ClientConfig::new(
+        identity,
+        server,
+        SessionConfig::EMBEDDED,
+    )))
 }
 
 /// Builds the client connection in [`CONNECTION`]; the `ClientHello`
@@ -230,7 +253,11 @@ fn drive<T: Read + ReadReady + Write>(
 ) -> Result<(), FirmwareError> {
     let mut buf = [0u8; READ_CHUNK];
     loop {
-        client.write_pending(transport, conn)?;
+        // `wants_transmit` is a cheap check; `transmit_pending` would also
+        // try to seal, which must not run (and be counted) on every spin.
+        if conn.wants_transmit() {
+            client.write_pending(transport, conn)?;
+        }
         if conn.is_closed() {
             // Closed was drained and the CLOSE (if any) is written.
             break;
@@ -243,12 +270,26 @@ fn drive<T: Read + ReadReady + Write>(
             client.drain(conn);
             continue;
         }
+        if client
+            .exchange_deadline
+            .is_some_and(|t| now.as_millis() >= t)
+            && client.outcome.is_none()
+        {
+            defmt::error!(
+                "no complete response within {=u64} ms of the handshake",
+                EXCHANGE_TIMEOUT_MS
+            );
+            client.conclude(conn, Err(FirmwareError::ExchangeTimeout));
+            client.drain(conn);
+            continue;
+        }
         if !transport.read_ready().map_err(FirmwareError::transport)? {
             core::hint::spin_loop();
             continue;
         }
         let n = transport.read(&mut buf).map_err(FirmwareError::transport)?;
         client.report.bytes_received = client.report.bytes_received.saturating_add(n as u32);
+        client.reads = client.reads.wrapping_add(u32::from(n > 0));
         if n == 0 {
             conn.handle_eof();
         }
@@ -266,17 +307,8 @@ fn drive<T: Read + ReadReady + Write>(
 
 impl<'m> Client<'m> {
     fn new(marker: &'m [u8]) -> Self {
-        let mut request = heapless::String::new();
-        // Fits: build.rs bounds the path and host well below REQUEST_MAX.
-        let _ = write!(
-            request,
-            "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: hytun-firmware\r\n\r\n",
-            origin::PATH,
-            origin::HOST_STR
-        );
         Self {
             phase: Phase::Handshake,
-            request,
             request_sent: 0,
             fin_sent: false,
             response: Response::new(marker),
@@ -284,6 +316,8 @@ impl<'m> Client<'m> {
             report: Report::default(),
             busy: 0,
             handshake_start: 0,
+            exchange_deadline: None,
+            reads: 0,
             first_data: None,
         }
     }
@@ -317,7 +351,11 @@ impl<'m> Client<'m> {
             self.outcome = Some(outcome);
         }
         if !conn.is_closed() {
-            conn.close(if outcome.is_ok() { CloseCode::Normal } else { CloseCode::Other });
+            conn.close(if outcome.is_ok() {
+                CloseCode::Normal
+            } else {
+                CloseCode::Other
+            });
         }
         self.phase = Phase::Closing;
     }
@@ -335,9 +373,13 @@ impl<'m> Client<'m> {
             let event = match event {
                 Event::Data { id, data } => {
                     if self.first_data.is_none() {
-                        self.first_data = Some((start, self.busy));
+                        self.first_data = Some((start, self.busy, self.reads));
                     }
-                    Owned::Data { id, len: data.len(), fed: self.response.feed(data) }
+                    Owned::Data {
+                        id,
+                        len: data.len(),
+                        fed: self.response.feed(data),
+                    }
                 }
                 Event::Connected => Owned::Connected,
                 Event::Opened { id } => Owned::Opened(id),
@@ -362,9 +404,9 @@ impl<'m> Client<'m> {
         match event {
             Owned::Connected => {
                 let now = clock::ticks();
-                self.report.handshake_instructions =
-                    clock::ticks_to_ns(self.busy);
-                self.report.handshake_ms = clock::ticks_to_ns(now - self.handshake_start) / 1_000_000;
+                self.report.handshake_instructions = clock::ticks_to_ns(self.busy);
+                self.report.handshake_ms =
+                    clock::ticks_to_ns(now - self.handshake_start) / 1_000_000;
                 defmt::info!(
                     "connected: handshake done, handshake_instructions={=u64} wall_ms={=u64} suite={}",
                     self.report.handshake_instructions,
@@ -373,28 +415,27 @@ impl<'m> Client<'m> {
                 );
                 if self.phase == Phase::Handshake {
                     self.phase = Phase::Connected;
+                    self.exchange_deadline = Some(clock::millis() + EXCHANGE_TIMEOUT_MS);
                 }
             }
             Owned::Opened(id) => defmt::info!("stream {=u32} opened", id.0),
             Owned::OpenFailed(id, code) => {
-                defmt::error!(
-                    "stream {=u32} refused by the server: {} ({})",
-                    id.0,
-                    code,
-                    Display2Format(&code)
-                );
+                defmt::error!("stream {=u32} refused by the server: {}", id.0, code);
                 self.conclude(conn, Err(FirmwareError::StreamRefused(code)));
             }
             Owned::Data { fed: Err(_), .. } => {
-                defmt::error!("response headers do not fit in {=usize} bytes", crate::http::KEEP);
+                defmt::error!(
+                    "response headers do not fit in {=usize} bytes",
+                    crate::http::KEEP
+                );
                 self.conclude(conn, Err(FirmwareError::MalformedResponse));
             }
             Owned::Finished(id) => self.on_finished(conn, id),
             Owned::Reset(id, code) => {
-                defmt::error!("stream {=u32} reset by the server: {}", id.0, Display2Format(&code));
+                defmt::error!("stream {=u32} reset by the server: {}", id.0, code);
                 self.conclude(conn, Err(FirmwareError::StreamReset(code)));
             }
-            Owned::GoAway(code) => defmt::warn!("server going away: {}", Display2Format(&code)),
+            Owned::GoAway(code) => defmt::warn!("server going away: {}", code),
             Owned::Closed(error) => self.on_closed(error),
             Owned::Data { fed: Ok(()), .. } | Owned::Ignored => {}
         }
@@ -402,9 +443,11 @@ impl<'m> Client<'m> {
 
     fn on_finished(&mut self, conn: &mut Conn, id: StreamId) {
         let end = clock::ticks();
-        if let Some((start, busy_start)) = self.first_data {
+        let mut reads = 0;
+        if let Some((start, busy_start, reads_start)) = self.first_data {
             self.report.transfer_ns = clock::ticks_to_ns(end - start);
             self.report.transfer_cpu_ns = clock::ticks_to_ns(self.busy - busy_start);
+            reads = self.reads - reads_start;
         }
         let body_len = self.response.body_len();
         self.report.body_len = u32::try_from(body_len).unwrap_or(u32::MAX);
@@ -421,11 +464,12 @@ impl<'m> Client<'m> {
         if body_len > 0 {
             let per_kib = |ns: u64| ns.saturating_mul(1024) / body_len as u64;
             defmt::info!(
-                "transfer: {=u32} B in {=u64} us virtual ({=u64} us/KiB), client cpu {=u64} ns/KiB",
+                "transfer: {=u32} B in {=u64} us virtual ({=u64} us/KiB), transfer_instructions_per_kib={=u64}, uart_reads={=u32}",
                 self.report.body_len,
                 self.report.transfer_ns / 1000,
                 per_kib(self.report.transfer_ns) / 1000,
-                per_kib(self.report.transfer_cpu_ns)
+                per_kib(self.report.transfer_cpu_ns),
+                reads
             );
         }
         let result = match self.response.finish() {
@@ -460,7 +504,11 @@ impl<'m> Client<'m> {
                 self.outcome = Some(Err(FirmwareError::Handshake(error)));
             }
             (None, _) => {
-                defmt::error!("session closed early: {} [{}]", Display2Format(&error), error);
+                defmt::error!(
+                    "session closed early: {} [{}]",
+                    Display2Format(&error),
+                    error
+                );
                 self.outcome = Some(Err(FirmwareError::SessionClosed(error)));
             }
         }
@@ -475,25 +523,30 @@ impl<'m> Client<'m> {
         let result = self.try_progress(conn);
         self.busy += clock::ticks() - start;
         if let Err(e) = result {
-            defmt::error!("stream call refused: {}", Display2Format(&e));
+            defmt::error!("stream call refused: {}", e);
             self.conclude(conn, Err(FirmwareError::Stream(e)));
         }
     }
 
     fn try_progress(&mut self, conn: &mut Conn) -> Result<(), StreamError> {
         if self.phase == Phase::Connected {
-            let dest = Destination { host: origin::HOST, port: origin::PORT };
+            let dest = Destination {
+                host: origin::HOST,
+                port: origin::PORT,
+            };
             match conn.open_stream(dest) {
                 Ok(id) => {
-                    defmt::info!("stream {=u32}: OPEN {}", id.0, Display2Format(&dest));
+                    defmt::info!("stream {=u32}: OPEN {}", id.0, dest);
                     self.phase = Phase::Exchange(id);
                 }
                 Err(StreamError::Blocked) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        let Phase::Exchange(id) = self.phase else { return Ok(()) };
-        let request = self.request.as_bytes();
+        let Phase::Exchange(id) = self.phase else {
+            return Ok(());
+        };
+        let request = origin::REQUEST.as_bytes();
         if self.request_sent < request.len() {
             self.request_sent += conn.stream_send(id, &request[self.request_sent..])?;
         }

@@ -23,6 +23,7 @@
 //! |   35 | the session closed before the exchange completed (peer CLOSE, idle timeout, protocol error, truncation) |
 //! |   36 | malformed HTTP response (no header end, or headers larger than the buffer) |
 //! |   37 | a stream call was refused locally (`StreamError`, e.g. peer going away) |
+//! |   38 | the exchange did not complete within 60 s of `Connected` (origin or server stalled) |
 //! |  101 | Rust panic (including heap exhaustion: look for `heap exhausted`)      |
 //! |  102 | HardFault                                                              |
 //! |  103 | unexpected exception or interrupt                                      |
@@ -62,6 +63,8 @@ pub enum FirmwareError {
     MalformedResponse,
     /// The core refused a stream call.
     Stream(StreamError),
+    /// The page did not arrive in time after the handshake.
+    ExchangeTimeout,
 }
 
 /// Exit code of a Rust panic (see the module table).
@@ -89,6 +92,7 @@ impl FirmwareError {
             Self::SessionClosed(_) => 35,
             Self::MalformedResponse => 36,
             Self::Stream(_) => 37,
+            Self::ExchangeTimeout => 38,
         }
     }
 

@@ -129,7 +129,11 @@ impl<'m> Response<'m> {
 
     /// The status line without its CRLF (what arrived of it so far).
     pub fn status_line(&self) -> &[u8] {
-        let end = self.kept.windows(2).position(|w| w == b"\r\n").unwrap_or(self.kept.len());
+        let end = self
+            .kept
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(self.kept.len());
         &self.kept[..end]
     }
 

@@ -5,8 +5,9 @@
 //! (default `/hello`) and `HYTUN_EXPECT_BODY` (default `hytun-origin-ok`)
 //! and generates the constants below. The server connects the stream to
 //! `HOST:PORT` (it must allow that destination); the client sends
-//! `GET PATH HTTP/1.0` with `Host: HOST_STR` and requires a `200` status and
-//! `EXPECT_BODY` somewhere in the body.
+//! [`REQUEST`] (`GET PATH HTTP/1.0` with `Host: HOST`, composed at build
+//! time) and requires a `200` status and `EXPECT_BODY` somewhere in the
+//! body.
 
 use hytun_core::Host;
 
