@@ -32,7 +32,7 @@ else
 fi
 
 step "install: rust targets and components"
-rustup target add thumbv7m-none-eabi >/dev/null
+rustup target add thumbv7m-none-eabi riscv32imac-unknown-none-elf >/dev/null
 rustup component add rustfmt clippy >/dev/null
 if [ "$FUZZ_SECONDS" != 0 ]; then
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -57,6 +57,14 @@ cargo test --workspace
 
 step "core tests with the default (pure-Rust) AES-GCM provider only"
 cargo test -p hytun-core
+
+step "ESP32-C6 firmware image builds (build only: no emulator exists)"
+esp_keys=$(mktemp -d)
+cargo run -q --bin hytun -- keygen --bits 2048 --out "$esp_keys" --name device >/dev/null
+cargo run -q --bin hytun -- keygen --bits 2048 --out "$esp_keys" --name server >/dev/null
+(cd embedded/esp32c6 && HYTUN_DEVICE_KEY="$esp_keys/device.key" HYTUN_SERVER_PUB="$esp_keys/server.pub" \
+  HYTUN_ORIGIN_PORT=8080 cargo build --release)
+rm -rf "$esp_keys"
 
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke (${FUZZ_SECONDS}s per target)"
