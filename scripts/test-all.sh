@@ -69,6 +69,8 @@ rm -rf "$esp_keys"
 if [ "$FUZZ_SECONDS" != 0 ]; then
   step "fuzz smoke (${FUZZ_SECONDS}s per target)"
   FUZZ_SECONDS=$FUZZ_SECONDS bash scripts/fuzz-smoke.sh
+  step "fuzz regression tests (reproducers of fixed findings)"
+  cargo +nightly test --manifest-path core/fuzz/Cargo.toml
 fi
 
 step "benchmarks build (not run: timings never gate CI)"

@@ -318,6 +318,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     pub fn can_open_stream(&self) -> bool {
         self.is_established()
             && !self.inner.peer_going_away
+            && !self.inner.sent_goaway
             && self
                 .inner
                 .keys
@@ -550,7 +551,12 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let i = &mut self.inner;
         let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
         let s = &mut i.streams[idx];
-        if s.open != OpenState::AwaitingAccept {
+        // Only once, and never after a refusal or reset (found by fuzzing:
+        // an accept used to overwrite a pending refusal).
+        if s.open != OpenState::AwaitingAccept
+            || s.reply_to_send.is_some()
+            || s.local == EndState::Done
+        {
             return Err(StreamError::InvalidState);
         }
         s.open = OpenState::Open;
@@ -568,7 +574,10 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let i = &mut self.inner;
         let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
         let s = &mut i.streams[idx];
-        if s.open != OpenState::AwaitingAccept {
+        if s.open != OpenState::AwaitingAccept
+            || s.reply_to_send.is_some()
+            || s.local == EndState::Done
+        {
             return Err(StreamError::InvalidState);
         }
         s.reply_to_send = Some(Err(code));

@@ -22,7 +22,11 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
-#![warn(missing_docs, clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+#![warn(
+    missing_docs,
+    clippy::std_instead_of_core,
+    clippy::alloc_instead_of_core
+)]
 
 extern crate alloc;
 #[cfg(any(feature = "std", test))]

@@ -804,3 +804,34 @@ fn fin_cannot_overtake_open_ok() {
     let (c, _) = p.pump();
     assert_eq!(c, vec![Ev::Opened(id), Ev::Finished(id)]);
 }
+
+#[test]
+fn accept_after_refuse_or_reset_is_refused() {
+    let mut p = default_pair();
+    p.handshake();
+    let a = p.client.open_stream(dest(1)).unwrap();
+    let b = p.client.open_stream(dest(2)).unwrap();
+    p.pump();
+    p.server
+        .refuse_stream(a, StreamErrorCode::NotAllowed)
+        .unwrap();
+    assert_eq!(p.server.accept_stream(a), Err(StreamError::InvalidState));
+    assert_eq!(
+        p.server.refuse_stream(a, StreamErrorCode::Other),
+        Err(StreamError::InvalidState)
+    );
+    p.server
+        .stream_reset(b, StreamErrorCode::Cancelled)
+        .unwrap();
+    assert_eq!(p.server.accept_stream(b), Err(StreamError::InvalidState));
+    let (c, _) = p.pump();
+    assert_eq!(
+        c,
+        vec![
+            Ev::OpenFailed(a, StreamErrorCode::NotAllowed),
+            Ev::OpenFailed(b, StreamErrorCode::Cancelled)
+        ]
+    );
+    p.client.go_away(CloseCode::Normal);
+    assert!(!p.client.can_open_stream());
+}

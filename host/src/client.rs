@@ -35,7 +35,7 @@ const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const TUNNEL: Token = Token(2);
 const FIRST_DYNAMIC: usize = 16;
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// How long a local connection may wait for the tunnel to come up.
 pub const PENDING_LOCAL_TIMEOUT: Duration = Duration::from_secs(15);
 const TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -575,18 +575,8 @@ impl Client {
                     let Some(l) = self.locals.get_mut(&t) else {
                         continue;
                     };
-                    match l.pipe.deliver(data) {
-                        Ok(n) => {
-                            if n > 0 {
-                                conn.stream_consumed(id, n);
-                            }
-                        }
-                        Err(e) => {
-                            debug!("{}: local write failed: {e}", l.peer);
-                            let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
-                            self.drop_local(t);
-                        }
-                    }
+                    l.pipe.queue_tunnel(data);
+                    self.touched_locals.insert(t);
                 }
                 Event::Finished { id } => {
                     let Some(&t) = self.streams.get(&id) else {

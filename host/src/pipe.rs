@@ -1,10 +1,10 @@
 //! [`Pipe`]: one local TCP socket attached to a tunnel stream, and the two
 //! copy loops between them.
 //!
-//! * tunnel → socket: stream data is written straight to the socket; what
-//!   the socket cannot take now is kept (bounded by the stream window,
-//!   because credit is returned to the peer only for bytes the socket
-//!   accepted). A FIN from the tunnel becomes `shutdown(Write)` once the
+//! * tunnel → socket: stream data is queued and written once per input
+//!   batch; what the socket cannot take now is kept (bounded by the stream
+//!   window, because credit is returned to the peer only for bytes the
+//!   socket accepted). A FIN from the tunnel becomes `shutdown(Write)` once the
 //!   buffer is empty.
 //! * socket → tunnel: the socket is read straight into the record being
 //!   built (`stream_send_with`), only as far as the stream has credit and
@@ -91,28 +91,12 @@ impl Pipe {
         self.local_prefix += bytes.len();
     }
 
-    /// Delivers tunnel data: writes what the socket takes now and keeps the
-    /// rest. Returns the tunnel bytes written (to report as consumed).
-    pub fn deliver(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buffered() == 0
-            && let Some(sock) = self.sock.as_mut()
-        {
-            let mut written = 0;
-            while written < data.len() {
-                match sock.write(&data[written..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            self.to_sock.extend_from_slice(&data[written..]);
-            self.bytes_to_sock += written as u64;
-            return Ok(written);
-        }
+    /// Queues tunnel data for the socket. The driver flushes once per batch
+    /// of input (all records of one socket read), so several records become
+    /// one `write` — fewer syscalls and fewer wake-ups of the reader. Memory
+    /// stays bounded by the stream window: credit returns only on flush.
+    pub fn queue_tunnel(&mut self, data: &[u8]) {
         self.to_sock.extend_from_slice(data);
-        Ok(0)
     }
 
     /// Writes buffered bytes; returns the tunnel bytes among them (to report

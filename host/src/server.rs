@@ -34,7 +34,7 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const FIRST_DYNAMIC: usize = 16;
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -94,6 +94,8 @@ enum UpstreamState {
 
 struct Upstream {
     token: Option<Token>,
+    /// In the session's `to_flush` list.
+    flush_queued: bool,
     dest: String,
     state: UpstreamState,
     pipe: Pipe,
@@ -104,6 +106,8 @@ struct Session {
     peer: SocketAddr,
     conn: Box<HostConnection>,
     upstreams: HashMap<StreamId, Upstream>,
+    /// Upstreams that received tunnel data since the last flush.
+    to_flush: Vec<StreamId>,
     started: StdInstant,
     closed: bool,
     write_failed: bool,
@@ -335,6 +339,7 @@ impl Server {
                 peer,
                 conn,
                 upstreams: HashMap::new(),
+                to_flush: Vec::new(),
                 started: StdInstant::now(),
                 closed: false,
                 write_failed: false,
@@ -443,6 +448,7 @@ impl Server {
                     let label = host.with_port(port);
                     let up = Upstream {
                         token: None,
+                        flush_queued: false,
                         dest: label.clone(),
                         state: UpstreamState::Resolving,
                         pipe: Pipe::new(None),
@@ -475,20 +481,12 @@ impl Server {
                     }
                 }
                 Event::Data { id, data } => {
-                    let consumed = match s.upstreams.get_mut(&id) {
-                        Some(up) => match up.pipe.deliver(data) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                debug!("{}: stream {id} write to {} failed: {e}", s.peer, up.dest);
-                                let _ = s.conn.stream_reset(id, StreamErrorCode::Other);
-                                Self::drop_upstream(s, poll, owners, id);
-                                continue;
-                            }
-                        },
-                        None => 0,
-                    };
-                    if consumed > 0 {
-                        s.conn.stream_consumed(id, consumed);
+                    if let Some(up) = s.upstreams.get_mut(&id) {
+                        up.pipe.queue_tunnel(data);
+                        if !up.flush_queued {
+                            up.flush_queued = true;
+                            s.to_flush.push(id);
+                        }
                     }
                 }
                 Event::Finished { id } => {
@@ -800,6 +798,21 @@ impl Server {
                 &mut self.next_token,
                 t,
             );
+            // Write the batch of tunnel data each upstream received.
+            for id in std::mem::take(&mut s.to_flush) {
+                let Some(up) = s.upstreams.get_mut(&id) else {
+                    continue;
+                };
+                up.flush_queued = false;
+                match up.pipe.flush() {
+                    Ok(n) => s.conn.stream_consumed(id, n),
+                    Err(e) => {
+                        debug!("{}: stream {id} write to {} failed: {e}", s.peer, up.dest);
+                        let _ = s.conn.stream_reset(id, StreamErrorCode::Other);
+                        Self::drop_upstream(s, &self.poll, &mut self.owners, id);
+                    }
+                }
+            }
             // Retry upstream reads that stopped for lack of room.
             let blocked: Vec<StreamId> = s
                 .upstreams

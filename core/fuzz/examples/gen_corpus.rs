@@ -90,7 +90,10 @@ fn script<const TX: usize, const RX: usize, const S: usize>(bulk: usize) -> Tran
     // A third stream, reset by the client; stream 1 finished both ways.
     let mut v6 = [0u8; 16];
     v6[15] = 1;
-    let three = duo.client.open_stream(Destination { host: Host::Ipv6(v6), port: 443 });
+    let three = duo.client.open_stream(Destination {
+        host: Host::Ipv6(v6),
+        port: 443,
+    });
     duo.pump(&mut h);
     if let Ok(id) = three {
         let _ = duo.client.stream_reset(id, StreamErrorCode::Cancelled);
@@ -105,7 +108,11 @@ fn script<const TX: usize, const RX: usize, const S: usize>(bulk: usize) -> Tran
     duo.pump(&mut h);
     stage!("goaway-close");
     assert!(duo.client.is_closed() && duo.server.is_closed());
-    Transcript { c2s: duo.log[0].clone(), s2c: duo.log[1].clone(), stages }
+    Transcript {
+        c2s: duo.log[0].clone(),
+        s2c: duo.log[1].clone(),
+        stages,
+    }
 }
 
 fn send_all<const TX: usize, const RX: usize, const S: usize>(
@@ -136,7 +143,10 @@ fn handshake_len(bytes: &[u8]) -> usize {
 }
 
 fn main() {
-    let root = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("corpus"));
+    let root = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("corpus"));
     let mut out = Out { root, count: 0 };
 
     let host = script::<{ 64 * 1024 }, { 16384 + 18 }, 64>(20_000);
@@ -145,8 +155,14 @@ fn main() {
     // Session seeds: the peer's traffic, cut after each stage.
     for (tag, t, small_flag) in [("host", &host, false), ("small", &small, true)] {
         for (i, (stage, c, s)) in t.stages.iter().enumerate() {
-            for (target, traffic) in [("server_session", &t.c2s[..*c]), ("client_session", &t.s2c[..*s])] {
-                let hdr = Header { small: small_flag, ..Header::default() };
+            for (target, traffic) in [
+                ("server_session", &t.c2s[..*c]),
+                ("client_session", &t.s2c[..*s]),
+            ] {
+                let hdr = Header {
+                    small: small_flag,
+                    ..Header::default()
+                };
                 let mut seed = hdr.encode().to_vec();
                 seed.extend_from_slice(traffic);
                 out.put(target, &format!("{tag}-{i}-{stage}"), &seed);
@@ -157,9 +173,23 @@ fn main() {
         for (target, traffic) in [("server_session", &t.c2s), ("client_session", &t.s2c)] {
             let cut = &traffic[..traffic.len().min(3000)];
             for (k, hdr) in [
-                Header { chunk_max: 1, small: small_flag, ..Header::default() },
-                Header { chunk_max: 200, small: small_flag, time_step: 3, decisions: 0 },
-                Header { chunk_max: 0, small: small_flag, time_step: 0, decisions: 7 },
+                Header {
+                    chunk_max: 1,
+                    small: small_flag,
+                    ..Header::default()
+                },
+                Header {
+                    chunk_max: 200,
+                    small: small_flag,
+                    time_step: 3,
+                    decisions: 0,
+                },
+                Header {
+                    chunk_max: 0,
+                    small: small_flag,
+                    time_step: 0,
+                    decisions: 7,
+                },
             ]
             .into_iter()
             .enumerate()
@@ -177,13 +207,33 @@ fn main() {
         let cfin = ch + handshake_len(&t.c2s[ch..]);
         out.put("client_hello", tag, &t.c2s[..ch]);
         out.put("server_hello", tag, &t.s2c[..sh]);
-        out.put("finished_alert", &format!("{tag}-server-finished"), &t.s2c[sh..sfin]);
-        out.put("finished_alert", &format!("{tag}-client-finished"), &t.c2s[ch..cfin]);
+        out.put(
+            "finished_alert",
+            &format!("{tag}-server-finished"),
+            &t.s2c[sh..sfin],
+        );
+        out.put(
+            "finished_alert",
+            &format!("{tag}-client-finished"),
+            &t.c2s[ch..cfin],
+        );
     }
     let mut buf = [0u8; 64];
     for (name, alert) in [
-        ("alert-plain", Alert { reason: AlertReason::Unauthorized, key_id: None }),
-        ("alert-key", Alert { reason: AlertReason::UnknownServerKey, key_id: Some(&[0x42; 32]) }),
+        (
+            "alert-plain",
+            Alert {
+                reason: AlertReason::Unauthorized,
+                key_id: None,
+            },
+        ),
+        (
+            "alert-key",
+            Alert {
+                reason: AlertReason::UnknownServerKey,
+                key_id: Some(&[0x42; 32]),
+            },
+        ),
     ] {
         let n = alert.emit(&mut buf).unwrap();
         out.put("finished_alert", name, &buf[..n]);
@@ -192,20 +242,59 @@ fn main() {
     // One of every frame type, and all of them in one record.
     let v6 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     let frames = [
-        Frame::Open { id: StreamId(1), window: 65536, dest: Destination { host: Host::Domain("origin.test"), port: 80 } },
-        Frame::Open { id: StreamId(2), window: 1, dest: Destination { host: Host::Ipv4([127, 0, 0, 1]), port: 8080 } },
-        Frame::Open { id: StreamId(3), window: 9, dest: Destination { host: Host::Ipv6(v6), port: 443 } },
+        Frame::Open {
+            id: StreamId(1),
+            window: 65536,
+            dest: Destination {
+                host: Host::Domain("origin.test"),
+                port: 80,
+            },
+        },
+        Frame::Open {
+            id: StreamId(2),
+            window: 1,
+            dest: Destination {
+                host: Host::Ipv4([127, 0, 0, 1]),
+                port: 8080,
+            },
+        },
+        Frame::Open {
+            id: StreamId(3),
+            window: 9,
+            dest: Destination {
+                host: Host::Ipv6(v6),
+                port: 443,
+            },
+        },
         Frame::OpenOk { id: StreamId(1) },
-        Frame::OpenFail { id: StreamId(2), code: StreamErrorCode::NotAllowed },
-        Frame::Data { id: StreamId(1), data: b"GET / HTTP/1.1\r\n\r\n" },
-        Frame::Window { id: StreamId(1), increment: 4096 },
+        Frame::OpenFail {
+            id: StreamId(2),
+            code: StreamErrorCode::NotAllowed,
+        },
+        Frame::Data {
+            id: StreamId(1),
+            data: b"GET / HTTP/1.1\r\n\r\n",
+        },
+        Frame::Window {
+            id: StreamId(1),
+            increment: 4096,
+        },
         Frame::Fin { id: StreamId(1) },
-        Frame::Reset { id: StreamId(3), code: StreamErrorCode::Cancelled },
-        Frame::Ping { opaque: 0x0102_0304_0506_0708 },
+        Frame::Reset {
+            id: StreamId(3),
+            code: StreamErrorCode::Cancelled,
+        },
+        Frame::Ping {
+            opaque: 0x0102_0304_0506_0708,
+        },
         Frame::Pong { opaque: 7 },
-        Frame::GoAway { code: CloseCode::ShuttingDown },
+        Frame::GoAway {
+            code: CloseCode::ShuttingDown,
+        },
         Frame::KeyUpdate { request_peer: true },
-        Frame::Close { code: CloseCode::Normal },
+        Frame::Close {
+            code: CloseCode::Normal,
+        },
     ];
     let mut all = Vec::new();
     for (i, f) in frames.iter().enumerate() {
@@ -233,7 +322,7 @@ fn main() {
     // are a valid plan, so the seeds are deterministic noise of a few sizes.
     let mut d = Decide::new(2024);
     for len in [16, 64, 256, 1024, 4096] {
-        let seed: Vec<u8> = (0..len).map(|_| d.next() as u8).collect();
+        let seed: Vec<u8> = (0..len).map(|_| d.next_u64() as u8).collect();
         out.put("established_session", &format!("noise-{len}"), &seed);
     }
 
@@ -249,8 +338,16 @@ fn self_check(root: &Path) {
             let path = root.join(target).join(format!("seed-{tag}-7-goaway-close"));
             let seed = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let outcome = hytun_core_fuzz::single::run(&seed, server);
-            assert!(outcome.connected, "{}: did not connect: {outcome:?}", path.display());
-            assert!(outcome.events > 4, "{}: too few events: {outcome:?}", path.display());
+            assert!(
+                outcome.connected,
+                "{}: did not connect: {outcome:?}",
+                path.display()
+            );
+            assert!(
+                outcome.events > 4,
+                "{}: too few events: {outcome:?}",
+                path.display()
+            );
             println!("self-check {target} {tag}: {outcome:?}");
         }
     }

@@ -3,7 +3,9 @@
 //! canonicalized to `Other` = 255, by design) and parses back equal.
 #![no_main]
 
-use hytun_core::wire::handshake::{Alert, AlertReason, Finished, HEADER_LEN, TYPE_ALERT, TYPE_FINISHED};
+use hytun_core::wire::handshake::{
+    Alert, AlertReason, Finished, HEADER_LEN, TYPE_ALERT, TYPE_FINISHED,
+};
 use hytun_core_fuzz::check_header;
 use libfuzzer_sys::fuzz_target;
 
@@ -32,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&out[1..3], &(body.len() as u16).to_be_bytes());
         let mut expect = body.to_vec();
         expect[0] = AlertReason::from_code(body[0]).code();
-        assert_eq!(&out[HEADER_LEN..n], &expect[..], "emit(parse(x)) != canonical x");
+        assert_eq!(
+            &out[HEADER_LEN..n],
+            &expect[..],
+            "emit(parse(x)) != canonical x"
+        );
         assert_eq!(Alert::parse(&out[HEADER_LEN..n]), Ok(alert));
         if whole_is(TYPE_ALERT) && expect[0] == body[0] {
             assert_eq!(&out[..n], data);

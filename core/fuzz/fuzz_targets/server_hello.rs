@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let header = check_header(data);
     let body = data.get(HEADER_LEN..).unwrap_or(&[]);
-    let Ok(sh) = ServerHello::parse(body) else { return };
+    let Ok(sh) = ServerHello::parse(body) else {
+        return;
+    };
     assert!(sh.stream_window > 0 && sh.max_streams > 0);
     let mut out = [0u8; HEADER_LEN + MAX_BODY_LEN + 64];
     let n = sh.emit(&mut out).expect("a parsed ServerHello must emit");
@@ -17,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(out[0], TYPE_SERVER_HELLO);
     assert_eq!(&out[1..3], &(body.len() as u16).to_be_bytes());
     assert_eq!(&out[HEADER_LEN..n], body, "emit(parse(x)) != x");
-    assert_eq!(ServerHello::parse(&out[HEADER_LEN..n]), Ok(sh), "parse(emit(x)) != x");
+    assert_eq!(
+        ServerHello::parse(&out[HEADER_LEN..n]),
+        Ok(sh),
+        "parse(emit(x)) != x"
+    );
     if header.is_some_and(|h| h.msg_type == TYPE_SERVER_HELLO && h.body_len == body.len()) {
         assert_eq!(&out[..n], data);
     }

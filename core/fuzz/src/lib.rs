@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hytun_core::{
-    ClientConfig, Connection, ConnectionError, Event, Instant, PrivateIdentity, PublicIdentity, ServerConfig,
-    SessionConfig, StreamErrorCode, StreamId,
+    ClientConfig, Connection, ConnectionError, Event, Instant, PrivateIdentity, PublicIdentity,
+    ServerConfig, SessionConfig, StreamErrorCode, StreamId,
 };
 use rand_core::{TryCryptoRng, TryRng};
 use sha2::{Digest, Sha256};
@@ -40,7 +40,10 @@ pub struct TestRng {
 impl TestRng {
     /// A generator whose whole output is fixed by `label`.
     pub fn new(label: &str) -> Self {
-        TestRng { seed: Sha256::digest(label.as_bytes()).into(), counter: 0 }
+        TestRng {
+            seed: Sha256::digest(label.as_bytes()).into(),
+            counter: 0,
+        }
     }
 }
 
@@ -82,7 +85,7 @@ impl Decide {
         Decide(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
     /// Next 64 bits (splitmix64).
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -91,7 +94,7 @@ impl Decide {
     }
     /// Uniform-ish in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -136,8 +139,11 @@ pub const TIGHT: SessionConfig = SessionConfig {
 pub fn server_config(tight: bool) -> Arc<ServerConfig> {
     static HOST: OnceLock<Arc<ServerConfig>> = OnceLock::new();
     static SMALL: OnceLock<Arc<ServerConfig>> = OnceLock::new();
-    let (cell, session, label) =
-        if tight { (&SMALL, TIGHT, "fuzz keys tight server") } else { (&HOST, SessionConfig::HOST, "fuzz keys server") };
+    let (cell, session, label) = if tight {
+        (&SMALL, TIGHT, "fuzz keys tight server")
+    } else {
+        (&HOST, SessionConfig::HOST, "fuzz keys server")
+    };
     cell.get_or_init(|| {
         let mut rng = TestRng::new(label);
         let identity = PrivateIdentity::from_pkcs8_der(SERVER_KEY, &mut rng).expect("server key");
@@ -151,8 +157,11 @@ pub fn server_config(tight: bool) -> Arc<ServerConfig> {
 pub fn client_config(tight: bool) -> Arc<ClientConfig> {
     static HOST: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     static SMALL: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-    let (cell, session, label) =
-        if tight { (&SMALL, TIGHT, "fuzz keys tight client") } else { (&HOST, SessionConfig::HOST, "fuzz keys client") };
+    let (cell, session, label) = if tight {
+        (&SMALL, TIGHT, "fuzz keys tight client")
+    } else {
+        (&HOST, SessionConfig::HOST, "fuzz keys client")
+    };
     cell.get_or_init(|| {
         let mut rng = TestRng::new(label);
         let identity = PrivateIdentity::from_pkcs8_der(CLIENT_KEY, &mut rng).expect("client key");
@@ -195,7 +204,10 @@ pub fn own(ev: Event<'_>) -> Ev {
         Event::Connected => Ev::Connected,
         Event::OpenRequest { id, dest } => {
             // Whatever the parser let through must be a valid destination.
-            assert!(dest.validate().is_ok(), "OpenRequest with invalid destination {dest:?}");
+            assert!(
+                dest.validate().is_ok(),
+                "OpenRequest with invalid destination {dest:?}"
+            );
             Ev::OpenRequest(id, dest.to_string())
         }
         Event::Opened { id } => Ev::Opened(id),
@@ -231,7 +243,11 @@ impl Watch {
     /// Records one event; panics on an event after `Closed` or a second
     /// `Connected`.
     pub fn observe(&mut self, ev: &Ev) {
-        assert!(self.closed.is_none(), "event {ev:?} after Closed({:?})", self.closed);
+        assert!(
+            self.closed.is_none(),
+            "event {ev:?} after Closed({:?})",
+            self.closed
+        );
         self.events += 1;
         match ev {
             Ev::Connected => {
@@ -244,12 +260,26 @@ impl Watch {
     }
 
     /// Checks the connection against what was observed, after a full drain.
-    pub fn check<const TX: usize, const RX: usize, const S: usize>(&self, conn: &Connection<TX, RX, S>) {
-        assert!(conn.stream_count() <= S, "stream_count {} > {S}", conn.stream_count());
+    pub fn check<const TX: usize, const RX: usize, const S: usize>(
+        &self,
+        conn: &Connection<TX, RX, S>,
+    ) {
+        assert!(
+            conn.stream_count() <= S,
+            "stream_count {} > {S}",
+            conn.stream_count()
+        );
         match self.closed {
             Some(e) => {
-                assert!(conn.is_closed(), "Closed event seen but is_closed() is false");
-                assert_eq!(conn.error(), Some(e), "error() differs from the Closed event");
+                assert!(
+                    conn.is_closed(),
+                    "Closed event seen but is_closed() is false"
+                );
+                assert_eq!(
+                    conn.error(),
+                    Some(e),
+                    "error() differs from the Closed event"
+                );
                 assert!(!conn.is_established(), "established after Closed");
                 assert!(!conn.can_open_stream(), "can_open_stream after Closed");
                 assert_eq!(conn.poll_timeout(), None, "timer armed after Closed");
@@ -276,12 +306,14 @@ pub fn drain<const TX: usize, const RX: usize, const S: usize>(
     on_event: &mut dyn FnMut(&mut Connection<TX, RX, S>, &Ev),
 ) -> usize {
     let mut n = 0;
-    loop {
-        let Some(ev) = conn.poll_event() else { break };
+    while let Some(ev) = conn.poll_event() {
         let ev = own(ev);
         watch.observe(&ev);
         n += 1;
-        assert!(n <= MAX_EVENTS_PER_DRAIN, "poll_event does not stop (last {ev:?})");
+        assert!(
+            n <= MAX_EVENTS_PER_DRAIN,
+            "poll_event does not stop (last {ev:?})"
+        );
         on_event(conn, &ev);
     }
     watch.check(conn);
@@ -303,9 +335,17 @@ pub fn feed<const TX: usize, const RX: usize, const S: usize>(
     let mut used = 0;
     loop {
         let n = conn.handle_input(&input[used..], now, rng);
-        assert!(n <= input.len() - used, "handle_input used {n} of {} bytes", input.len() - used);
+        assert!(
+            n <= input.len() - used,
+            "handle_input used {n} of {} bytes",
+            input.len() - used
+        );
         if was_closed {
-            assert_eq!(n, input.len() - used, "closed connection must swallow input");
+            assert_eq!(
+                n,
+                input.len() - used,
+                "closed connection must swallow input"
+            );
         }
         used += n;
         let events = drain(conn, watch, on_event);
@@ -315,7 +355,11 @@ pub fn feed<const TX: usize, const RX: usize, const S: usize>(
         if used == input.len() {
             break;
         }
-        assert!(n > 0 || events > 0, "handle_input stalled: 0 bytes taken, no events, {} left", input.len() - used);
+        assert!(
+            n > 0 || events > 0,
+            "handle_input stalled: 0 bytes taken, no events, {} left",
+            input.len() - used
+        );
     }
 }
 
@@ -361,6 +405,7 @@ pub fn fill_pattern(id: StreamId, server_to_client: bool, offset: u64, buf: &mut
     }
 }
 
+
 /// Parses the handshake header at the front of `data` (if 3 bytes are
 /// there) and checks the rule: known type and a body of at most
 /// `MAX_BODY_LEN` bytes. Returns the header if it parsed.
@@ -368,9 +413,16 @@ pub fn check_header(data: &[u8]) -> Option<hytun_core::wire::handshake::Handshak
     use hytun_core::wire::handshake::*;
     let h: [u8; HEADER_LEN] = data.get(..HEADER_LEN)?.try_into().ok()?;
     let len = usize::from(u16::from_be_bytes([h[1], h[2]]));
-    let known = matches!(h[0], TYPE_CLIENT_HELLO | TYPE_SERVER_HELLO | TYPE_FINISHED | TYPE_ALERT);
+    let known = matches!(
+        h[0],
+        TYPE_CLIENT_HELLO | TYPE_SERVER_HELLO | TYPE_FINISHED | TYPE_ALERT
+    );
     let res = HandshakeHeader::parse(&h);
-    assert_eq!(res.is_ok(), known && len <= MAX_BODY_LEN, "header {h:02x?} -> {res:?}");
+    assert_eq!(
+        res.is_ok(),
+        known && len <= MAX_BODY_LEN,
+        "header {h:02x?} -> {res:?}"
+    );
     let hdr = res.ok()?;
     assert_eq!((hdr.msg_type, hdr.body_len), (h[0], len));
     Some(hdr)
@@ -385,7 +437,9 @@ pub fn canonical_frame_bytes(input: &[u8]) -> Vec<u8> {
         // OPEN_FAIL, RESET: type, id (4), code.
         Some(0x03 | 0x07) if out.len() >= 6 => out[5] = StreamErrorCode::from_code(out[5]).code(),
         // GOAWAY, CLOSE: type, code.
-        Some(0x0a | 0x0c) if out.len() >= 2 => out[1] = hytun_core::CloseCode::from_code(out[1]).code(),
+        Some(0x0a | 0x0c) if out.len() >= 2 => {
+            out[1] = hytun_core::CloseCode::from_code(out[1]).code()
+        }
         _ => {}
     }
     out

@@ -18,7 +18,9 @@ use hytun_core::{CloseCode, Connection, Destination, Host, Instant, StreamErrorC
 
 #[allow(unused_imports)] // referenced by the docs
 use crate::{Conn, SmallConn};
-use crate::{Decide, Ev, T0, TestRng, Watch, client_config, collect, drain, feed, server_config, tick};
+use crate::{
+    Decide, Ev, T0, TestRng, Watch, client_config, collect, drain, feed, server_config, tick,
+};
 
 /// Bytes in front of the stream.
 pub const HEADER_LEN: usize = 3;
@@ -42,13 +44,22 @@ impl Header {
         let mut h = [0u8; HEADER_LEN];
         let n = data.len().min(HEADER_LEN);
         h[..n].copy_from_slice(&data[..n]);
-        let hdr = Header { chunk_max: h[0], small: h[1] & 1 == 1, time_step: h[1] >> 1, decisions: h[2] };
+        let hdr = Header {
+            chunk_max: h[0],
+            small: h[1] & 1 == 1,
+            time_step: h[1] >> 1,
+            decisions: h[2],
+        };
         (hdr, &data[n..])
     }
 
     /// The header's bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
-        [self.chunk_max, (self.time_step << 1) | u8::from(self.small), self.decisions]
+        [
+            self.chunk_max,
+            (self.time_step << 1) | u8::from(self.small),
+            self.decisions,
+        ]
     }
 }
 
@@ -80,7 +91,12 @@ pub struct Policy {
 impl Policy {
     /// A policy for one side.
     pub fn new(server: bool, decisions: u8) -> Self {
-        Policy { server, canonical: decisions == 0, d: Decide::new(u64::from(decisions)), streams: Vec::new() }
+        Policy {
+            server,
+            canonical: decisions == 0,
+            d: Decide::new(u64::from(decisions)),
+            streams: Vec::new(),
+        }
     }
 
     fn pick(&mut self) -> Option<StreamId> {
@@ -101,12 +117,18 @@ impl Policy {
         // panics and broken invariants count.
         match (ev, self.server) {
             (Ev::Connected, false) => {
-                let dest = Destination { host: Host::Domain("origin.test"), port: 80 };
+                let dest = Destination {
+                    host: Host::Domain("origin.test"),
+                    port: 80,
+                };
                 if let Ok(id) = conn.open_stream(dest) {
                     self.streams.push(id);
                     let _ = conn.stream_send(id, REQUEST);
                 }
-                let dest = Destination { host: Host::Ipv4([127, 0, 0, 1]), port: 8080 };
+                let dest = Destination {
+                    host: Host::Ipv4([127, 0, 0, 1]),
+                    port: 8080,
+                };
                 if let Ok(id) = conn.open_stream(dest) {
                     self.streams.push(id);
                     let _ = conn.stream_send(id, &[0x5a; 100]);
@@ -125,7 +147,10 @@ impl Policy {
                         }
                     }
                     2 => {
-                        let _ = conn.refuse_stream(*id, StreamErrorCode::from_code(self.d.next() as u8));
+                        let _ = conn.refuse_stream(
+                            *id,
+                            StreamErrorCode::from_code(self.d.next_u64() as u8),
+                        );
                     }
                     3 => {
                         let _ = conn.stream_reset(*id, StreamErrorCode::Cancelled);
@@ -153,7 +178,10 @@ impl Policy {
     }
 
     /// Something to do between input slices (nothing when canonical).
-    pub fn between<const TX: usize, const RX: usize, const S: usize>(&mut self, conn: &mut Connection<TX, RX, S>) {
+    pub fn between<const TX: usize, const RX: usize, const S: usize>(
+        &mut self,
+        conn: &mut Connection<TX, RX, S>,
+    ) {
         if self.canonical {
             return;
         }
@@ -177,7 +205,10 @@ impl Policy {
                 }
             }
             5 if !self.server => {
-                let dest = Destination { host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), port: 443 };
+                let dest = Destination {
+                    host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                    port: 443,
+                };
                 if let Ok(id) = conn.open_stream(dest) {
                     self.streams.push(id);
                 }
@@ -232,17 +263,34 @@ struct Side<const TX: usize, const RX: usize, const S: usize> {
 
 impl<const TX: usize, const RX: usize, const S: usize> Side<TX, RX, S> {
     fn drain(&mut self) {
-        let Side { conn, watch, policy, .. } = self;
+        let Side {
+            conn,
+            watch,
+            policy,
+            ..
+        } = self;
         drain(conn, watch, &mut |c, e| policy.on_event(c, e));
     }
 
     fn feed(&mut self, bytes: &[u8], now: Instant) {
-        let Side { conn, watch, policy, rng } = self;
-        feed(conn, bytes, now, rng, watch, &mut |c, e| policy.on_event(c, e));
+        let Side {
+            conn,
+            watch,
+            policy,
+            rng,
+        } = self;
+        feed(conn, bytes, now, rng, watch, &mut |c, e| {
+            policy.on_event(c, e)
+        });
     }
 
     fn tick(&mut self, now: Instant) {
-        let Side { conn, watch, policy, .. } = self;
+        let Side {
+            conn,
+            watch,
+            policy,
+            ..
+        } = self;
         tick(conn, now, watch, &mut |c, e| policy.on_event(c, e));
     }
 
@@ -252,11 +300,33 @@ impl<const TX: usize, const RX: usize, const S: usize> Side<TX, RX, S> {
     }
 }
 
-fn go<const TX: usize, const RX: usize, const S: usize>(hdr: Header, stream: &[u8], server: bool) -> Outcome {
-    let mut rng = TestRng::new(if server { crate::SERVER_RNG } else { crate::CLIENT_RNG });
+fn go<const TX: usize, const RX: usize, const S: usize>(
+    hdr: Header,
+    stream: &[u8],
+    server: bool,
+) -> Outcome {
+    let mut rng = TestRng::new(if server {
+        crate::SERVER_RNG
+    } else {
+        crate::CLIENT_RNG
+    });
     let conn: Connection<TX, RX, S> = new_conn(server, &mut rng);
-    let mut side = Side { conn, watch: Watch::default(), policy: Policy::new(server, hdr.decisions), rng };
-    let mut chunks = Decide::new(u64::from_le_bytes([hdr.chunk_max, hdr.time_step, hdr.decisions, 0, 0, 0, 0, 0]));
+    let mut side = Side {
+        conn,
+        watch: Watch::default(),
+        policy: Policy::new(server, hdr.decisions),
+        rng,
+    };
+    let mut chunks = Decide::new(u64::from_le_bytes([
+        hdr.chunk_max,
+        hdr.time_step,
+        hdr.decisions,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]));
     let mut sink = Vec::new();
     let mut now = T0;
 
@@ -275,7 +345,11 @@ fn go<const TX: usize, const RX: usize, const S: usize>(hdr: Header, stream: &[u
         side.feed(&stream[off..end], now);
         off = end;
         // Output: all of it, or a part (the transport may be slow).
-        let max = if hdr.chunk_max == 0 { None } else { Some(chunks.below(4096) as usize) };
+        let max = if hdr.chunk_max == 0 {
+            None
+        } else {
+            Some(chunks.below(4096) as usize)
+        };
         side.collect(max, &mut sink);
         sink.clear();
         if hdr.time_step > 0 {
@@ -293,7 +367,11 @@ fn go<const TX: usize, const RX: usize, const S: usize>(hdr: Header, stream: &[u
         now = Instant::from_millis(now.as_millis() + step);
         side.tick(now);
     }
-    assert!(side.watch.closed.is_some(), "session still open after every timer expired: {:?}", side.conn.error());
+    assert!(
+        side.watch.closed.is_some(),
+        "session still open after every timer expired: {:?}",
+        side.conn.error()
+    );
     side.collect(None, &mut sink);
 
     // Closed is final: input is swallowed, no events, no timers, no output
@@ -305,9 +383,24 @@ fn go<const TX: usize, const RX: usize, const S: usize>(hdr: Header, stream: &[u
     side.drain();
     assert_eq!(side.watch.events, events_before, "events after Closed");
     assert!(side.conn.is_closed() && !side.conn.is_established());
-    assert!(side.conn.open_stream(Destination { host: Host::Domain("a"), port: 1 }).is_err());
+    assert!(
+        side.conn
+            .open_stream(Destination {
+                host: Host::Domain("a"),
+                port: 1
+            })
+            .is_err()
+    );
     let mut late = Vec::new();
     collect(&mut side.conn, None, &mut late);
-    assert!(late.is_empty(), "{} bytes queued after Closed was flushed", late.len());
-    Outcome { connected: side.watch.connected, events: side.watch.events, error: side.watch.closed }
+    assert!(
+        late.is_empty(),
+        "{} bytes queued after Closed was flushed",
+        late.len()
+    );
+    Outcome {
+        connected: side.watch.connected,
+        events: side.watch.events,
+        error: side.watch.closed,
+    }
 }

@@ -1,0 +1,293 @@
+//! Test support: a deterministic RNG, the committed test keys, and an
+//! in-memory client/server pair with a virtual clock and a tamper hook.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::vec::Vec;
+
+use hytun_core::{
+    ClientConfig, Connection, Event, Instant, PrivateIdentity, PublicIdentity, ServerConfig,
+    SessionConfig, StreamErrorCode, StreamId,
+};
+use hytun_core::{CloseCode, ConnectionError};
+use rand_core::{TryCryptoRng, TryRng};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 in counter mode: deterministic, for tests and vectors only.
+pub struct TestRng {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl TestRng {
+    pub fn new(label: &str) -> Self {
+        TestRng {
+            seed: Sha256::digest(label.as_bytes()).into(),
+            counter: 0,
+        }
+    }
+}
+
+impl TryRng for TestRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(32) {
+            let mut h = Sha256::new();
+            h.update(self.seed);
+            h.update(self.counter.to_be_bytes());
+            self.counter += 1;
+            let block: [u8; 32] = h.finalize().into();
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+impl TryCryptoRng for TestRng {}
+
+pub fn vector(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+pub fn private(name: &str, rng: &mut TestRng) -> PrivateIdentity {
+    PrivateIdentity::from_pkcs8_der(&vector(&format!("{name}.key.der")), rng).unwrap()
+}
+
+pub fn public(name: &str) -> PublicIdentity {
+    PublicIdentity::from_spki_der(&vector(&format!("{name}.pub.der"))).unwrap()
+}
+
+pub fn client_config(
+    client: &str,
+    pinned: &str,
+    session: SessionConfig,
+    rng: &mut TestRng,
+) -> Arc<ClientConfig> {
+    Arc::new(ClientConfig::new(
+        private(client, rng),
+        public(pinned),
+        session,
+    ))
+}
+
+pub fn server_config(
+    server: &str,
+    authorized: &[&str],
+    session: SessionConfig,
+    rng: &mut TestRng,
+) -> Arc<ServerConfig> {
+    let auth = authorized.iter().map(|n| public(n)).collect();
+    Arc::new(ServerConfig::new(private(server, rng), auth, session))
+}
+
+/// An event with its data copied out of the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ev {
+    Connected,
+    OpenRequest(StreamId, String),
+    Opened(StreamId),
+    OpenFailed(StreamId, StreamErrorCode),
+    Data(StreamId, Vec<u8>),
+    Finished(StreamId),
+    Reset(StreamId, StreamErrorCode),
+    Writable(StreamId),
+    GoAway(CloseCode),
+    Closed(ConnectionError),
+}
+
+pub fn own(ev: Event<'_>) -> Ev {
+    match ev {
+        Event::Connected => Ev::Connected,
+        Event::OpenRequest { id, dest } => Ev::OpenRequest(id, dest.to_string()),
+        Event::Opened { id } => Ev::Opened(id),
+        Event::OpenFailed { id, code } => Ev::OpenFailed(id, code),
+        Event::Data { id, data } => Ev::Data(id, data.to_vec()),
+        Event::Finished { id } => Ev::Finished(id),
+        Event::Reset { id, code } => Ev::Reset(id, code),
+        Event::Writable { id } => Ev::Writable(id),
+        Event::GoAway { code } => Ev::GoAway(code),
+        Event::Closed { error } => Ev::Closed(error),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    ClientToServer,
+    ServerToClient,
+}
+
+pub type Conn = Connection<{ 64 * 1024 }, { 16384 + 18 }, 64>;
+pub type SmallConn = Connection<2048, { 1024 + 18 }, 4>;
+
+pub type Tamper = Box<dyn FnMut(Dir, &mut Vec<u8>)>;
+
+/// Two connections joined by in-memory pipes.
+pub struct Pair<const TX: usize, const RX: usize, const S: usize> {
+    pub client: Connection<TX, RX, S>,
+    pub server: Connection<TX, RX, S>,
+    pub now: Instant,
+    pub rng: TestRng,
+    pub tamper: Option<Tamper>,
+    /// Every byte each side wrote, in order (for vectors and replays).
+    pub wire_c2s: Vec<u8>,
+    pub wire_s2c: Vec<u8>,
+    /// When false, the consumer does not report data as consumed (a slow
+    /// reader): no credit flows back.
+    pub client_consumes: bool,
+    pub server_consumes: bool,
+    /// Cap on bytes moved per direction per pump step (0 = unlimited).
+    pub chunk: usize,
+}
+
+impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
+    pub fn new(client: Arc<ClientConfig>, server: Arc<ServerConfig>, mut rng: TestRng) -> Self {
+        let now = Instant::from_millis(1_000);
+        let client = Connection::client(client, now, &mut rng);
+        let server = Connection::server(server, now);
+        Pair {
+            client,
+            server,
+            now,
+            rng,
+            tamper: None,
+            wire_c2s: Vec::new(),
+            wire_s2c: Vec::new(),
+            client_consumes: true,
+            server_consumes: true,
+            chunk: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        from: &mut Connection<TX, RX, S>,
+        to: &mut Connection<TX, RX, S>,
+        dir: Dir,
+        tamper: &mut Option<Tamper>,
+        log: &mut Vec<u8>,
+        now: Instant,
+        rng: &mut TestRng,
+        consumes: bool,
+        chunk: usize,
+        events: &mut Vec<Ev>,
+    ) -> bool {
+        let pending = from.transmit_pending();
+        if pending.is_empty() {
+            return false;
+        }
+        let take = if chunk == 0 {
+            pending.len()
+        } else {
+            pending.len().min(chunk)
+        };
+        let mut bytes = pending[..take].to_vec();
+        from.transmit_done(take);
+        log.extend_from_slice(&bytes);
+        if let Some(t) = tamper.as_mut() {
+            t(dir, &mut bytes);
+        }
+        let mut off = 0;
+        loop {
+            off += to.handle_input(&bytes[off..], now, rng);
+            while let Some(ev) = to.poll_event() {
+                let ev = own(ev);
+                if let Ev::Data(id, d) = &ev
+                    && consumes
+                {
+                    to.stream_consumed(*id, d.len());
+                }
+                events.push(ev);
+            }
+            if off >= bytes.len() {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Moves bytes both ways until both sides are quiet; returns the
+    /// events each side saw (client, server).
+    pub fn pump(&mut self) -> (Vec<Ev>, Vec<Ev>) {
+        let mut cev = Vec::new();
+        let mut sev = Vec::new();
+        while let Some(ev) = self.client.poll_event() {
+            cev.push(own(ev));
+        }
+        while let Some(ev) = self.server.poll_event() {
+            sev.push(own(ev));
+        }
+        for _ in 0..100_000 {
+            let a = Self::deliver(
+                &mut self.client,
+                &mut self.server,
+                Dir::ClientToServer,
+                &mut self.tamper,
+                &mut self.wire_c2s,
+                self.now,
+                &mut self.rng,
+                self.server_consumes,
+                self.chunk,
+                &mut sev,
+            );
+            let b = Self::deliver(
+                &mut self.server,
+                &mut self.client,
+                Dir::ServerToClient,
+                &mut self.tamper,
+                &mut self.wire_s2c,
+                self.now,
+                &mut self.rng,
+                self.client_consumes,
+                self.chunk,
+                &mut cev,
+            );
+            if !a && !b {
+                return (cev, sev);
+            }
+        }
+        panic!("pump did not settle");
+    }
+
+    pub fn handshake(&mut self) -> (Vec<Ev>, Vec<Ev>) {
+        let (c, s) = self.pump();
+        assert!(self.client.is_established(), "client: {c:?} server: {s:?}");
+        assert!(self.server.is_established(), "client: {c:?} server: {s:?}");
+        (c, s)
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        self.now = Instant::from_millis(self.now.as_millis() + ms);
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+    }
+}
+
+pub fn default_pair() -> Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> {
+    let mut rng = TestRng::new("keys");
+    let c = client_config("client", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    Pair::new(c, s, TestRng::new("session"))
+}
+
+pub fn data_of(events: &[Ev], id: StreamId) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        if let Ev::Data(i, d) = e
+            && *i == id
+        {
+            out.extend_from_slice(d);
+        }
+    }
+    out
+}

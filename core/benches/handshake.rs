@@ -1,0 +1,147 @@
+//! Handshake cost per side with the committed RSA-2048 test keys
+//! (`core/tests/vectors/{client,server}.*.der`):
+//!
+//! * `client_hello` — X25519 key generation + RSA-OAEP encryption of the
+//!   client secret to the server key;
+//! * `server_handle_client_hello` — X25519 + blinded RSA-2048 decryption +
+//!   RSA encryption to the client key + key schedule + server Finished;
+//! * `client_finish` — the client's ServerHello (X25519 + its own RSA-2048
+//!   decryption) and server Finished handling, writing the client Finished;
+//! * `server_finish` — verifying the client Finished;
+//! * `connection_pair` — a whole in-memory `Connection` handshake, both
+//!   sides.
+//!
+//! Run: `cargo bench -p hytun-core --bench handshake`
+#![allow(clippy::std_instead_of_core, unreachable_pub)]
+
+mod common;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Pair, TestRng, client_config, server_config};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hytun_core::handshake::{
+    ClientExpectServerHello, ServerExpectClientFinished, client_hello, handle_client_hello,
+};
+use hytun_core::wire::handshake::{HEADER_LEN, HandshakeHeader};
+use hytun_core::{ClientConfig, ServerConfig, SessionConfig};
+
+const MAX_RECORD: u16 = 16384;
+const MAX_STREAMS: u16 = 1024;
+
+/// Length of the handshake message at the front of `buf` (header included).
+fn message_len(buf: &[u8]) -> usize {
+    let mut h = [0u8; HEADER_LEN];
+    h.copy_from_slice(&buf[..HEADER_LEN]);
+    HEADER_LEN + HandshakeHeader::parse(&h).expect("header").body_len
+}
+
+struct Keys {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+}
+
+fn keys() -> Keys {
+    let mut rng = TestRng::new("keys");
+    Keys {
+        client: client_config("client", "server", SessionConfig::HOST, &mut rng),
+        server: server_config("server", &["client"], SessionConfig::HOST, &mut rng),
+    }
+}
+
+/// Client state + ClientHello bytes.
+fn hello(k: &Keys, rng: &mut TestRng) -> (ClientExpectServerHello, Vec<u8>) {
+    let mut out = [0u8; 1024];
+    let (n, state) = client_hello(&k.client, MAX_RECORD, rng, &mut out).expect("hello");
+    (state, out[..n].to_vec())
+}
+
+/// Server state + ServerHello‖Finished bytes.
+fn server_reply(k: &Keys, ch: &[u8], rng: &mut TestRng) -> (ServerExpectClientFinished, Vec<u8>) {
+    let mut out = [0u8; 2048];
+    let (n, state) = handle_client_hello(&k.server, MAX_RECORD, MAX_STREAMS, ch, rng, &mut out)
+        .map_err(|r| r.error)
+        .expect("server hello");
+    (state, out[..n].to_vec())
+}
+
+fn handshake(c: &mut Criterion) {
+    let k = keys();
+    let mut rng = TestRng::new("bench");
+    let mut g = c.benchmark_group("handshake");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(4));
+
+    g.bench_function("client_hello", |b| {
+        let mut out = [0u8; 1024];
+        b.iter(|| {
+            let r = client_hello(&k.client, MAX_RECORD, &mut rng, &mut out).expect("hello");
+            black_box(r.0)
+        })
+    });
+
+    let (_, ch) = hello(&k, &mut rng);
+    g.bench_function("server_handle_client_hello", |b| {
+        let mut out = [0u8; 2048];
+        b.iter(|| {
+            let r =
+                handle_client_hello(&k.server, MAX_RECORD, MAX_STREAMS, &ch, &mut rng, &mut out);
+            black_box(r.is_ok())
+        })
+    });
+
+    g.bench_function("client_finish", |b| {
+        b.iter_batched(
+            || {
+                let mut rng = TestRng::new("setup");
+                let (state, ch) = hello(&k, &mut rng);
+                let (_, reply) = server_reply(&k, &ch, &mut rng);
+                (state, reply, rng)
+            },
+            |(state, reply, mut rng)| {
+                let sh_len = message_len(&reply);
+                let next = state
+                    .handle(&k.client, &reply[..sh_len], &mut rng)
+                    .expect("server hello");
+                let mut out = [0u8; 128];
+                let (n, est) = next.handle(&reply[sh_len..], &mut out).expect("finished");
+                black_box((n, est.suite))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    g.bench_function("server_finish", |b| {
+        b.iter_batched(
+            || {
+                let mut rng = TestRng::new("setup");
+                let (state, ch) = hello(&k, &mut rng);
+                let (server_state, reply) = server_reply(&k, &ch, &mut rng);
+                let sh_len = message_len(&reply);
+                let next = state
+                    .handle(&k.client, &reply[..sh_len], &mut rng)
+                    .expect("server hello");
+                let mut out = [0u8; 128];
+                let (n, _) = next.handle(&reply[sh_len..], &mut out).expect("finished");
+                (server_state, out[..n].to_vec())
+            },
+            |(server_state, fin)| black_box(server_state.handle(&fin).is_ok()),
+            BatchSize::SmallInput,
+        )
+    });
+
+    g.bench_function("connection_pair", |b| {
+        b.iter(|| {
+            let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> =
+                Pair::new(k.client.clone(), k.server.clone(), TestRng::new("session"));
+            p.handshake();
+            black_box(p.client.is_established())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, handshake);
+criterion_main!(benches);

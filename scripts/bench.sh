@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# bench.sh - hytun vs ssh -L vs raw loopback, on 127.0.0.1 only.
+#
+# Installs what is missing (Debian packages), builds hytun and hytun-bench
+# in release mode, then runs `hytun-bench run`, which starts the targets
+# (iperf3 -s, a 1 KiB HTTP server, an echo server), a private sshd with
+# generated ed25519 keys + `ssh -N -L` and `ssh -tt -L` clients
+# (aes128-gcm@openssh.com), and `hytun server` + `hytun client -L` with
+# fresh RSA-2048 keys, and measures all of them interleaved per round:
+#   iperf3 -P1 / -P8 (Gbit/s, tunnel CPU-s per GiB), wrk -c1 p50/p99 and
+#   -c64 req/s (keep-alive, 1 KiB), ab -c1 (new connection per request),
+#   RSS per idle connection (both tunnel ends), hytun handshakes/s (per core).
+# Prints the summary table; writes rounds.tsv, summary.tsv, table.md and
+# hytun-vs-ssh.svg into $W/results and the chart into $SVG.
+#
+# Usage (as root, from anywhere in the repository):  bash scripts/bench.sh
+# Env knobs (defaults): ROUNDS=3 DUR=3 WRK_DUR=3 AB_N=150 IDLE_N=1000 HS_SECS=3
+#   TOOLS=raw,ssh-aes,ssh-aes-tty,hytun  W=/tmp/hytun-bench  BASE_PORT=24100
+#   SVG=docs/bench/hytun-vs-ssh.svg  SKIP_INSTALL=1 (no apt-get)  SKIP_BUILD=1
+# Takes about 6-8 minutes with the defaults on 2 cores (build included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+log() { echo "[bench.sh +$(( $(date +%s) - START ))s] $*" >&2; }
+
+[ "$(id -u)" = 0 ] || { echo "bench.sh: must run as root (sshd, apt-get)" >&2; exit 1; }
+
+if [ "${SKIP_INSTALL:-0}" != 1 ]; then
+  need=()
+  for pair in iperf3:iperf3 wrk:wrk sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client \
+              ab:apache2-utils python3:python3 getconf:libc-bin; do
+    bin=${pair%%:*} pkg=${pair#*:}
+    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release -p hytun-host -p hytun-bench"
+  cargo build --release -p hytun-host -p hytun-bench
+fi
+
+# 1000 idle connections need ~2000 descriptors in several processes.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
+W=${W:-/tmp/hytun-bench}
+rm -rf "$W/results" "$W/logs"
+log "running hytun-bench (work dir $W)"
+"$TARGET_DIR/release/hytun-bench" run \
+  --rounds "${ROUNDS:-3}" --dur "${DUR:-3}" --wrk-dur "${WRK_DUR:-3}" \
+  --ab-n "${AB_N:-150}" --idle-n "${IDLE_N:-1000}" --hs-secs "${HS_SECS:-3}" \
+  --tools "${TOOLS:-raw,ssh-aes,ssh-aes-tty,hytun}" --base-port "${BASE_PORT:-24100}" \
+  --work "$W" --hytun "$TARGET_DIR/release/hytun" --svg "${SVG:-docs/bench/hytun-vs-ssh.svg}"
+log "done in $(( $(date +%s) - START )) s"
