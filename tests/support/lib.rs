@@ -112,6 +112,16 @@ pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
     false
 }
 
+/// A loopback listener with a chosen backlog (std always uses 128, which
+/// makes a burst of hundreds of connects wait for SYN retransmits).
+pub fn listen_loopback(backlog: i32) -> io::Result<TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
 /// A loopback TCP echo server (thread per connection) that half-closes its
 /// write side when the peer half-closes.
 pub struct EchoServer {
@@ -122,7 +132,7 @@ pub struct EchoServer {
 impl EchoServer {
     /// Starts the server.
     pub fn start() -> io::Result<EchoServer> {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let l = listen_loopback(1024)?;
         let addr = l.local_addr()?;
         thread::spawn(move || {
             for s in l.incoming().flatten() {
