@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -171,6 +171,50 @@ fn socks_connect(proxy: SocketAddr, host: &str, port: u16) -> (TcpStream, u8) {
     (s, rep[1])
 }
 
+/// Starts the real `hytun server` binary on `127.0.0.1:port` with the test
+/// keys, allowing `allow`; returns once it listens.
+fn server_process(dir: &Path, port: u16, allow: &str) -> ChildGuard {
+    let key = keydir().join("server.key");
+    let auth = keydir().join("authorized_keys");
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "server",
+        "--listen",
+        &listen,
+        "--key",
+        key.to_str().unwrap(),
+        "--authorized-keys",
+        auth.to_str().unwrap(),
+        "--allow",
+        allow,
+    ];
+    let child = spawn_hytun(dir, &args);
+    assert!(wait_listening(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(20)
+    ));
+    child
+}
+
+/// Runs `hytun fetch URL EXTRA.. --server 127.0.0.1:port` with the test
+/// client keys.
+fn fetch_process(dir: &Path, url: &str, port: u16, extra: &[&str]) -> std::process::Output {
+    let ck = keydir().join("client.key");
+    let sp = keydir().join("server.pub");
+    let server = format!("127.0.0.1:{port}");
+    let mut args = vec!["fetch", url];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--server",
+        &server,
+        "--key",
+        ck.to_str().unwrap(),
+        "--server-key",
+        sp.to_str().unwrap(),
+    ]);
+    hytun(dir, &args)
+}
+
 // ------------------------------------------------------------- commands --
 
 #[test]
@@ -297,44 +341,14 @@ fn operator_mistakes_get_clear_errors() {
 fn fetch_command_through_a_server_process() {
     let origin = Origin::start(loopback()).unwrap();
     let port = free_port();
-    let key = keydir().join("server.key");
-    let auth = keydir().join("authorized_keys");
-    let allow = format!("127.0.0.1:{}", origin.addr().port());
     let dir = tempfile::tempdir().unwrap();
-    let _server = spawn_hytun(
+    let _server = server_process(
         dir.path(),
-        &[
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            key.to_str().unwrap(),
-            "--authorized-keys",
-            auth.to_str().unwrap(),
-            "--allow",
-            &allow,
-        ],
+        port,
+        &format!("127.0.0.1:{}", origin.addr().port()),
     );
-    assert!(wait_listening(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Duration::from_secs(20)
-    ));
-    let ck = keydir().join("client.key");
-    let sp = keydir().join("server.pub");
     let url = format!("http://127.0.0.1:{}/hello", origin.addr().port());
-    let out = hytun(
-        dir.path(),
-        &[
-            "fetch",
-            &url,
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            ck.to_str().unwrap(),
-            "--server-key",
-            sp.to_str().unwrap(),
-        ],
-    );
+    let out = fetch_process(dir.path(), &url, port, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -343,21 +357,7 @@ fn fetch_command_through_a_server_process() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), HELLO_BODY);
     // To a file.
     let url = format!("http://127.0.0.1:{}/bytes/300000", origin.addr().port());
-    let out = hytun(
-        dir.path(),
-        &[
-            "fetch",
-            &url,
-            "-o",
-            "body.bin",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            ck.to_str().unwrap(),
-            "--server-key",
-            sp.to_str().unwrap(),
-        ],
-    );
+    let out = fetch_process(dir.path(), &url, port, &["-o", "body.bin"]);
     assert!(
         out.status.success(),
         "{}",
@@ -693,9 +693,6 @@ fn refused_destination_fails_one_stream_while_others_continue() {
     assert_eq!(&buf, b"after!");
 }
 
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}
-
 #[test]
 fn bad_clients_do_not_hurt_the_server() {
     let origin = Origin::start(loopback()).unwrap();
@@ -754,27 +751,7 @@ fn broken_tunnel_closes_the_local_side_of_live_streams() {
 #[test]
 fn server_process_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let key = keydir().join("server.key");
-    let auth = keydir().join("authorized_keys");
-    let mut child = spawn_hytun(
-        dir.path(),
-        &[
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            key.to_str().unwrap(),
-            "--authorized-keys",
-            auth.to_str().unwrap(),
-            "--allow",
-            "127.0.0.1:*",
-        ],
-    );
-    assert!(wait_listening(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Duration::from_secs(20)
-    ));
+    let mut child = server_process(dir.path(), free_port(), "127.0.0.1:*");
     let pid = child.0.id().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -800,23 +777,8 @@ fn server_process_stops_gracefully_on_sigterm() {
 #[test]
 fn fetch_fails_fast_when_the_server_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let ck = keydir().join("client.key");
-    let sp = keydir().join("server.pub");
     let started = Instant::now();
-    let out = hytun(
-        dir.path(),
-        &[
-            "fetch",
-            "http://127.0.0.1:9/",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--key",
-            ck.to_str().unwrap(),
-            "--server-key",
-            sp.to_str().unwrap(),
-        ],
-    );
+    let out = fetch_process(dir.path(), "http://127.0.0.1:9/", free_port(), &[]);
     assert!(!out.status.success());
     assert!(
         started.elapsed() < Duration::from_secs(10),

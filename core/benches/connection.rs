@@ -6,6 +6,7 @@
 //! Run: `cargo bench -p hytun-core --bench connection`
 #![allow(clippy::std_instead_of_core, unreachable_pub)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

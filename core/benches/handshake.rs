@@ -14,6 +14,7 @@
 //! Run: `cargo bench -p hytun-core --bench handshake`
 #![allow(clippy::std_instead_of_core, unreachable_pub)]
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;

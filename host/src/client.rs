@@ -518,15 +518,7 @@ impl Client {
                     );
                     self.backoff.reset();
                     self.established_once = true;
-                    let waiting: Vec<Token> = self
-                        .locals
-                        .iter()
-                        .filter(|(_, l)| matches!(l.phase, Phase::WaitingTunnel { .. }))
-                        .map(|(t, _)| *t)
-                        .collect();
-                    for t in waiting {
-                        self.open_for(t);
-                    }
+                    self.open_waiting();
                 }
                 Event::Opened { id } => {
                     let Some(&t) = self.streams.get(&id) else {
@@ -746,6 +738,19 @@ impl Client {
                     return;
                 }
             }
+        }
+    }
+
+    /// Opens streams for every local connection waiting for one.
+    fn open_waiting(&mut self) {
+        let waiting: Vec<Token> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| matches!(l.phase, Phase::WaitingTunnel { .. }))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in waiting {
+            self.open_for(t);
         }
     }
 
@@ -1004,15 +1009,7 @@ impl Client {
                 self.service_local(t);
             }
             // Locals still waiting for a stream slot.
-            let waiting: Vec<Token> = self
-                .locals
-                .iter()
-                .filter(|(_, l)| matches!(l.phase, Phase::WaitingTunnel { .. }))
-                .map(|(t, _)| *t)
-                .collect();
-            for t in waiting {
-                self.open_for(t);
-            }
+            self.open_waiting();
             let wrote = self.write_tunnel();
             let closed = matches!(&self.tunnel, Tunnel::Up { conn, .. } if conn.is_closed());
             if closed {

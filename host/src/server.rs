@@ -124,7 +124,6 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     opts: ServerOptions,
-    waker: Arc<Waker>,
     stop: StopHandle,
     resolver: Resolver<(Token, StreamId)>,
     clock: Clock,
@@ -157,7 +156,6 @@ impl Server {
             listener,
             local_addr,
             opts,
-            waker,
             stop,
             resolver,
             clock: Clock::default(),
@@ -576,6 +574,17 @@ impl Server {
             up.dest,
             last_err.map_or_else(|| "no address".into(), |e| e.to_string())
         );
+        Self::refuse_upstream(s, poll, owners, id, code);
+    }
+
+    /// Refuses a stream (OPEN_FAIL with `code`) and forgets its upstream.
+    fn refuse_upstream(
+        s: &mut Session,
+        poll: &Poll,
+        owners: &mut HashMap<Token, Owner>,
+        id: StreamId,
+        code: StreamErrorCode,
+    ) {
         let _ = s.conn.refuse_stream(id, code);
         Self::drop_upstream(s, poll, owners, id);
     }
@@ -626,8 +635,13 @@ impl Server {
                     };
                     if allowed.is_empty() {
                         info!("{}: stream {id} to {dest} refused: not allowed", s.peer);
-                        let _ = s.conn.refuse_stream(id, StreamErrorCode::NotAllowed);
-                        Self::drop_upstream(s, &self.poll, &mut self.owners, id);
+                        Self::refuse_upstream(
+                            s,
+                            &self.poll,
+                            &mut self.owners,
+                            id,
+                            StreamErrorCode::NotAllowed,
+                        );
                     } else {
                         Self::connect_upstream(
                             s,
@@ -683,8 +697,7 @@ impl Server {
                 up.state = UpstreamState::Resolving;
                 if rest.is_empty() {
                     info!("{}: stream {id} to {} failed: {e}", s.peer, up.dest);
-                    let _ = s.conn.refuse_stream(id, error_code(&e));
-                    Self::drop_upstream(s, &self.poll, &mut self.owners, id);
+                    Self::refuse_upstream(s, &self.poll, &mut self.owners, id, error_code(&e));
                 } else {
                     Self::connect_upstream(
                         s,
@@ -776,8 +789,13 @@ impl Server {
                 .collect();
             for id in expired {
                 info!("{}: stream {id}: connect timed out", s.peer);
-                let _ = s.conn.refuse_stream(id, StreamErrorCode::TimedOut);
-                Self::drop_upstream(s, &self.poll, &mut self.owners, id);
+                Self::refuse_upstream(
+                    s,
+                    &self.poll,
+                    &mut self.owners,
+                    id,
+                    StreamErrorCode::TimedOut,
+                );
                 self.touched.insert(t);
             }
         }
@@ -903,7 +921,6 @@ impl Server {
             }
             self.close_session(t);
         }
-        let _ = &self.waker;
     }
 }
 

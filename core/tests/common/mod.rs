@@ -2,6 +2,10 @@
 //! in-memory client/server pair with a virtual clock and a tamper hook.
 #![allow(dead_code, unreachable_pub)]
 
+#[path = "rng.rs"]
+mod rng;
+pub use rng::TestRng;
+
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -10,50 +14,6 @@ use hytun_core::{
     SessionConfig, StreamErrorCode, StreamId,
 };
 use hytun_core::{CloseCode, ConnectionError};
-use rand_core::{TryCryptoRng, TryRng};
-use sha2::{Digest, Sha256};
-
-/// SHA-256 in counter mode: deterministic, for tests and vectors only.
-pub struct TestRng {
-    seed: [u8; 32],
-    counter: u64,
-}
-
-impl TestRng {
-    pub fn new(label: &str) -> Self {
-        TestRng {
-            seed: Sha256::digest(label.as_bytes()).into(),
-            counter: 0,
-        }
-    }
-}
-
-impl TryRng for TestRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        let mut b = [0u8; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        let mut b = [0u8; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in dst.chunks_mut(32) {
-            let mut h = Sha256::new();
-            h.update(self.seed);
-            h.update(self.counter.to_be_bytes());
-            self.counter += 1;
-            let block: [u8; 32] = h.finalize().into();
-            chunk.copy_from_slice(&block[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for TestRng {}
 
 pub fn vector(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
