@@ -31,6 +31,13 @@ impl<const N: usize> TxBuffer<N> {
         }
     }
 
+    /// Drops everything (for a connection restarted in place).
+    pub(crate) fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.open = None;
+    }
+
     /// Sealed bytes waiting for the transport.
     pub(crate) fn sealed(&self) -> &[u8] {
         &self.buf[self.start..self.open.unwrap_or(self.end)]
@@ -226,6 +233,12 @@ impl<const N: usize> RxBuffer<N> {
             len: 0,
             frames: None,
         }
+    }
+
+    /// Drops the unit being assembled (for a restarted connection).
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.frames = None;
     }
 
     /// Copies input until `self.len == target`; returns bytes taken.

@@ -51,6 +51,18 @@ impl SessionConfig {
         key_update_after: DEFAULT_KEY_UPDATE_AFTER,
     };
 
+    /// All zero: the placeholder of a connection that is not started yet
+    /// (never used for a session; starting one replaces it).
+    pub const UNSET: SessionConfig = SessionConfig {
+        max_record: 0,
+        stream_window: 0,
+        max_streams: 0,
+        keepalive_interval: Duration::ZERO,
+        idle_timeout: Duration::ZERO,
+        handshake_timeout: Duration::ZERO,
+        key_update_after: 0,
+    };
+
     /// Defaults for a small microcontroller: 1 KiB records and windows.
     pub const EMBEDDED: SessionConfig = SessionConfig {
         max_record: MIN_RECORD_LIMIT,

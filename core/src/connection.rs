@@ -133,12 +133,28 @@ pub struct Stats {
     pub key_updates_received: u32,
 }
 
+impl Stats {
+    /// All counters zero.
+    pub const ZERO: Stats = Stats {
+        records_sent: 0,
+        records_received: 0,
+        payload_sent: 0,
+        payload_received: 0,
+        key_updates_sent: 0,
+        key_updates_received: 0,
+    };
+}
+
 enum Role {
     Client(Arc<ClientConfig>),
     Server(Arc<ServerConfig>),
 }
 
+// `Unstarted` comes first so an unstarted connection is all zero bytes
+// and a `static` of it lands in `.bss` rather than in flash (`.data`).
+#[repr(u8)]
 enum State {
+    Unstarted,
     ClientExpectServerHello(ClientExpectServerHello),
     ClientExpectServerFinished(ClientExpectServerFinished),
     ServerExpectClientHello,
@@ -160,7 +176,8 @@ struct Keys {
 /// All of the connection except the receive buffer, so frame handling can
 /// borrow the record being read and mutate this at the same time.
 struct Inner<const TX: usize, const S: usize> {
-    role: Role,
+    /// `None` until started.
+    role: Option<Role>,
     state: State,
     session: SessionConfig,
     local_max_record: usize,
@@ -209,29 +226,26 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         assert!(S >= 1, "at least one stream slot");
     };
 
-    fn new(role: Role, mut session: SessionConfig, now: Instant, state: State) -> Self {
-        let () = Self::SIZES_OK;
-        // Zero would deadlock every stream (or be rejected by the peer).
-        session.stream_window = session.stream_window.max(1);
-        session.max_streams = session.max_streams.max(1);
-        let local_max_record = usize::from(session.max_record)
-            .min(RX - OVERHEAD)
-            .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
+    /// A connection that has not been started; it does nothing until
+    /// [`Self::start_client`] or [`Self::start_server`]. Being `const`, it
+    /// can initialize a `static` directly, so a microcontroller never holds
+    /// a temporary copy of the buffers on its stack.
+    pub const fn unstarted() -> Self {
         Connection {
             rx: RxBuffer::new(),
             inner: Inner {
-                role,
-                state,
-                session,
-                local_max_record,
+                role: None,
+                state: State::Unstarted,
+                session: SessionConfig::UNSET,
+                local_max_record: 0,
                 keys: None,
                 tx: TxBuffer::new(),
                 streams: heapless::Vec::new(),
                 dirty: heapless::Deque::new(),
-                next_stream_id: 1,
+                next_stream_id: 0,
                 highest_peer_stream: 0,
-                created: now,
-                last_rx: now,
+                created: Instant::from_millis(0),
+                last_rx: Instant::from_millis(0),
                 ping_outstanding: false,
                 ping_counter: 0,
                 pending_pong: None,
@@ -244,9 +258,47 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 connected_event: false,
                 error: None,
                 closed_event: false,
-                stats: Stats::default(),
+                stats: Stats::ZERO,
             },
         }
+    }
+
+    /// Resets every field in place for a new session (the buffers are
+    /// emptied, not rebuilt).
+    fn reset(&mut self, role: Role, mut session: SessionConfig, now: Instant, state: State) {
+        let () = Self::SIZES_OK;
+        // Zero would deadlock every stream (or be rejected by the peer).
+        session.stream_window = session.stream_window.max(1);
+        session.max_streams = session.max_streams.max(1);
+        let i = &mut self.inner;
+        i.local_max_record = usize::from(session.max_record)
+            .min(RX - OVERHEAD)
+            .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
+        i.role = Some(role);
+        i.state = state;
+        i.session = session;
+        i.keys = None;
+        i.tx.clear();
+        i.streams.clear();
+        i.dirty.clear();
+        i.next_stream_id = 1;
+        i.highest_peer_stream = 0;
+        i.created = now;
+        i.last_rx = now;
+        i.ping_outstanding = false;
+        i.ping_counter = 0;
+        i.pending_pong = None;
+        i.pending_ping = false;
+        i.pending_goaway = None;
+        i.pending_close = None;
+        i.key_update_requested = None;
+        i.sent_goaway = false;
+        i.peer_going_away = false;
+        i.connected_event = false;
+        i.error = None;
+        i.closed_event = false;
+        i.stats = Stats::ZERO;
+        self.rx.clear();
     }
 
     /// Starts a client session: the `ClientHello` is queued at once.
@@ -255,28 +307,47 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         now: Instant,
         rng: &mut R,
     ) -> Self {
-        let session = config.session;
-        let mut conn = Self::new(Role::Client(config.clone()), session, now, State::Failed);
-        let max_record = conn.inner.local_max_record as u16;
-        match handshake::client_hello(&config, max_record, rng, conn.inner.tx.raw_tail()) {
-            Ok((n, next)) => {
-                conn.inner.tx.commit_raw(n);
-                conn.inner.state = State::ClientExpectServerHello(next);
-            }
-            Err(e) => conn.inner.fail(e.into()),
-        }
+        let mut conn = Self::unstarted();
+        conn.start_client(config, now, rng);
         conn
+    }
+
+    /// Starts (or restarts) this connection in place as a client session:
+    /// the `ClientHello` is queued at once.
+    pub fn start_client<R: CryptoRng + ?Sized>(
+        &mut self,
+        config: Arc<ClientConfig>,
+        now: Instant,
+        rng: &mut R,
+    ) {
+        let session = config.session;
+        self.reset(Role::Client(config.clone()), session, now, State::Failed);
+        let max_record = self.inner.local_max_record as u16;
+        match handshake::client_hello(&config, max_record, rng, self.inner.tx.raw_tail()) {
+            Ok((n, next)) => {
+                self.inner.tx.commit_raw(n);
+                self.inner.state = State::ClientExpectServerHello(next);
+            }
+            Err(e) => self.inner.fail(e.into()),
+        }
     }
 
     /// Starts a server session that waits for a `ClientHello`.
     pub fn server(config: Arc<ServerConfig>, now: Instant) -> Self {
+        let mut conn = Self::unstarted();
+        conn.start_server(config, now);
+        conn
+    }
+
+    /// Starts (or restarts) this connection in place as a server session.
+    pub fn start_server(&mut self, config: Arc<ServerConfig>, now: Instant) {
         let session = config.session;
-        Self::new(
+        self.reset(
             Role::Server(config),
             session,
             now,
             State::ServerExpectClientHello,
-        )
+        );
     }
 
     /// True once both Finished messages verified (and until closed).
@@ -484,7 +555,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// When [`Self::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let i = &self.inner;
-        if i.error.is_some() {
+        if i.error.is_some() || matches!(i.state, State::Unstarted) {
             return None;
         }
         if !matches!(i.state, State::Established) {
@@ -501,7 +572,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// Runs the timers: handshake deadline, keepalive PING, idle timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         let i = &mut self.inner;
-        if i.error.is_some() {
+        if i.error.is_some() || matches!(i.state, State::Unstarted) {
             return;
         }
         if !matches!(i.state, State::Established) {
@@ -746,7 +817,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
     /// A handshake-phase failure; the server tells the client why when it
     /// can do so without helping an attacker.
     fn fail_handshake_input(&mut self, error: ConnectionError) {
-        if matches!(self.role, Role::Server(_))
+        if matches!(self.role, Some(Role::Server(_)))
             && matches!(self.state, State::ServerExpectClientHello)
         {
             let n = handshake::emit_alert(
@@ -761,11 +832,11 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 
     fn handle_handshake_message<R: CryptoRng + ?Sized>(&mut self, whole: &[u8], rng: &mut R) {
         let state = core::mem::replace(&mut self.state, State::Failed);
-        let result: Result<State, ConnectionError> = match (state, &self.role) {
-            (State::ClientExpectServerHello(st), Role::Client(cfg)) => st
+        let result: Result<State, ConnectionError> = match (state, self.role.as_ref()) {
+            (State::ClientExpectServerHello(st), Some(Role::Client(cfg))) => st
                 .handle(cfg, whole, rng)
                 .map(State::ClientExpectServerFinished),
-            (State::ClientExpectServerFinished(st), Role::Client(_)) => {
+            (State::ClientExpectServerFinished(st), Some(Role::Client(_))) => {
                 match st.handle(whole, self.tx.raw_tail()) {
                     Ok((n, est)) => {
                         self.tx.commit_raw(n);
@@ -775,7 +846,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     Err(e) => Err(e),
                 }
             }
-            (State::ServerExpectClientHello, Role::Server(cfg)) => {
+            (State::ServerExpectClientHello, Some(Role::Server(cfg))) => {
                 let cfg = cfg.clone();
                 let max_streams = usize::from(self.session.max_streams).min(S) as u16;
                 let max_record = self.local_max_record as u16;
@@ -800,7 +871,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     }
                 }
             }
-            (State::ServerExpectClientFinished(st), Role::Server(_)) => {
+            (State::ServerExpectClientFinished(st), Some(Role::Server(_))) => {
                 st.handle(whole).map(|est| {
                     self.establish(est);
                     State::Established
@@ -847,7 +918,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         frame: Frame<'a>,
         last_in_record: bool,
     ) -> Result<Option<Event<'a>>, ConnectionError> {
-        let is_server = matches!(self.role, Role::Server(_));
+        let is_server = matches!(self.role, Some(Role::Server(_)));
         match frame {
             Frame::Open { id, window, dest } => {
                 if !is_server {
@@ -1027,8 +1098,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             return Ok(Some(idx));
         }
         let known = match self.role {
-            Role::Client(_) => id.0 < self.next_stream_id,
-            Role::Server(_) => id.0 <= self.highest_peer_stream,
+            Some(Role::Client(_)) => id.0 < self.next_stream_id,
+            Some(Role::Server(_)) => id.0 <= self.highest_peer_stream,
+            None => false,
         };
         if known {
             Ok(None)
@@ -1038,7 +1110,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
     }
 
     fn open_stream(&mut self, dest: Destination<'_>) -> Result<StreamId, StreamError> {
-        if !matches!(self.role, Role::Client(_)) {
+        if !matches!(self.role, Some(Role::Client(_))) {
             return Err(StreamError::InvalidState);
         }
         if self.error.is_some() || !matches!(self.state, State::Established) {

@@ -835,3 +835,30 @@ fn accept_after_refuse_or_reset_is_refused() {
     p.client.go_away(CloseCode::Normal);
     assert!(!p.client.can_open_stream());
 }
+
+#[test]
+fn connections_start_and_restart_in_place() {
+    let mut rng = TestRng::new("k");
+    let c = client_config("client", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> =
+        Pair::new(c.clone(), s.clone(), TestRng::new("s"));
+    p.handshake();
+    p.client.close(CloseCode::Normal);
+    p.pump();
+    // Same storage, new sessions (what a firmware with a static does).
+    let now = p.now;
+    p.client.start_client(c, now, &mut p.rng);
+    p.server.start_server(s, now);
+    p.wire_c2s.clear();
+    let (c_ev, s_ev) = p.handshake();
+    assert_eq!((c_ev, s_ev), (vec![Ev::Connected], vec![Ev::Connected]));
+    assert_eq!(p.client.stats().records_received, 0, "counters restart");
+    // An unstarted connection refuses input without panicking.
+    let mut idle: SmallConn = Connection::unstarted();
+    assert_eq!(
+        idle.handle_input(&[1, 0, 1, 0], now, &mut TestRng::new("x")),
+        4
+    );
+    assert!(matches!(idle.poll_event(), Some(Event::Closed { .. })));
+}
