@@ -49,11 +49,12 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 W=${W:-/tmp/hytun-bench}
+LABEL=$(git describe --always --dirty 2>/dev/null || echo "no git")
 rm -rf "$W/results" "$W/logs"
 log "running hytun-bench (work dir $W)"
 "$TARGET_DIR/release/hytun-bench" run \
   --rounds "${ROUNDS:-3}" --dur "${DUR:-3}" --wrk-dur "${WRK_DUR:-3}" \
   --ab-n "${AB_N:-150}" --idle-n "${IDLE_N:-1000}" --hs-secs "${HS_SECS:-3}" \
   --tools "${TOOLS:-raw,ssh-aes,ssh-aes-tty,hytun}" --base-port "${BASE_PORT:-24100}" \
-  --work "$W" --hytun "$TARGET_DIR/release/hytun" --svg "${SVG:-docs/bench/hytun-vs-ssh.svg}"
+  --work "$W" --label "$LABEL" --hytun "$TARGET_DIR/release/hytun" --svg "${SVG:-docs/bench/hytun-vs-ssh.svg}"
 log "done in $(( $(date +%s) - START )) s"
