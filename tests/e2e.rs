@@ -792,3 +792,25 @@ fn fetch_fails_fast_when_the_server_is_unreachable() {
     );
     assert!(err.contains("cannot establish a tunnel"), "{err}");
 }
+
+#[test]
+fn finished_streams_free_their_slots() {
+    // More sequential connections than a session has stream slots (1024):
+    // every stream closed by both sides must give its slot back.
+    let echo = EchoServer::start().unwrap();
+    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), forward_to(echo.addr))],
+    ));
+    for i in 0..1100u32 {
+        let mut s = connect(client.addrs[0]);
+        s.write_all(&i.to_be_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back, i.to_be_bytes(), "connection {i}");
+    }
+}
