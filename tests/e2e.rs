@@ -215,6 +215,18 @@ fn fetch_process(dir: &Path, url: &str, port: u16, extra: &[&str]) -> std::proce
     hytun(dir, &args)
 }
 
+/// A server allowing `allow` and a client with one listener of `kind`.
+fn tunnel(allow: &[&str], kind: ListenerKind) -> (RunningServer, RunningClient) {
+    let server = RunningServer::start(loopback(), allow);
+    let client = start_client(client_opts(
+        server.addr,
+        "client",
+        "server",
+        vec![(loopback(), kind)],
+    ));
+    (server, client)
+}
+
 // ------------------------------------------------------------- commands --
 
 #[test]
@@ -377,13 +389,7 @@ fn fetch_command_through_a_server_process() {
 #[test]
 fn port_forward_carries_a_request_to_the_origin() {
     let origin = Origin::start(loopback()).unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(origin.addr()))],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], forward_to(origin.addr()));
     for _ in 0..3 {
         let mut s = connect(client.addrs[0]);
         let resp = http_get(&mut s, "/hello");
@@ -481,13 +487,7 @@ fn http_proxy_connect_and_absolute_form() {
 #[test]
 fn sixty_four_mib_each_way_with_sha256() {
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(echo.addr))],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], forward_to(echo.addr));
     let s = connect(client.addrs[0]);
     let mut w = s.try_clone().unwrap();
     const TOTAL: usize = 64 << 20;
@@ -534,13 +534,7 @@ fn sixty_four_mib_each_way_with_sha256() {
 #[test]
 fn two_hundred_concurrent_streams() {
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(echo.addr))],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], forward_to(echo.addr));
     let local = client.addrs[0];
     let workers: Vec<_> = (0..200u32)
         .map(|i| {
@@ -579,13 +573,7 @@ fn two_hundred_concurrent_streams() {
 #[test]
 fn half_close_is_carried_end_to_end() {
     let counter = start_count_server().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(counter))],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], forward_to(counter));
     let mut s = connect(client.addrs[0]);
     s.write_all(&[7u8; 12345]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
@@ -670,13 +658,7 @@ fn client_reconnects_after_server_restart() {
 #[test]
 fn refused_destination_fails_one_stream_while_others_continue() {
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), ListenerKind::Socks)],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], ListenerKind::Socks);
     let proxy = client.addrs[0];
     let (mut live, code) = socks_connect(proxy, "127.0.0.1", echo.addr.port());
     assert_eq!(code, 0);
@@ -729,13 +711,7 @@ fn bad_clients_do_not_hurt_the_server() {
 #[test]
 fn broken_tunnel_closes_the_local_side_of_live_streams() {
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(echo.addr))],
-    ));
+    let (server, client) = tunnel(&["127.0.0.1:*"], forward_to(echo.addr));
     let mut s = connect(client.addrs[0]);
     s.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -798,13 +774,7 @@ fn finished_streams_free_their_slots() {
     // More sequential connections than a session has stream slots (1024):
     // every stream closed by both sides must give its slot back.
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
-    let client = start_client(client_opts(
-        server.addr,
-        "client",
-        "server",
-        vec![(loopback(), forward_to(echo.addr))],
-    ));
+    let (_server, client) = tunnel(&["127.0.0.1:*"], forward_to(echo.addr));
     for i in 0..1100u32 {
         let mut s = connect(client.addrs[0]);
         s.write_all(&i.to_be_bytes()).unwrap();
