@@ -324,6 +324,42 @@ mod tests {
         }
     }
 
+    /// The record vectors of docs/PROTOCOL.md, Appendix A: PING(1) sealed
+    /// under `ts = 05×32` at seq 0, seq 1, and seq 0 after a key update.
+    #[test]
+    fn protocol_appendix_a_records() {
+        fn hex(s: &str) -> std::vec::Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        }
+        let k = TrafficKey::new(Suite::Aes128Gcm, Zeroizing::new([5; 32]));
+        assert_eq!(k.iv.to_vec(), hex("dd3aa0f5d01172047343bc17"));
+        let mut sealer = RecordSealer::new(Suite::Aes128Gcm, Zeroizing::new([5; 32]));
+        let one = |sealer: &mut RecordSealer| {
+            let mut buf = [0x08, 0, 0, 0, 0, 0, 0, 0, 1];
+            let tag = sealer.seal(&[0x00, 0x19], &mut buf).unwrap();
+            let mut rec = std::vec![0x00, 0x19];
+            rec.extend_from_slice(&buf);
+            rec.extend_from_slice(&tag);
+            rec
+        };
+        assert_eq!(
+            one(&mut sealer),
+            hex("00199ba99dd28aea8a07702b6dd29785abd87d5972016db5325962")
+        );
+        assert_eq!(
+            one(&mut sealer),
+            hex("00197f26419e5eb92272dd9701c752c1ac301897be45e1f42cf9aa")
+        );
+        sealer.update();
+        assert_eq!(
+            one(&mut sealer),
+            hex("00191bbfd9e1fb34ffe6f427bdf2985bc156068168cb3e1a36caa1")
+        );
+    }
+
     #[test]
     fn nonce_is_iv_xor_sequence() {
         let mut k = TrafficKey::new(Suite::Aes128Gcm, Zeroizing::new([1; 32]));

@@ -150,6 +150,44 @@ mod tests {
         assert!(!verify_finished(&[7; 32], &[9; 32], &mac));
     }
 
+    fn hex(s: &str) -> std::vec::Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The key-schedule vectors of docs/PROTOCOL.md, Appendix A (computed
+    /// there with an independent implementation): spec and code agree.
+    #[test]
+    fn protocol_appendix_a_key_schedule() {
+        let s = derive(&[1; 32], &[2; 32], &[3; 32], &[4; 32]);
+        assert_eq!(
+            &s.client_finished[..],
+            hex("6529a645f736bee318f52828a961416bc218b09750d5831f8667476f1838dfa1")
+        );
+        assert_eq!(
+            &s.server_finished[..],
+            hex("98bc8b7f7b2d2a1bfe59b0537adb3f7b51a625542daf277143749fff20e1b086")
+        );
+        assert_eq!(
+            &s.client_traffic[..],
+            hex("758249eca467df6690d2690dbe7d04db2bf204aa6f209779b0d82b2fba0adea3")
+        );
+        assert_eq!(
+            &s.server_traffic[..],
+            hex("e265502e61e813a7906d578111b91dff29e42ffc4961a2756a851ec10c0887d2")
+        );
+        assert_eq!(
+            &finished_mac(&s.server_finished, &[4; 32])[..],
+            hex("e3c14f345d984d690ad47a996e9148f3c30c389ba1d381242a252d88b34136c3")
+        );
+        assert_eq!(
+            &next_traffic_secret(&[5; 32])[..],
+            hex("c52e7dbc8a07417ec1fa47088124667dd3a1b9a39b7252f70eb1ae46e00b87d6")
+        );
+    }
+
     /// RFC 5869 test case 1, to pin the HKDF implementation this schedule uses.
     #[test]
     fn hkdf_rfc5869_case1() {
