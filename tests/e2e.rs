@@ -784,3 +784,42 @@ fn finished_streams_free_their_slots() {
         assert_eq!(back, i.to_be_bytes(), "connection {i}");
     }
 }
+
+#[test]
+fn server_group_spreads_sessions_over_threads() {
+    let origin = Origin::start(loopback()).unwrap();
+    let opts = setup::server_options(ServerFlags {
+        listen: Some(ListenSpec { addr: loopback() }),
+        key: Some(keydir().join("server.key")),
+        authorized_keys: Some(keydir().join("authorized_keys")),
+        allow: vec!["127.0.0.1:*".into()],
+        ..ServerFlags::default()
+    })
+    .unwrap();
+    let servers = Server::bind_group(opts, 3).unwrap();
+    let addr = servers[0].local_addr();
+    assert!(
+        servers.iter().all(|s| s.local_addr() == addr),
+        "one address for the group"
+    );
+    let stop = servers[0].stop_handle();
+    let group = thread::spawn(move || hytun_host::server::run_group(servers, false));
+    // Several independent sessions (the kernel hashes them over the threads).
+    let clients: Vec<RunningClient> = (0..6)
+        .map(|_| {
+            start_client(client_opts(
+                addr,
+                "client",
+                "server",
+                vec![(loopback(), forward_to(origin.addr()))],
+            ))
+        })
+        .collect();
+    for c in &clients {
+        let mut s = connect(c.addrs[0]);
+        assert!(http_get(&mut s, "/hello").ends_with(HELLO_BODY));
+    }
+    drop(clients);
+    stop.stop();
+    group.join().unwrap().unwrap();
+}

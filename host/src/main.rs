@@ -94,6 +94,10 @@ struct ServerArgs {
     /// Handshakes per second allowed per source address (burst 2x) [default: 20].
     #[arg(long)]
     handshake_rate: Option<u32>,
+    /// Event-loop threads; sessions are spread over them by the kernel
+    /// (SO_REUSEPORT) [default: the number of CPUs, at most 8].
+    #[arg(long)]
+    threads: Option<usize>,
     /// TOML config file ([server] table); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -190,7 +194,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 handshake_rate: a.handshake_rate,
                 config: a.config,
             })?;
-            Server::bind(opts)?.run(true)?;
+            let threads = a.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(8)
+            });
+            let servers = Server::bind_group(opts, threads)?;
+            log::info!("{threads} server thread(s) sharing the listen address (SO_REUSEPORT)");
+            hytun_host::server::run_group(servers, true)?;
             Ok(())
         }
         Command::Client(a) => {

@@ -40,6 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Everything the server needs besides the core configuration.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -140,9 +141,41 @@ pub struct Server {
 impl Server {
     /// Binds the listener and prepares the loop.
     pub fn bind(opts: ServerOptions) -> Result<Server, ServerError> {
-        let poll = Poll::new().map_err(ServerError::Io)?;
-        let mut listener =
+        let listener =
             TcpListener::bind(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
+        Self::with_listener(opts, listener)
+    }
+
+    /// Binds `threads` servers to the same address with `SO_REUSEPORT`, so
+    /// the kernel spreads new sessions over one event loop per thread (each
+    /// session stays on the thread that accepted it). The session cap and
+    /// the per-source handshake rate are split between the threads.
+    pub fn bind_group(opts: ServerOptions, threads: usize) -> Result<Vec<Server>, ServerError> {
+        let threads = threads.max(1);
+        let mut per = opts.clone();
+        per.max_sessions = opts.max_sessions.div_ceil(threads).max(1);
+        let rate = opts
+            .handshakes_per_source_per_sec
+            .get()
+            .div_ceil(threads as u32);
+        per.handshakes_per_source_per_sec = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        let mut servers = Vec::with_capacity(threads);
+        let mut addr = opts.listen;
+        for _ in 0..threads {
+            let listener = reuseport_listener(addr).map_err(|e| ServerError::Bind(addr, e))?;
+            let server = Self::with_listener(per.clone(), listener)?;
+            // Port 0: the first bind picks the port, the others join it.
+            addr = server.local_addr();
+            servers.push(server);
+        }
+        Ok(servers)
+    }
+
+    fn with_listener(
+        opts: ServerOptions,
+        mut listener: TcpListener,
+    ) -> Result<Server, ServerError> {
+        let poll = Poll::new().map_err(ServerError::Io)?;
         let local_addr = listener.local_addr().map_err(ServerError::Io)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -922,6 +955,53 @@ impl Server {
             self.close_session(t);
         }
     }
+}
+
+/// A non-blocking listener with `SO_REUSEPORT` (and `SO_REUSEADDR`, as
+/// `std` sets it), backlog 1024.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(sock.into()))
+}
+
+/// Runs a group from [`Server::bind_group`]: the first server in this
+/// thread (handling SIGINT/SIGTERM when `handle_signals`), the others in
+/// their own threads; when the first stops, the others are stopped too.
+pub fn run_group(servers: Vec<Server>, handle_signals: bool) -> io::Result<()> {
+    let mut servers = servers.into_iter();
+    let Some(first) = servers.next() else {
+        return Ok(());
+    };
+    let mut others = Vec::new();
+    for (i, server) in servers.enumerate() {
+        let stop = server.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name(format!("hytun-server-{}", i + 1))
+            .spawn(move || server.run(false))?;
+        others.push((stop, thread));
+    }
+    let result = first.run(handle_signals);
+    for (stop, _) in &others {
+        stop.stop();
+    }
+    for (_, thread) in others {
+        match thread.join() {
+            Ok(Err(e)) => warn!("a server thread failed: {e}"),
+            Err(_) => warn!("a server thread panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    result
 }
 
 /// Maps a connect error to the stream error code the client sees.
