@@ -52,6 +52,20 @@ pub struct ServerConfig {
     pub idle_timeout_secs: Option<NonZeroU64>,
     /// Handshakes per second allowed from one source address (burst 2x).
     pub handshakes_per_source_per_sec: Option<NonZeroU32>,
+    /// Most connections still in the handshake (same as `--max-pending`).
+    pub max_pending: Option<NonZeroU32>,
+    /// Most pending handshakes from one source per event loop.
+    pub max_pending_per_source: Option<NonZeroU32>,
+    /// Seconds from accept to a complete ClientHello.
+    pub hello_timeout: Option<NonZeroU64>,
+    /// Private-key operations per second, server-wide.
+    pub key_ops_rate: Option<NonZeroU32>,
+    /// MiB of receive credit and session state, server-wide.
+    pub memory_budget: Option<NonZeroU32>,
+    /// MiB one session may hold.
+    pub session_memory: Option<NonZeroU32>,
+    /// Descriptors the server may use (default: the raised RLIMIT_NOFILE).
+    pub max_descriptors: Option<NonZeroU32>,
 }
 
 /// `[client]`: settings of `hytun client`.

@@ -94,8 +94,28 @@ struct ServerArgs {
     /// Handshakes per second allowed per source address (burst 2x) [default: 20].
     #[arg(long)]
     handshake_rate: Option<u32>,
-    /// Event-loop threads; sessions are spread over them by the kernel
-    /// (SO_REUSEPORT) [default: the number of CPUs, at most 8].
+    /// Most connections still in the handshake; when full, the oldest stalled one is dropped for a newcomer [default: 128].
+    #[arg(long)]
+    max_pending: Option<u32>,
+    /// Most pending handshakes from one source address (IPv6: /64) per event loop [default: 8].
+    #[arg(long)]
+    max_pending_per_source: Option<u32>,
+    /// Seconds from accept to a complete ClientHello [default: 5].
+    #[arg(long)]
+    hello_timeout: Option<u64>,
+    /// Private-key operations (handshakes) per second, server-wide [default: 500].
+    #[arg(long)]
+    key_ops_rate: Option<u32>,
+    /// MiB of stream receive credit and session state the server may hold [default: 256].
+    #[arg(long)]
+    memory_budget: Option<u32>,
+    /// MiB one session may hold [default: 32].
+    #[arg(long)]
+    session_memory: Option<u32>,
+    /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
+    #[arg(long)]
+    max_descriptors: Option<u32>,
+    /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long)]
     threads: Option<usize>,
     /// TOML config file ([server] table); flags win.
@@ -192,6 +212,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 handshake_timeout: a.handshake_timeout,
                 idle_timeout: a.idle_timeout,
                 handshake_rate: a.handshake_rate,
+                max_pending: a.max_pending,
+                max_pending_per_source: a.max_pending_per_source,
+                hello_timeout: a.hello_timeout,
+                key_ops_rate: a.key_ops_rate,
+                memory_budget: a.memory_budget,
+                session_memory: a.session_memory,
+                max_descriptors: a.max_descriptors,
                 config: a.config,
             })?;
             let threads = a.threads.unwrap_or_else(|| {
@@ -199,9 +226,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     .map_or(1, |n| n.get())
                     .min(8)
             });
-            let servers = Server::bind_group(opts, threads)?;
-            log::info!("{threads} server thread(s) sharing the listen address (SO_REUSEPORT)");
-            hytun_host::server::run_group(servers, true)?;
+            if threads == 0 {
+                return Err("--threads must be at least 1".into());
+            }
+            let server = Server::bind_group(opts, threads)?;
+            server.run(true)?;
             Ok(())
         }
         Command::Client(a) => {

@@ -133,7 +133,7 @@ fn refill(bucket: &mut Bucket, per_sec: u64, burst: u64, now: Instant) {
 }
 
 /// The address used as the bucket key (see module docs).
-fn source_key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & (u128::MAX << 64);

@@ -4,7 +4,7 @@
 //! socket is opened.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
 use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
 use crate::runtime::os_rng;
-use crate::server::ServerOptions;
+use crate::server::{Limits, ServerOptions};
 
 /// Default server listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -64,6 +64,20 @@ pub struct ServerFlags {
     pub idle_timeout: Option<u64>,
     /// `--handshake-rate` per source per second.
     pub handshake_rate: Option<u32>,
+    /// `--max-pending`.
+    pub max_pending: Option<u32>,
+    /// `--max-pending-per-source`.
+    pub max_pending_per_source: Option<u32>,
+    /// `--hello-timeout` seconds.
+    pub hello_timeout: Option<u64>,
+    /// `--key-ops-rate` per second.
+    pub key_ops_rate: Option<u32>,
+    /// `--memory-budget` MiB.
+    pub memory_budget: Option<u32>,
+    /// `--session-memory` MiB.
+    pub session_memory: Option<u32>,
+    /// `--max-descriptors`.
+    pub max_descriptors: Option<u32>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -108,6 +122,10 @@ pub fn load_public(path: &Path) -> Result<PublicIdentity, SetupError> {
     let key = hytun_keys::load_public_key(path).map_err(err)?;
     PublicIdentity::new(key).map_err(|e| SetupError(format!("{}: {e}", path.display())))
 }
+
+/// The receive window a new stream starts with on the server (C→S credit
+/// announced in ServerHello).
+pub const SERVER_INITIAL_WINDOW: u32 = 64 * 1024;
 
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
@@ -156,6 +174,11 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     }
     let mut session = SessionConfig::HOST;
     session.max_streams = max_streams as u16;
+    // Every OPEN implicitly grants the client this much credit before the
+    // upstream is even connected, and the server must be able to hold it:
+    // keep it small (the memory budget admits 512 streams per 32 MiB
+    // session), and let connected streams grow from there.
+    session.stream_window = SERVER_INITIAL_WINDOW;
     if let Some(s) = flags
         .handshake_timeout
         .or(cfg.handshake_timeout_secs.map(|v| v.get()))
@@ -169,21 +192,61 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         session.idle_timeout = Duration::from_secs(s.max(3));
         session.keepalive_interval = session.idle_timeout / 3;
     }
-    let rate = flags
-        .handshake_rate
-        .or(cfg.handshakes_per_source_per_sec.map(NonZeroU32::get))
-        .unwrap_or(20);
-    let max_sessions = flags
-        .max_sessions
-        .or(cfg.max_sessions.map(NonZeroU32::get))
-        .unwrap_or(256);
+    let defaults = Limits::default();
+    let pick = |flag: Option<u32>,
+                cfg: Option<NonZeroU32>,
+                name: &str|
+     -> Result<Option<u32>, SetupError> {
+        match flag.or(cfg.map(NonZeroU32::get)) {
+            Some(0) => Err(SetupError(format!("--{name} must be at least 1"))),
+            v => Ok(v),
+        }
+    };
+    let nz = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+    let limits = Limits {
+        max_sessions: pick(flags.max_sessions, cfg.max_sessions, "max-sessions")?
+            .map_or(defaults.max_sessions, |v| v as usize),
+        max_pending: pick(flags.max_pending, cfg.max_pending, "max-pending")?
+            .map_or(defaults.max_pending, |v| v as usize),
+        max_pending_per_source: pick(
+            flags.max_pending_per_source,
+            cfg.max_pending_per_source,
+            "max-pending-per-source",
+        )?
+        .map_or(defaults.max_pending_per_source, |v| v as usize),
+        hello_timeout: match flags
+            .hello_timeout
+            .or(cfg.hello_timeout.map(NonZeroU64::get))
+        {
+            Some(0) => return Err(SetupError("--hello-timeout must be at least 1".into())),
+            Some(s) => Duration::from_secs(s),
+            None => defaults.hello_timeout,
+        },
+        handshakes_per_source_per_sec: pick(
+            flags.handshake_rate,
+            cfg.handshakes_per_source_per_sec,
+            "handshake-rate",
+        )?
+        .map_or(defaults.handshakes_per_source_per_sec, nz),
+        key_ops_per_sec: pick(flags.key_ops_rate, cfg.key_ops_rate, "key-ops-rate")?
+            .map_or(defaults.key_ops_per_sec, nz),
+        memory_budget: pick(flags.memory_budget, cfg.memory_budget, "memory-budget")?
+            .map_or(defaults.memory_budget, |v| (v as usize) << 20),
+        session_memory: pick(flags.session_memory, cfg.session_memory, "session-memory")?
+            .map_or(defaults.session_memory, |v| (v as usize) << 20),
+        max_descriptors: pick(
+            flags.max_descriptors,
+            cfg.max_descriptors,
+            "max-descriptors",
+        )?
+        .map(|v| v as usize),
+    };
     log::info!("server key {} ({})", identity.public().id(), key.display());
     Ok(ServerOptions {
         listen,
         core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
         allow,
-        max_sessions: max_sessions.max(1) as usize,
-        handshakes_per_source_per_sec: NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN),
+        limits,
     })
 }
 

@@ -1,0 +1,405 @@
+//! One server event loop (one thread): accepts from the shared listening
+//! socket, applies admission ([`super::admission`]), routes readiness to
+//! its sessions, runs their timers, and delivers name lookups. It holds no
+//! per-session state itself: sessions own their sockets, core connection
+//! and budget share.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant as StdInstant};
+
+use hytun_core::StreamId;
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::admission::{Admission, AdmissionLimits, Refusal};
+use super::session::{Ctx, ReadResult, Route, Routes, Session};
+use super::{SHUTDOWN_GRACE, Shared};
+use crate::resolver::Resolver;
+use crate::runtime::{Clock, StopHandle};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const FIRST_DYNAMIC: usize = 16;
+const READ_CHUNK: usize = 256 * 1024;
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// One event loop of a server.
+pub struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: StopHandle,
+    resolver: Resolver<(Token, StreamId)>,
+    clock: Clock,
+    sessions: HashMap<Token, Session>,
+    routes: Routes,
+    admission: Admission,
+    touched: HashSet<Token>,
+    accept_paused_until: Option<StdInstant>,
+    shutdown_deadline: Option<StdInstant>,
+    scratch: Vec<u8>,
+}
+
+/// Builds the [`Ctx`] a session borrows, from disjoint fields of the loop.
+macro_rules! ctx {
+    ($l:expr) => {
+        Ctx {
+            registry: $l.poll.registry(),
+            routes: &mut $l.routes,
+            shared: &$l.shared,
+            dns: &$l.resolver,
+            clock: &$l.clock,
+            scratch: &mut $l.scratch,
+        }
+    };
+}
+
+impl EventLoop {
+    /// A loop over `listener` (a clone of the server's socket), one of
+    /// `loops`.
+    pub fn new(
+        shared: Arc<Shared>,
+        listener: std::net::TcpListener,
+        loops: usize,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::start(waker.clone())?;
+        let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
+        let admission = Admission::new(AdmissionLimits {
+            max_pending: shared.limits.max_pending.div_ceil(loops).max(1),
+            max_pending_per_source: shared.limits.max_pending_per_source.max(1),
+        });
+        Ok(EventLoop {
+            poll,
+            listener,
+            shared,
+            stop,
+            resolver,
+            clock: Clock::default(),
+            sessions: HashMap::new(),
+            routes: Routes::new(FIRST_DYNAMIC),
+            admission,
+            touched: HashSet::new(),
+            accept_paused_until: None,
+            shutdown_deadline: None,
+            scratch: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Logs what the server will do, once per server.
+    pub fn log_start(&self, addr: SocketAddr, loops: usize) {
+        if self.shared.allow.allows_all() {
+            warn!(
+                "--allow '*': this server will connect streams to ANY destination its clients name"
+            );
+        }
+        info!(
+            "listening on {addr} ({} authorized client keys, {loops} event loop(s))",
+            self.shared.core.authorized.len()
+        );
+    }
+
+    /// A handle that stops this loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs until stopped (by the handle, or SIGINT/SIGTERM when
+    /// `handle_signals`). Returns after a graceful shutdown.
+    pub fn run(mut self, handle_signals: bool) -> io::Result<()> {
+        let mut signals = if handle_signals {
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            self.poll
+                .registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.take_resolved(),
+                    SIGNALS => {
+                        if let Some(s) = signals.as_mut() {
+                            for sig in s.pending() {
+                                info!("signal {sig}: shutting down gracefully");
+                            }
+                        }
+                        self.stop.stop();
+                    }
+                    token => self.dispatch(
+                        token,
+                        event.is_readable() || event.is_read_closed(),
+                        event.is_writable() || event.is_write_closed(),
+                    ),
+                }
+            }
+            if self.stop.is_stopped() && self.shutdown_deadline.is_none() {
+                self.begin_shutdown();
+            }
+            self.run_timers();
+            let touched: Vec<Token> = self.touched.drain().collect();
+            for t in touched {
+                self.service(t);
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                let streams: usize = self.sessions.values().map(Session::stream_count).sum();
+                if streams == 0 || StdInstant::now() >= deadline {
+                    self.finish_shutdown();
+                    info!("server loop stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = StdInstant::now();
+        let hello = self.shared.limits.hello_timeout;
+        let mut next: Option<StdInstant> = None;
+        let mut take = |t: StdInstant| next = Some(next.map_or(t, |n: StdInstant| n.min(t)));
+        for s in self.sessions.values() {
+            if s.is_pending() {
+                take(s.started() + hello);
+            } else if let Some(t) = s.next_deadline(&self.clock) {
+                take(t);
+            }
+        }
+        if let Some(t) = self.accept_paused_until {
+            take(t);
+        }
+        if self.shutdown_deadline.is_some() {
+            take(now + Duration::from_millis(100));
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((sock, peer)) => self.admit(sock, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+                    self.accept_paused_until = Some(StdInstant::now() + ACCEPT_RETRY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let token = self.routes.add(Route::Session);
+        let mut session = Session::new(token, peer, sock);
+        if self.shared.established() >= self.shared.limits.max_sessions {
+            return self.refuse(session, "at the session limit");
+        }
+        if !self.shared.rate_allows(peer.ip()) {
+            return self.refuse(session, "handshake rate limit for this source");
+        }
+        match self.admission.admit(token, peer.ip(), StdInstant::now()) {
+            Err(Refusal::SourcePending) => {
+                return self.refuse(session, "too many pending handshakes from this source");
+            }
+            Ok(Some(victim)) => {
+                if let Some(v) = self.sessions.remove(&victim) {
+                    debug!("{}: pending handshake evicted for a newcomer", v.peer);
+                    v.close(&mut ctx!(self));
+                }
+            }
+            Ok(None) => {}
+        }
+        if let Err(e) = self.poll.registry().register(
+            session.sock_mut(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("{peer}: cannot register: {e}");
+            self.admission.remove(token);
+            self.routes.remove(token);
+            return;
+        }
+        debug!("{peer}: connection accepted");
+        self.sessions.insert(token, session);
+        self.touched.insert(token);
+    }
+
+    /// Refuses a connection with the Busy alert; the client retries.
+    fn refuse(&mut self, mut session: Session, why: &str) {
+        session.send_busy();
+        self.shared.log_refusal(session.peer, why);
+        self.admission.remove(session.token);
+        session.close(&mut ctx!(self));
+    }
+
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+        match self.routes.get(token) {
+            Some(Route::Session) => {
+                if readable {
+                    self.read_session(token);
+                }
+                self.touched.insert(token);
+            }
+            Some(Route::Upstream(t, id)) => {
+                if let Some(s) = self.sessions.get_mut(&t) {
+                    s.on_upstream(&mut ctx!(self), id, readable, writable);
+                    self.touched.insert(t);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn read_session(&mut self, t: Token) {
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
+        match s.on_readable(&mut ctx!(self)) {
+            ReadResult::Progress => {}
+            ReadResult::Gone => self.close_session(t),
+            ReadResult::HelloReady => self.hello_ready(t),
+        }
+    }
+
+    /// The pending session `t` sent its complete first message: spend a
+    /// private-key operation on it only within the budgets.
+    fn hello_ready(&mut self, t: Token) {
+        self.admission.hello_received(t);
+        let refusal = if self.shared.established() >= self.shared.limits.max_sessions {
+            Some("at the session limit")
+        } else if !self.shared.key_ops.try_take(StdInstant::now()) {
+            Some("server-wide private-key operation rate reached")
+        } else {
+            None
+        };
+        let Some(mut s) = self.sessions.remove(&t) else {
+            return;
+        };
+        if let Some(why) = refusal {
+            return self.refuse(s, why);
+        }
+        if !s.start_core(&mut ctx!(self)) {
+            return self.refuse(s, "server memory budget spent");
+        }
+        self.sessions.insert(t, s);
+        self.touched.insert(t);
+    }
+
+    fn take_resolved(&mut self) {
+        while let Some(res) = self.resolver.try_result() {
+            let (t, id) = res.tag;
+            let Some(s) = self.sessions.get_mut(&t) else {
+                continue;
+            };
+            s.on_resolved(&mut ctx!(self), id, res.result);
+            self.touched.insert(t);
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let std_now = StdInstant::now();
+        if self.accept_paused_until.is_some_and(|t| std_now >= t) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        let hello = self.shared.limits.hello_timeout;
+        let stale: Vec<Token> = self
+            .sessions
+            .values()
+            .filter(|s| s.is_pending() && std_now >= s.started() + hello)
+            .map(|s| s.token)
+            .collect();
+        for t in stale {
+            if let Some(s) = self.sessions.get(&t) {
+                debug!(
+                    "{}: no complete ClientHello within {hello:?}: closed",
+                    s.peer
+                );
+            }
+            self.close_session(t);
+        }
+        let tokens: Vec<Token> = self.sessions.keys().copied().collect();
+        for t in tokens {
+            let Some(s) = self.sessions.get_mut(&t) else {
+                continue;
+            };
+            if s.next_deadline(&self.clock)
+                .is_some_and(|d| d <= std_now + Duration::from_millis(1))
+            {
+                s.on_timer(&mut ctx!(self));
+                self.touched.insert(t);
+            }
+        }
+    }
+
+    fn service(&mut self, t: Token) {
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
+        let alive = s.service(&mut ctx!(self));
+        if s.established && self.admission.remove(t) {
+            self.shared.session_established();
+        }
+        if !alive {
+            self.close_session(t);
+        }
+    }
+
+    fn close_session(&mut self, t: Token) {
+        let Some(s) = self.sessions.remove(&t) else {
+            return;
+        };
+        if s.established && !self.admission.contains(t) {
+            self.shared.session_ended();
+        }
+        self.admission.remove(t);
+        s.close(&mut ctx!(self));
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.shutdown_deadline = Some(StdInstant::now() + SHUTDOWN_GRACE);
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        for (t, s) in self.sessions.iter_mut() {
+            s.go_away();
+            self.touched.insert(*t);
+        }
+    }
+
+    fn finish_shutdown(&mut self) {
+        let tokens: Vec<Token> = self.sessions.keys().copied().collect();
+        for t in tokens {
+            if let Some(s) = self.sessions.get_mut(&t) {
+                s.close_now();
+            }
+            self.close_session(t);
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The tunnel server. One listening socket is shared by a group of `mio`
+//! event loops ([`event_loop`]), one per thread; each loop routes
+//! readiness to the [`session::Session`]s it accepted, and each session
+//! owns its tunnel socket, core connection, upstreams ([`upstream`]) and
+//! budget share. What is shared between loops — options, the allowlist,
+//! and the server-wide budgets ([`budget`]) — lives in [`Shared`].
+//! Connections that have not finished the handshake are budgeted apart
+//! ([`admission`]).
+//!
+//! The resource model (every budget, its default, what happens when it is
+//! spent) is in `docs/ARCHITECTURE.md`.
+
+pub mod admission;
+pub mod budget;
+mod event_loop;
+pub mod session;
+pub mod upstream;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hytun_core::ServerConfig;
+use log::{info, warn};
+
+use crate::allow::AllowList;
+use crate::ratelimit::HandshakeRateLimiter;
+use crate::runtime::StopHandle;
+use budget::{LogLimiter, Pool, RateCap};
+pub use event_loop::EventLoop;
+pub use upstream::error_code;
+
+/// How long an upstream connect may take.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful shutdown waits for streams to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Every budget a peer can make the server spend, with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most established sessions (`--max-sessions`, 256).
+    pub max_sessions: usize,
+    /// Most connections still in the handshake (`--max-pending`, 128),
+    /// split evenly over the event loops.
+    pub max_pending: usize,
+    /// Most pending handshakes from one source address (IPv6: /64) per
+    /// event loop (`--max-pending-per-source`, 8).
+    pub max_pending_per_source: usize,
+    /// Time from accept to a complete first message (`--hello-timeout`,
+    /// 5 s); the core's handshake timeout then applies to the rest.
+    pub hello_timeout: Duration,
+    /// Handshakes per second per source (`--handshake-rate`, 20).
+    pub handshakes_per_source_per_sec: NonZeroU32,
+    /// Private-key operations per second, server-wide (`--key-ops-rate`,
+    /// 500).
+    pub key_ops_per_sec: NonZeroU32,
+    /// Bytes of receive credit and session state, server-wide
+    /// (`--memory-budget`, 256 MiB).
+    pub memory_budget: usize,
+    /// Bytes one session may hold (`--session-memory`, 32 MiB).
+    pub session_memory: usize,
+    /// Descriptors the server may use; `None` = the (raised) soft
+    /// `RLIMIT_NOFILE` (`--max-descriptors`).
+    pub max_descriptors: Option<usize>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 256,
+            max_pending: 128,
+            max_pending_per_source: 8,
+            hello_timeout: Duration::from_secs(5),
+            handshakes_per_source_per_sec: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
+            key_ops_per_sec: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
+            memory_budget: 256 << 20,
+            session_memory: 32 << 20,
+            max_descriptors: None,
+        }
+    }
+}
+
+/// Everything the server needs besides the core configuration.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The core configuration (keys, authorized clients, session limits).
+    pub core: Arc<ServerConfig>,
+    /// Destination allowlist.
+    pub allow: AllowList,
+    /// The budgets.
+    pub limits: Limits,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// Binding the listen address failed.
+    Bind(SocketAddr, io::Error),
+    /// Setting up the event loop failed.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Bind(addr, e) if e.kind() == io::ErrorKind::AddrInUse => {
+                write!(
+                    f,
+                    "cannot listen on {addr}: address already in use (is another hytun server running?)"
+                )
+            }
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::Io(e) => write!(f, "event loop setup failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// What every event loop of one server shares.
+pub struct Shared {
+    /// The core configuration.
+    pub core: Arc<ServerConfig>,
+    /// The destination allowlist.
+    pub allow: AllowList,
+    /// The limits.
+    pub limits: Limits,
+    /// Receive credit and session state, in bytes.
+    pub memory: Arc<Pool>,
+    /// Descriptors for upstream sockets (accepts have their own headroom).
+    pub fds: Arc<Pool>,
+    /// Private-key operations per second.
+    pub key_ops: RateCap,
+    rate: Mutex<HandshakeRateLimiter>,
+    established: AtomicUsize,
+    refusals: Mutex<LogLimiter>,
+}
+
+impl Shared {
+    fn new(opts: &ServerOptions) -> Shared {
+        let limits = opts.limits.clone();
+        let nofile = match limits.max_descriptors {
+            Some(n) => n,
+            None => match budget::raise_nofile_limit() {
+                Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                Err(e) => {
+                    warn!("cannot read the descriptor limit: {e}; assuming 1024");
+                    1024
+                }
+            },
+        };
+        // Headroom so accepts never fail: every session and pending
+        // handshake may hold a descriptor, plus the listener, pollers,
+        // wakers, resolver and standard streams.
+        let reserve = limits.max_sessions + limits.max_pending + 64;
+        let upstream_fds = nofile.saturating_sub(reserve).max(nofile / 4).max(1);
+        if reserve > nofile * 3 / 4 {
+            warn!(
+                "descriptor limit {nofile} is small for --max-sessions {} and --max-pending {}: \
+                 upstreams get {upstream_fds} descriptors",
+                limits.max_sessions, limits.max_pending
+            );
+        }
+        info!(
+            "budgets: {} sessions, {} pending handshakes ({} per source), {} MiB memory \
+             ({} MiB per session), {} upstream descriptors of {nofile}, {} key operations/s",
+            limits.max_sessions,
+            limits.max_pending,
+            limits.max_pending_per_source,
+            limits.memory_budget >> 20,
+            limits.session_memory >> 20,
+            upstream_fds,
+            limits.key_ops_per_sec
+        );
+        Shared {
+            core: opts.core.clone(),
+            allow: opts.allow.clone(),
+            memory: Arc::new(Pool::new("memory", limits.memory_budget)),
+            fds: Arc::new(Pool::new("descriptors", upstream_fds)),
+            key_ops: RateCap::new(limits.key_ops_per_sec.get(), Instant::now()),
+            rate: Mutex::new(HandshakeRateLimiter::new(
+                limits.handshakes_per_source_per_sec,
+            )),
+            established: AtomicUsize::new(0),
+            refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
+            limits,
+        }
+    }
+
+    /// Established sessions, server-wide.
+    pub fn established(&self) -> usize {
+        self.established.load(Ordering::Relaxed)
+    }
+
+    fn session_established(&self) {
+        self.established.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn session_ended(&self) {
+        self.established.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The most upstream descriptors one session may hold: half the
+    /// budget, so one session can never starve every other.
+    pub fn fd_share_per_session(&self) -> usize {
+        (self.fds.limit() / 2).max(1)
+    }
+
+    fn rate_allows(&self, ip: IpAddr) -> bool {
+        self.rate
+            .lock()
+            .map(|mut r| r.allow(ip, Instant::now()))
+            .unwrap_or(false)
+    }
+
+    /// Logs a refusal at info, at most one line per second server-wide
+    /// (with a count of the lines suppressed in between).
+    pub fn log_refusal(&self, peer: SocketAddr, why: &str) {
+        let admitted = self
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()));
+        match admitted {
+            Some(0) => info!("{peer}: refused (busy): {why}"),
+            Some(n) => info!("{peer}: refused (busy): {why} ({n} more refusals not logged)"),
+            None => log::debug!("{peer}: refused (busy): {why}"),
+        }
+    }
+
+    /// Logs that a budget was spent (rate-limited like refusals).
+    pub fn note_spent(&self, what: &str) {
+        let admitted = self
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()));
+        if admitted.is_some() {
+            warn!("{what}: new streams are refused until it frees up");
+        }
+    }
+}
+
+/// A bound, not yet running server: one event loop per thread over one
+/// listening socket.
+pub struct Server {
+    loops: Vec<EventLoop>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the listen address and prepares one event loop.
+    pub fn bind(opts: ServerOptions) -> Result<Server, ServerError> {
+        Self::bind_group(opts, 1)
+    }
+
+    /// Binds the listen address once (without `SO_REUSEPORT`, so a second
+    /// server on the same address fails with "address already in use") and
+    /// prepares `threads` event loops that all poll the same socket: a
+    /// connection goes to whichever loop accepts it first, and stays there.
+    pub fn bind_group(opts: ServerOptions, threads: usize) -> Result<Server, ServerError> {
+        let threads = threads.max(1);
+        let listener = bind_listener(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
+        let local_addr = listener.local_addr().map_err(ServerError::Io)?;
+        let shared = Arc::new(Shared::new(&opts));
+        let mut loops = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let l = listener.try_clone().map_err(ServerError::Io)?;
+            loops.push(EventLoop::new(shared.clone(), l, threads).map_err(ServerError::Io)?);
+        }
+        Ok(Server { loops, local_addr })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Handles that stop the loops from another thread.
+    pub fn stop_handle(&self) -> GroupStop {
+        GroupStop(self.loops.iter().map(EventLoop::stop_handle).collect())
+    }
+
+    /// Runs the loops: the first in this thread (handling SIGINT/SIGTERM
+    /// when `handle_signals`), the others in their own threads; when the
+    /// first stops, the others are stopped too.
+    pub fn run(self, handle_signals: bool) -> io::Result<()> {
+        if let Some(l) = self.loops.first() {
+            l.log_start(self.local_addr, self.loops.len());
+        }
+        let mut loops = self.loops.into_iter();
+        let Some(first) = loops.next() else {
+            return Ok(());
+        };
+        let mut others = Vec::new();
+        for (i, l) in loops.enumerate() {
+            let stop = l.stop_handle();
+            let thread = std::thread::Builder::new()
+                .name(format!("hytun-server-{}", i + 1))
+                .spawn(move || l.run(false))?;
+            others.push((stop, thread));
+        }
+        let result = first.run(handle_signals);
+        for (stop, _) in &others {
+            stop.stop();
+        }
+        for (_, thread) in others {
+            match thread.join() {
+                Ok(Err(e)) => warn!("a server thread failed: {e}"),
+                Err(_) => warn!("a server thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        result
+    }
+}
+
+/// Stops every loop of a server.
+#[derive(Clone)]
+pub struct GroupStop(Vec<StopHandle>);
+
+impl GroupStop {
+    /// Requests a graceful stop of every loop.
+    pub fn stop(&self) {
+        for s in &self.0 {
+            s.stop();
+        }
+    }
+}
+
+/// A non-blocking listener with `SO_REUSEADDR` (restart while old
+/// connections linger in TIME_WAIT) but not `SO_REUSEPORT`, backlog 1024.
+fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}

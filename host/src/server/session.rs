@@ -1,0 +1,803 @@
+//! One client connection on the server, from accept to close: its tunnel
+//! socket, the first-flight buffer while it is pending, the core
+//! [`HostConnection`] once its ClientHello is admitted, its upstream
+//! sockets, and its share of the server budgets (memory reserved for
+//! receive credit, descriptors held by upstreams, lookups in flight).
+//!
+//! The event loop ([`super::event_loop`]) only routes readiness to a
+//! session and gives it a [`Ctx`] with the shared pieces; everything a
+//! session holds is released by [`Session::close`].
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant as StdInstant;
+
+use hytun_core::{
+    CloseCode, ConnectionError, Event, HandshakeError, Host, HostConnection, StreamErrorCode,
+    StreamId,
+};
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Registry, Token};
+
+use super::admission::{FirstFlight, FlightProgress};
+use super::budget::Permit;
+use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
+use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
+use crate::allow::DestHost;
+use crate::pipe::ReadOutcome;
+use crate::resolver::Resolver;
+use crate::runtime::{Clock, os_rng};
+
+/// Memory charged per stream besides its receive credit (the upstream's
+/// state and pipe bookkeeping).
+pub const STREAM_OVERHEAD: usize = 1024;
+
+/// The refusal code for a spent budget.
+pub const RESOURCE_EXHAUSTED: StreamErrorCode = StreamErrorCode::TooManyStreams;
+
+/// What a poll token belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    /// A session's tunnel socket.
+    Session,
+    /// An upstream socket of a session's stream.
+    Upstream(Token, StreamId),
+}
+
+/// Token allocation and routing for one event loop. Tokens are never
+/// reused, so a late event for a closed socket finds no route.
+#[derive(Debug)]
+pub struct Routes {
+    map: HashMap<Token, Route>,
+    next: usize,
+}
+
+impl Routes {
+    /// Dynamic tokens start at `first`.
+    pub fn new(first: usize) -> Self {
+        Routes {
+            map: HashMap::new(),
+            next: first,
+        }
+    }
+
+    /// A fresh token routed to `route`.
+    pub fn add(&mut self, route: Route) -> Token {
+        self.next += 1;
+        let t = Token(self.next);
+        self.map.insert(t, route);
+        t
+    }
+
+    /// Where `token` goes.
+    pub fn get(&self, token: Token) -> Option<Route> {
+        self.map.get(&token).copied()
+    }
+
+    /// Forgets `token`.
+    pub fn remove(&mut self, token: Token) {
+        self.map.remove(&token);
+    }
+}
+
+/// What a session borrows from its loop while it handles an event.
+pub struct Ctx<'a> {
+    /// The loop's registry.
+    pub registry: &'a Registry,
+    /// The loop's token table.
+    pub routes: &'a mut Routes,
+    /// Options and budgets shared by every loop.
+    pub shared: &'a Shared,
+    /// The name resolver.
+    pub dns: &'a Resolver<(Token, StreamId)>,
+    /// The loop's clock.
+    pub clock: &'a Clock,
+    /// The loop's read buffer for tunnel input.
+    pub scratch: &'a mut Vec<u8>,
+}
+
+/// What reading the tunnel socket produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadResult {
+    /// Nothing that needs the loop.
+    Progress,
+    /// (pending) The first message is complete: the loop decides whether
+    /// to admit it ([`Session::start_core`]) or refuse it.
+    HelloReady,
+    /// (pending) The peer went away before completing its first message.
+    Gone,
+}
+
+enum Phase {
+    /// Reading the first message, no core yet.
+    Pending(FirstFlight),
+    /// The core drives the session.
+    Core(Box<HostConnection>),
+}
+
+/// One client connection.
+pub struct Session {
+    /// This session's poll token.
+    pub token: Token,
+    /// The client's address.
+    pub peer: SocketAddr,
+    sock: TcpStream,
+    phase: Phase,
+    upstreams: HashMap<StreamId, Upstream>,
+    /// Upstreams that received tunnel data since the last flush.
+    to_flush: Vec<StreamId>,
+    started: StdInstant,
+    /// The handshake finished (`Connected`).
+    pub established: bool,
+    closed: bool,
+    write_failed: bool,
+    /// Bytes reserved from the server memory pool.
+    charged: usize,
+    /// Lookups in flight.
+    lookups: usize,
+}
+
+impl Session {
+    /// A freshly accepted connection, pending its first message.
+    pub fn new(token: Token, peer: SocketAddr, sock: TcpStream) -> Self {
+        Session {
+            token,
+            peer,
+            sock,
+            phase: Phase::Pending(FirstFlight::default()),
+            upstreams: HashMap::new(),
+            to_flush: Vec::new(),
+            started: StdInstant::now(),
+            established: false,
+            closed: false,
+            write_failed: false,
+            charged: 0,
+            lookups: 0,
+        }
+    }
+
+    /// The tunnel socket (for registration).
+    pub fn sock_mut(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    /// When this connection was accepted.
+    pub fn started(&self) -> StdInstant {
+        self.started
+    }
+
+    /// True while the core has not been started.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.phase, Phase::Pending(_))
+    }
+
+    /// Streams with an upstream.
+    pub fn stream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    /// The first message arrived (pending sessions only).
+    pub fn hello_started(&self) -> bool {
+        match &self.phase {
+            Phase::Pending(f) => f.started(),
+            Phase::Core(_) => true,
+        }
+    }
+
+    fn conn(&mut self) -> Option<&mut HostConnection> {
+        match &mut self.phase {
+            Phase::Core(c) => Some(c),
+            Phase::Pending(_) => None,
+        }
+    }
+
+    /// The earliest core deadline, as a `std` instant.
+    pub fn next_deadline(&self, clock: &Clock) -> Option<StdInstant> {
+        let mut next = None;
+        let mut take = |t: StdInstant| next = Some(next.map_or(t, |n: StdInstant| n.min(t)));
+        if let Phase::Core(c) = &self.phase
+            && let Some(t) = c.poll_timeout()
+        {
+            take(StdInstant::now() + clock.until(t));
+        }
+        for up in self.upstreams.values() {
+            if let Some(d) = up.connect_deadline() {
+                take(d);
+            }
+        }
+        next
+    }
+
+    /// Sends the Busy alert (best effort: the socket is new and its send
+    /// buffer empty) before the connection is dropped.
+    pub fn send_busy(&mut self) {
+        let mut alert = [0u8; 8];
+        let n = hytun_core::handshake::emit_alert(hytun_core::AlertReason::Busy, None, &mut alert);
+        let _ = self.sock.write(&alert[..n]);
+    }
+
+    /// Reads what the tunnel socket has.
+    pub fn on_readable(&mut self, ctx: &mut Ctx<'_>) -> ReadResult {
+        if self.closed {
+            return ReadResult::Progress;
+        }
+        if let Phase::Pending(flight) = &mut self.phase {
+            return match flight.read_from(&mut self.sock) {
+                Ok(FlightProgress::Partial) => ReadResult::Progress,
+                Ok(FlightProgress::Complete) => ReadResult::HelloReady,
+                Ok(FlightProgress::Eof) | Err(_) => ReadResult::Gone,
+            };
+        }
+        self.read_tunnel(ctx);
+        ReadResult::Progress
+    }
+
+    /// Admits the pending session: charges its fixed memory, creates the
+    /// core and feeds it the first message (the private-key operation
+    /// happens here). False if the memory budget cannot hold another
+    /// session.
+    pub fn start_core(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let Phase::Pending(flight) = &self.phase else {
+            return true;
+        };
+        let fixed = session_fixed_cost();
+        if !ctx.shared.memory.try_take(fixed) {
+            return false;
+        }
+        self.charged += fixed;
+        let first = flight.bytes().to_vec();
+        let mut conn = Box::new(HostConnection::server(
+            ctx.shared.core.clone(),
+            ctx.clock.now(),
+        ));
+        let mut rng = os_rng();
+        let mut off = 0;
+        while off < first.len() && !conn.is_closed() {
+            let n = conn.handle_input(&first[off..], ctx.clock.now(), &mut rng);
+            off += n;
+            if n == 0 {
+                break;
+            }
+        }
+        self.phase = Phase::Core(conn);
+        self.drain_events(ctx);
+        // More of the client's flight may be waiting already.
+        self.read_tunnel(ctx);
+        true
+    }
+
+    fn read_tunnel(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            if self.closed {
+                return;
+            }
+            let n = match self.sock.read(ctx.scratch) {
+                Ok(0) => {
+                    if let Some(c) = self.conn() {
+                        c.handle_eof();
+                    }
+                    self.drain_events(ctx);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("{}: read error: {e}", self.peer);
+                    if let Some(c) = self.conn() {
+                        c.handle_eof();
+                    }
+                    self.drain_events(ctx);
+                    return;
+                }
+            };
+            let input = std::mem::take(ctx.scratch);
+            let mut off = 0;
+            let mut rng = os_rng();
+            while off < n {
+                let now = ctx.clock.now();
+                let Some(c) = self.conn() else { break };
+                off += c.handle_input(&input[off..n], now, &mut rng);
+                let done = c.is_closed();
+                self.drain_events(ctx);
+                if done {
+                    break;
+                }
+            }
+            *ctx.scratch = input;
+            // A short read means the socket is drained: skip the extra
+            // read that would only return EAGAIN.
+            if n < ctx.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    /// Handles every pending core event.
+    fn drain_events(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            let Phase::Core(conn) = &mut self.phase else {
+                return;
+            };
+            let Some(ev) = conn.poll_event() else {
+                return;
+            };
+            match ev {
+                Event::Connected => {
+                    self.established = true;
+                    let key = conn.peer_key().map(|k| k.to_string()).unwrap_or_default();
+                    info!(
+                        "{}: session up, client key {key}, handshake {} ms",
+                        self.peer,
+                        self.started.elapsed().as_millis()
+                    );
+                }
+                Event::OpenRequest { id, dest } => {
+                    let host = match dest.host {
+                        Host::Ipv4(a) => DestHost::Ip(IpAddr::from(a)),
+                        Host::Ipv6(a) => DestHost::Ip(IpAddr::from(a)),
+                        Host::Domain(d) => DestHost::Domain(d.to_string()),
+                    };
+                    let port = dest.port;
+                    self.open_stream(ctx, id, host, port);
+                }
+                Event::Data { id, data } => {
+                    if let Some(up) = self.upstreams.get_mut(&id) {
+                        up.pipe.queue_tunnel(data);
+                        if !up.flush_queued {
+                            up.flush_queued = true;
+                            self.to_flush.push(id);
+                        }
+                    }
+                }
+                Event::Finished { id } => {
+                    if let Some(up) = self.upstreams.get_mut(&id) {
+                        up.pipe.tunnel_fin = true;
+                        if let Ok(n) = up.pipe.flush() {
+                            conn.stream_consumed(id, n);
+                        }
+                    }
+                }
+                Event::Reset { id, code } => {
+                    if self.upstreams.contains_key(&id) {
+                        self.end_upstream(ctx, id, End::Abort(&format!("reset by client: {code}")));
+                    }
+                }
+                Event::Closed { error } => {
+                    log_close(self.peer, &error);
+                    self.closed = true;
+                    return;
+                }
+                Event::Writable { .. }
+                | Event::Opened { .. }
+                | Event::OpenFailed { .. }
+                | Event::GoAway { .. } => {}
+            }
+        }
+    }
+
+    /// Answers an OPEN: policy, budgets, then lookup or connect.
+    fn open_stream(&mut self, ctx: &mut Ctx<'_>, id: StreamId, host: DestHost, port: u16) {
+        let label = host.with_port(port);
+        let allow = &ctx.shared.allow;
+        let needs_lookup = match &host {
+            DestHost::Ip(_) => {
+                if !allow.allows(&host, port) {
+                    return self.refuse(id, &label, StreamErrorCode::NotAllowed, "not allowed");
+                }
+                false
+            }
+            DestHost::Domain(_) => true,
+        };
+        // Budgets: receive credit (the initial window the client may
+        // already be using) plus bookkeeping, and one descriptor.
+        let need = self.stream_cost(ctx.shared);
+        if self.charged + need > ctx.shared.limits.session_memory {
+            return self.refuse(
+                id,
+                &label,
+                RESOURCE_EXHAUSTED,
+                "session memory budget spent",
+            );
+        }
+        if !ctx.shared.memory.try_take(need) {
+            ctx.shared.note_spent("server memory budget spent");
+            return self.refuse(id, &label, RESOURCE_EXHAUSTED, "server memory budget spent");
+        }
+        self.charged += need;
+        let fds = self.upstreams.values().filter(|u| u.holds_fd()).count();
+        if fds >= ctx.shared.fd_share_per_session() {
+            self.give_back(ctx.shared, need);
+            return self.refuse(
+                id,
+                &label,
+                RESOURCE_EXHAUSTED,
+                "session descriptor share spent",
+            );
+        }
+        let Some(fd) = Permit::take(&ctx.shared.fds) else {
+            self.give_back(ctx.shared, need);
+            ctx.shared.note_spent("descriptor budget spent");
+            return self.refuse(id, &label, RESOURCE_EXHAUSTED, "descriptor budget spent");
+        };
+        let mut up = Upstream::new(label);
+        if needs_lookup {
+            let DestHost::Domain(name) = host else {
+                return;
+            };
+            up.hold_fd(fd);
+            self.upstreams.insert(id, up);
+            self.lookups += 1;
+            ctx.dns.lookup((self.token, id), name, port);
+        } else {
+            let DestHost::Ip(ip) = host else { return };
+            self.upstreams.insert(id, up);
+            self.connect(ctx, id, vec![SocketAddr::new(ip, port)], fd);
+        }
+    }
+
+    fn stream_cost(&self, shared: &Shared) -> usize {
+        shared.core.session.stream_window as usize + STREAM_OVERHEAD
+    }
+
+    fn give_back(&mut self, shared: &Shared, n: usize) {
+        let n = n.min(self.charged);
+        self.charged -= n;
+        shared.memory.give_back(n);
+    }
+
+    fn refuse(&mut self, id: StreamId, label: &str, code: StreamErrorCode, why: &str) {
+        info!("{}: stream {id} to {label} refused: {why}", self.peer);
+        if let Some(c) = self.conn() {
+            let _ = c.refuse_stream(id, code);
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Ctx<'_>, id: StreamId, addrs: Vec<SocketAddr>, fd: Permit) {
+        let token = ctx.routes.add(Route::Upstream(self.token, id));
+        let Some(up) = self.upstreams.get_mut(&id) else {
+            ctx.routes.remove(token);
+            return;
+        };
+        if let Err(e) = up.connect(ctx.registry, token, addrs, fd, UPSTREAM_CONNECT_TIMEOUT) {
+            ctx.routes.remove(token);
+            let why = format!("connect failed: {e}");
+            self.end_upstream(ctx, id, End::Refuse(error_code(&e), &why));
+        }
+    }
+
+    /// A lookup finished for stream `id`.
+    pub fn on_resolved(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: StreamId,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        self.lookups = self.lookups.saturating_sub(1);
+        let Some(up) = self.upstreams.get_mut(&id) else {
+            return;
+        };
+        let dest = up.dest.clone();
+        let name = dest.rsplit_once(':').map_or(dest.as_str(), |(h, _)| h);
+        let host = DestHost::Domain(name.to_string());
+        match result {
+            Ok(addrs) => {
+                let port = addrs.first().map_or(0, SocketAddr::port);
+                let allow = &ctx.shared.allow;
+                let allowed: Vec<SocketAddr> = if allow.allows(&host, port) {
+                    addrs
+                } else {
+                    addrs
+                        .into_iter()
+                        .filter(|a| allow.check_resolved(&host, port, a.ip()))
+                        .collect()
+                };
+                let fd = up.release_fd();
+                match (allowed.is_empty(), fd) {
+                    (false, Some(fd)) => self.connect(ctx, id, allowed, fd),
+                    _ => self.end_upstream(
+                        ctx,
+                        id,
+                        End::Refuse(StreamErrorCode::NotAllowed, "not allowed"),
+                    ),
+                }
+            }
+            Err(e) => {
+                let why = format!("name not resolved: {e}");
+                self.end_upstream(
+                    ctx,
+                    id,
+                    End::Refuse(StreamErrorCode::NetworkUnreachable, &why),
+                );
+            }
+        }
+    }
+
+    /// Readiness on an upstream socket.
+    pub fn on_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId, readable: bool, writable: bool) {
+        let Some(up) = self.upstreams.get_mut(&id) else {
+            return;
+        };
+        if let UpstreamState::Connecting { .. } = up.state {
+            if !readable && !writable {
+                return;
+            }
+            match up.on_connect_event(ctx.registry) {
+                ConnectProgress::Pending => return,
+                ConnectProgress::Failed(e) => {
+                    let why = format!("connect failed: {e}");
+                    return self.end_upstream(ctx, id, End::Refuse(error_code(&e), &why));
+                }
+                ConnectProgress::Connected => {
+                    debug!("{}: stream {id} connected to {}", self.peer, up.dest);
+                    if let Phase::Core(c) = &mut self.phase {
+                        let _ = c.accept_stream(id);
+                    }
+                }
+            }
+        }
+        if writable {
+            self.flush_upstream(ctx, id);
+        }
+        let blocked = self.upstreams.get(&id).is_some_and(|u| u.pipe.read_blocked);
+        if readable || blocked {
+            self.pump_upstream(ctx, id);
+        }
+    }
+
+    fn flush_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId) {
+        let Phase::Core(conn) = &mut self.phase else {
+            return;
+        };
+        let Some(up) = self.upstreams.get_mut(&id) else {
+            return;
+        };
+        up.flush_queued = false;
+        match up.pipe.flush() {
+            Ok(n) => conn.stream_consumed(id, n),
+            Err(e) => {
+                let why = format!("write to destination failed: {e}");
+                let _ = conn.stream_reset(id, StreamErrorCode::Other);
+                self.end_upstream(ctx, id, End::Abort(&why));
+            }
+        }
+    }
+
+    fn pump_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId) {
+        let Phase::Core(conn) = &mut self.phase else {
+            return;
+        };
+        let Some(up) = self.upstreams.get_mut(&id) else {
+            return;
+        };
+        if !up.is_connected() {
+            return;
+        }
+        match up.pipe.read_into(&mut **conn, id) {
+            Ok(ReadOutcome::Eof) if up.pipe.is_done() => self.end_upstream(ctx, id, End::Clean),
+            Ok(_) => {}
+            Err(e) => {
+                let why = format!("read from destination failed: {e}");
+                let _ = conn.stream_reset(id, StreamErrorCode::Other);
+                self.end_upstream(ctx, id, End::Abort(&why));
+            }
+        }
+    }
+
+    /// Removes an upstream, releasing its descriptor and memory, and tells
+    /// both ends the truth about how it ended.
+    fn end_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId, end: End<'_>) {
+        let Some(up) = self.upstreams.remove(&id) else {
+            return;
+        };
+        if let Some(t) = up.token {
+            ctx.routes.remove(t);
+        }
+        // A lookup still in flight finds no stream when it returns.
+        let (to_dest, from_dest) = (up.pipe.bytes_to_sock, up.pipe.bytes_from_sock);
+        match end {
+            End::Clean => {
+                debug!(
+                    "{}: stream {id} to {} closed ({to_dest} bytes sent, {from_dest} received)",
+                    self.peer, up.dest
+                );
+                up.close(ctx.registry);
+            }
+            End::Abort(why) => {
+                debug!(
+                    "{}: stream {id} to {} aborted ({why}; {to_dest} bytes sent, {from_dest} received)",
+                    self.peer, up.dest
+                );
+                up.abort(ctx.registry);
+            }
+            End::Refuse(code, why) => {
+                let accepted = up.is_connected();
+                info!("{}: stream {id} to {} refused: {why}", self.peer, up.dest);
+                if let Phase::Core(c) = &mut self.phase
+                    && c.refuse_stream(id, code).is_err()
+                    && accepted
+                {
+                    let _ = c.stream_reset(id, code);
+                }
+                up.abort(ctx.registry);
+            }
+        }
+        let cost = self.stream_cost(ctx.shared);
+        self.give_back(ctx.shared, cost);
+    }
+
+    /// Core timers and upstream connect deadlines.
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.clock.now();
+        if let Phase::Core(c) = &mut self.phase
+            && c.poll_timeout().is_some_and(|d| d <= now)
+        {
+            c.handle_timeout(now);
+        }
+        let std_now = StdInstant::now();
+        let expired: Vec<StreamId> = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.connect_deadline().is_some_and(|d| std_now >= d))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.end_upstream(
+                ctx,
+                id,
+                End::Refuse(StreamErrorCode::TimedOut, "connect timed out"),
+            );
+        }
+    }
+
+    /// After events: drain the core, write queued tunnel data to the
+    /// upstreams, retry blocked upstream reads, reap finished upstreams and
+    /// write the tunnel. Returns false once the session is over.
+    pub fn service(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        for _ in 0..64 {
+            if self.is_pending() {
+                return true;
+            }
+            self.drain_events(ctx);
+            for id in std::mem::take(&mut self.to_flush) {
+                self.flush_upstream(ctx, id);
+            }
+            let blocked: Vec<StreamId> = self
+                .upstreams
+                .iter()
+                .filter(|(_, u)| u.pipe.read_blocked)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in blocked {
+                let cap = match &self.phase {
+                    Phase::Core(c) => c.stream_send_capacity(id),
+                    Phase::Pending(_) => 0,
+                };
+                if cap > 0 {
+                    self.pump_upstream(ctx, id);
+                }
+            }
+            let done: Vec<StreamId> = self
+                .upstreams
+                .iter()
+                .filter(|(_, u)| u.pipe.is_done())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in done {
+                self.end_upstream(ctx, id, End::Clean);
+            }
+            let wrote = self.write_tunnel();
+            if self.closed {
+                let pending = match &mut self.phase {
+                    Phase::Core(c) => !c.transmit_pending().is_empty(),
+                    Phase::Pending(_) => false,
+                };
+                if self.write_failed || !pending {
+                    return false;
+                }
+            }
+            let more = self.upstreams.values().any(|u| u.pipe.read_blocked) && wrote > 0;
+            if !more {
+                return true;
+            }
+        }
+        true
+    }
+
+    fn write_tunnel(&mut self) -> usize {
+        let Phase::Core(conn) = &mut self.phase else {
+            return 0;
+        };
+        let mut total = 0;
+        loop {
+            let pending = conn.transmit_pending();
+            if pending.is_empty() || self.write_failed {
+                return total;
+            }
+            match self.sock.write(pending) {
+                Ok(n) => {
+                    total += n;
+                    conn.transmit_done(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("{}: write error: {e}", self.peer);
+                    self.write_failed = true;
+                    conn.handle_eof();
+                    return total;
+                }
+            }
+        }
+    }
+
+    /// Starts a graceful shutdown: no new streams.
+    pub fn go_away(&mut self) {
+        if let Some(c) = self.conn() {
+            c.go_away(CloseCode::ShuttingDown);
+        }
+    }
+
+    /// Ends the session now with an authenticated CLOSE (if keys exist).
+    pub fn close_now(&mut self) {
+        if let Phase::Core(c) = &mut self.phase {
+            if !c.is_closed() {
+                c.close(CloseCode::ShuttingDown);
+            }
+            while c.poll_event().is_some() {}
+        }
+        self.write_tunnel();
+        self.closed = true;
+    }
+
+    /// Releases everything the session holds. Upstreams still present did
+    /// not finish cleanly, so their destinations see a reset.
+    pub fn close(mut self, ctx: &mut Ctx<'_>) {
+        let ids: Vec<StreamId> = self.upstreams.keys().copied().collect();
+        let why = match &self.phase {
+            Phase::Core(c) => c.error().map_or_else(
+                || "session closed".to_string(),
+                |e| format!("session ended: {e}"),
+            ),
+            Phase::Pending(_) => "session closed".to_string(),
+        };
+        for id in ids {
+            self.end_upstream(ctx, id, End::Abort(&why));
+        }
+        let _ = ctx.registry.deregister(&mut self.sock);
+        ctx.routes.remove(self.token);
+        let charged = self.charged;
+        self.charged = 0;
+        ctx.shared.memory.give_back(charged);
+    }
+}
+
+/// How an upstream ends.
+enum End<'a> {
+    /// Both directions finished: a normal close.
+    Clean,
+    /// Aborted (reason): RST to the destination.
+    Abort(&'a str),
+    /// The stream never got going: OPEN_FAIL (or RESET once accepted).
+    Refuse(StreamErrorCode, &'a str),
+}
+
+/// What one established session costs the server when idle: the core
+/// connection with its record buffers and stream table.
+pub fn session_fixed_cost() -> usize {
+    std::mem::size_of::<HostConnection>()
+}
+
+fn log_close(peer: SocketAddr, error: &ConnectionError) {
+    match error {
+        ConnectionError::Handshake(HandshakeError::UnauthorizedClient(id)) => {
+            warn!("{peer}: refused unauthorized client key {id}")
+        }
+        ConnectionError::Handshake(e) => warn!("{peer}: {e}"),
+        ConnectionError::PeerClosed(CloseCode::Normal) => info!("{peer}: session closed by client"),
+        ConnectionError::LocallyClosed(code) => info!("{peer}: session closed: {code}"),
+        e => info!("{peer}: session ended: {e}"),
+    }
+}
