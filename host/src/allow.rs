@@ -6,24 +6,45 @@
 //! any depth, but *not* the bare `example.com`), an IPv4 address or CIDR
 //! (`127.0.0.1`, `10.0.0.0/8`), a bracketed IPv6 address or CIDR (`[::1]`,
 //! `[fd00::]/8`), or `*` for any host. The pattern `*` alone allows
-//! everything; [`AllowList::allows_all`] reports it so the caller can warn.
-//! An empty list allows nothing. Domain matching is case-insensitive and
-//! ignores one trailing dot. IPv4-mapped IPv6 destinations (`::ffff:a.b.c.d`)
-//! are matched as the IPv4 address they reach. CIDR patterns with host bits
-//! set (`127.0.0.1/8`) are accepted and masked.
+//! everything public; [`AllowList::allows_all`] reports it so the caller can
+//! warn. An empty list allows nothing. Domain matching is case-insensitive
+//! and ignores one trailing dot. IPv4-mapped IPv6 destinations
+//! (`::ffff:a.b.c.d`) are matched as the IPv4 address they reach. CIDR
+//! patterns with host bits set (`127.0.0.1/8`) are accepted and masked.
 //!
-//! Domain versus IP decision: before resolution ([`AllowList::allows`]) a
-//! domain destination is checked only against domain patterns and an IP
-//! destination only against IP/CIDR patterns. After resolution
-//! ([`AllowList::check_resolved`]) a domain destination is also allowed when
-//! the address it resolved to matches an IP/CIDR pattern. So `10.0.0.0/8:*`
-//! admits `intranet.local` if it resolves into 10/8, while a domain pattern
-//! admits its domain whatever it resolves to (the operator trusts that
-//! domain's DNS). The caller must run `check_resolved` on every address it
-//! actually connects to, never connect to an address that was not checked.
+//! Special addresses: loopback, link-local (`169.254.0.0/16` with the cloud
+//! metadata service `169.254.169.254`, `fe80::/10`), unspecified (`0.0.0.0/8`,
+//! `::`), multicast, broadcast, the AWS IPv6 metadata address `fd00:ec2::254`,
+//! and the IPv4-mapped (`::ffff:127.0.0.1`) or IPv4-compatible (`::127.0.0.1`)
+//! forms of the IPv4 ones (see [`special_address_class`]). They are reached
+//! only through an IP/CIDR pattern that contains them: never through a
+//! domain pattern (whatever the name resolves to) and never through the
+//! any-host `*`.
+//!
+//! Domain destinations are decided in two steps, so that a name no rule can
+//! match never reaches DNS:
+//! 1. Before any lookup, [`AllowList::decide_name`] returns a
+//!    [`NameDecision`]: [`Allowed`](NameDecision::Allowed) (a domain pattern
+//!    or `*` matches the name), [`NeedsAddressCheck`](NameDecision::NeedsAddressCheck)
+//!    (no domain pattern matches, but an IP/CIDR pattern exists for the port,
+//!    so the resolved addresses may still qualify), or
+//!    [`Refused`](NameDecision::Refused) (refuse without a lookup).
+//! 2. After the lookup, [`AllowList::connectable`] (or
+//!    [`AllowList::filter_resolved`]) keeps only the addresses the decision
+//!    admits. So `10.0.0.0/8:*` admits `intranet.local` if it resolves into
+//!    10/8, while a domain pattern admits its domain's public addresses
+//!    whatever they are (the operator trusts that domain's DNS) but not a
+//!    special address. The caller must check every address it actually
+//!    connects to, never connect to an address that was not checked.
+//!
+//! Existence of names: a refused name is refused before any lookup, so the
+//! answer is the same whether or not it exists. For a `NeedsAddressCheck`
+//! name the caller must also answer a failed lookup like a refusal
+//! ([`NameDecision::may_reveal_lookup_errors`]), or the server becomes a probe
+//! of its DNS.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A destination host as requested by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -164,6 +185,8 @@ impl AllowList {
     }
 
     /// True if some pattern allows every host on every port (`*` or `*:*`).
+    /// Even then special addresses (see the module docs) need an IP/CIDR
+    /// pattern.
     #[must_use]
     pub fn allows_all(&self) -> bool {
         self.rules
@@ -177,40 +200,142 @@ impl AllowList {
         self.rules.is_empty()
     }
 
-    /// Whether `host:port` is allowed before any name resolution.
+    /// Whether `host:port` is allowed before any name resolution: an IP
+    /// destination by the IP rules (an IP/CIDR pattern containing it, or `*`
+    /// if it is not special), a domain destination by a domain pattern or
+    /// `*`. For domains prefer [`decide_name`](Self::decide_name), which also
+    /// tells whether the resolved addresses could qualify.
     #[must_use]
     pub fn allows(&self, host: &DestHost, port: u16) -> bool {
         match host {
             DestHost::Ip(ip) => self.allows_ip(*ip, port),
             DestHost::Domain(name) => match name.parse::<IpAddr>() {
                 Ok(ip) => self.allows_ip(ip, port),
-                Err(_) => self.allows_domain(name, port),
+                Err(_) => self.domain_rule_matches(name, port),
             },
         }
     }
 
-    /// Whether connecting to `resolved` for the request `host:port` is
-    /// allowed: [`allows`](Self::allows) holds, or `host` is a domain and
-    /// `resolved` matches an IP/CIDR (or any-host) pattern for `port`.
+    /// Decides, before any lookup, what the domain destination `name:port`
+    /// may reach (see [`NameDecision`]). `name` is compared
+    /// case-insensitively, one trailing dot ignored.
+    ///
+    /// - A name that is not a valid host name ([`is_valid_hostname`]: this
+    ///   includes numeric forms such as `2130706433` or `127.1` that a
+    ///   resolver would read as IPv4) is [`Refused`](NameDecision::Refused).
+    /// - An IP literal written as a name (`127.0.0.1`) is judged as that
+    ///   address: [`NeedsAddressCheck`](NameDecision::NeedsAddressCheck) if
+    ///   the IP rules allow it (resolving a literal makes no DNS query, and
+    ///   the check keeps just that address), else `Refused`.
+    /// - A name matched on `port` by an exact pattern, a `*.suffix` pattern
+    ///   or the any-host `*` is [`Allowed`](NameDecision::Allowed).
+    ///   `*` (and `*:PORT`) thus admits every valid name, but like a domain
+    ///   pattern it reaches no special address of it: those need an IP/CIDR
+    ///   pattern, exactly as when the client names the address itself.
+    /// - Otherwise, if some IP/CIDR pattern covers `port`, the name is
+    ///   `NeedsAddressCheck`; if none does, it is `Refused`.
     #[must_use]
-    pub fn check_resolved(&self, host: &DestHost, port: u16, resolved: IpAddr) -> bool {
-        self.allows(host, port)
-            || (matches!(host, DestHost::Domain(_)) && self.allows_ip(resolved, port))
+    pub fn decide_name(&self, name: &str, port: u16) -> NameDecision {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return if self.allows_ip(ip, port) {
+                NameDecision::NeedsAddressCheck
+            } else {
+                NameDecision::Refused
+            };
+        }
+        if !is_valid_hostname(name) {
+            return NameDecision::Refused;
+        }
+        if self.domain_rule_matches(name, port) {
+            return NameDecision::Allowed;
+        }
+        let ip_rule_for_port = self
+            .rules
+            .iter()
+            .any(|r| matches!(r.host, HostPattern::Net(..)) && port_matches(r.port, port));
+        if ip_rule_for_port {
+            NameDecision::NeedsAddressCheck
+        } else {
+            NameDecision::Refused
+        }
     }
 
+    /// Whether a name decided as `decision` (by [`decide_name`](Self::decide_name)
+    /// for the same `port`) may connect to its resolved address `addr`:
+    ///
+    /// - `Allowed`: any address that is not special, and a special one only
+    ///   if an IP/CIDR pattern contains it for `port`;
+    /// - `NeedsAddressCheck`: only addresses the IP rules allow (an IP/CIDR
+    ///   pattern containing it; `*` for a non-special one);
+    /// - `Refused`: none.
+    #[must_use]
+    pub fn connectable(&self, decision: NameDecision, addr: IpAddr, port: u16) -> bool {
+        match decision {
+            NameDecision::Allowed => {
+                special_address_class(addr).is_none() || self.net_rule_allows(addr, port)
+            }
+            NameDecision::NeedsAddressCheck => self.allows_ip(addr, port),
+            NameDecision::Refused => false,
+        }
+    }
+
+    /// The addresses of `addrs` that [`connectable`](Self::connectable)
+    /// admits for `decision` (each judged with its own port), in order.
+    #[must_use]
+    pub fn filter_resolved(
+        &self,
+        decision: NameDecision,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        addrs
+            .into_iter()
+            .filter(|a| self.connectable(decision, a.ip(), a.port()))
+            .collect()
+    }
+
+    /// Whether connecting to `resolved` for the request `host:port` is
+    /// allowed. For an IP destination that is [`allows`](Self::allows) (the
+    /// destination is judged on itself); for a domain it is
+    /// [`connectable`](Self::connectable) under
+    /// [`decide_name`](Self::decide_name), so a domain pattern never admits a
+    /// special address that no IP/CIDR pattern allows.
+    #[must_use]
+    pub fn check_resolved(&self, host: &DestHost, port: u16, resolved: IpAddr) -> bool {
+        match host {
+            DestHost::Ip(_) => self.allows(host, port),
+            DestHost::Domain(name) => {
+                self.connectable(self.decide_name(name, port), resolved, port)
+            }
+        }
+    }
+
+    /// The IP rules: an IP/CIDR pattern containing `ip`, or the any-host
+    /// `*` when `ip` is not special.
     fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
+        self.net_rule_allows(ip, port)
+            || (special_address_class(ip).is_none()
+                && self
+                    .rules
+                    .iter()
+                    .any(|r| r.host == HostPattern::Any && port_matches(r.port, port)))
+    }
+
+    /// Whether an IP/CIDR pattern for `port` contains `ip` (IPv4-mapped
+    /// addresses are matched as IPv4).
+    fn net_rule_allows(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
         self.rules.iter().any(|r| {
             port_matches(r.port, port)
                 && match &r.host {
-                    HostPattern::Any => true,
                     HostPattern::Net(net, prefix) => in_network(ip, *net, *prefix),
-                    HostPattern::Exact(_) | HostPattern::Subdomains(_) => false,
+                    HostPattern::Any | HostPattern::Exact(_) | HostPattern::Subdomains(_) => false,
                 }
         })
     }
 
-    fn allows_domain(&self, name: &str, port: u16) -> bool {
+    /// Whether an exact, `*.suffix` or any-host pattern for `port` matches
+    /// the name.
+    fn domain_rule_matches(&self, name: &str, port: u16) -> bool {
         let name = normalize_domain(name);
         self.rules.iter().any(|r| {
             port_matches(r.port, port)
@@ -224,6 +349,103 @@ impl AllowList {
                 }
         })
     }
+}
+
+/// What a domain destination may reach, decided from the allowlist before
+/// any lookup ([`AllowList::decide_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameDecision {
+    /// A domain pattern (or `*`) allows the name itself: resolve it and
+    /// connect to its addresses, minus special ones no IP/CIDR pattern
+    /// allows.
+    Allowed,
+    /// No domain pattern matches, but an IP/CIDR pattern exists for the
+    /// port: resolve it and keep only the addresses the IP rules allow.
+    NeedsAddressCheck,
+    /// No rule could admit the name: refuse it without a lookup.
+    Refused,
+}
+
+impl NameDecision {
+    /// Whether the name may be looked up at all.
+    #[must_use]
+    pub fn needs_lookup(self) -> bool {
+        self != Self::Refused
+    }
+
+    /// Whether a failed lookup (no such name, DNS failure, timeout) may be
+    /// reported to the client as such. Only for [`Allowed`](Self::Allowed):
+    /// the operator listed that name. For any other decision the client
+    /// named no allowed host, so whether the name exists is none of its
+    /// business; the caller answers exactly as for a refused name.
+    #[must_use]
+    pub fn may_reveal_lookup_errors(self) -> bool {
+        self == Self::Allowed
+    }
+}
+
+/// The class of a special address (see the module docs), or `None` for an
+/// ordinary one: `"loopback"`, `"link-local"`, `"cloud metadata"`,
+/// `"unspecified"`, `"multicast"` or `"broadcast"`. IPv4-mapped
+/// (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) IPv6 addresses are
+/// classed as the IPv4 address they embed.
+#[must_use]
+pub fn special_address_class(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => special_v4_class(v4),
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                return Some("loopback");
+            }
+            if v6.is_unspecified() {
+                return Some("unspecified");
+            }
+            if let Some(v4) = embedded_v4(v6) {
+                return special_v4_class(v4);
+            }
+            let first = v6.segments()[0];
+            if first & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if first & 0xff00 == 0xff00 {
+                Some("multicast")
+            } else if v6 == AWS_METADATA_V6 {
+                Some("cloud metadata")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The AWS instance metadata service's IPv6 address.
+const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+
+fn special_v4_class(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_loopback() {
+        Some("loopback")
+    } else if ip == Ipv4Addr::new(169, 254, 169, 254) {
+        Some("cloud metadata")
+    } else if ip.is_link_local() {
+        Some("link-local")
+    } else if ip.octets()[0] == 0 {
+        // 0.0.0.0/8 "this network": Linux connects 0.0.0.0 to the host itself.
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`) or
+/// IPv4-compatible (`::a.b.c.d`, high 96 bits zero) IPv6 address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    u32::try_from(u128::from(ip)).ok().map(Ipv4Addr::from)
 }
 
 impl fmt::Display for AllowList {
@@ -558,6 +780,209 @@ mod tests {
         assert!(l.check_resolved(&dom("example.com"), 80, public));
         // An IP destination is judged on itself, not on a "resolved" address.
         assert!(!l.check_resolved(&ip("192.168.1.1"), 80, internal));
+    }
+
+    fn addr(s: &str) -> IpAddr {
+        match s.parse() {
+            Ok(a) => a,
+            Err(e) => panic!("{s}: {e}"),
+        }
+    }
+
+    #[test]
+    fn decide_name_refuses_without_lookup_when_no_rule_can_match() {
+        let l = list(&["example.com:443", "*.corp.test:*", "10.0.0.0/8:22"]);
+        assert_eq!(l.decide_name("example.com", 443), NameDecision::Allowed);
+        assert_eq!(l.decide_name("EXAMPLE.com.", 443), NameDecision::Allowed);
+        assert_eq!(l.decide_name("a.b.Corp.Test", 9), NameDecision::Allowed);
+        // Wrong port for the domain rule, and no IP rule on that port.
+        assert_eq!(l.decide_name("example.com", 80), NameDecision::Refused);
+        assert_eq!(l.decide_name("corp.test", 80), NameDecision::Refused);
+        assert_eq!(l.decide_name("unknown.test", 80), NameDecision::Refused);
+        // No domain rule, but 10/8 covers port 22: resolve and check.
+        assert_eq!(
+            l.decide_name("unknown.test", 22),
+            NameDecision::NeedsAddressCheck
+        );
+        assert!(NameDecision::NeedsAddressCheck.needs_lookup());
+        assert!(!NameDecision::Refused.needs_lookup());
+        assert!(NameDecision::Allowed.may_reveal_lookup_errors());
+        assert!(!NameDecision::NeedsAddressCheck.may_reveal_lookup_errors());
+        assert!(!NameDecision::Refused.may_reveal_lookup_errors());
+        // The empty list refuses every name.
+        assert_eq!(
+            list(&[]).decide_name("example.com", 443),
+            NameDecision::Refused
+        );
+    }
+
+    #[test]
+    fn decide_name_refuses_invalid_and_numeric_names() {
+        let l = list(&["*", "10.0.0.0/8:*"]);
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "2130706433",
+            "127.1",
+            "a.0x7f",
+            "a b.c",
+            ".",
+        ] {
+            assert_eq!(l.decide_name(bad, 80), NameDecision::Refused, "{bad:?}");
+        }
+        // An IP literal in name form is judged as that address.
+        assert_eq!(
+            l.decide_name("10.1.2.3", 80),
+            NameDecision::NeedsAddressCheck
+        );
+        assert_eq!(
+            l.decide_name("8.8.8.8", 80),
+            NameDecision::NeedsAddressCheck
+        );
+        assert_eq!(l.decide_name("127.0.0.1", 80), NameDecision::Refused);
+        let only_dom = list(&["example.com:*"]);
+        assert_eq!(only_dom.decide_name("10.1.2.3", 80), NameDecision::Refused);
+    }
+
+    #[test]
+    fn star_admits_every_valid_name_but_no_special_address() {
+        let l = list(&["*"]);
+        assert_eq!(l.decide_name("anything.test", 1), NameDecision::Allowed);
+        assert!(l.connectable(NameDecision::Allowed, addr("93.184.216.34"), 1));
+        assert!(l.connectable(NameDecision::Allowed, addr("10.0.0.1"), 1));
+        for special in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
+            assert!(
+                !l.connectable(NameDecision::Allowed, addr(special), 1),
+                "{special}"
+            );
+            // The same address named directly is refused as well.
+            assert!(!l.allows(&ip(special), 1), "{special}");
+        }
+        let port_only = list(&["*:443"]);
+        assert_eq!(port_only.decide_name("x.test", 443), NameDecision::Allowed);
+        assert_eq!(port_only.decide_name("x.test", 80), NameDecision::Refused);
+        // An explicit IP rule next to `*` opens its special addresses.
+        let with_lo = list(&["*", "127.0.0.1:8080"]);
+        assert!(with_lo.allows(&ip("127.0.0.1"), 8080));
+        assert!(!with_lo.allows(&ip("127.0.0.1"), 8081));
+        assert!(with_lo.connectable(NameDecision::Allowed, addr("127.0.0.1"), 8080));
+    }
+
+    #[test]
+    fn domain_pattern_never_reaches_special_addresses() {
+        let l = list(&["*.example.com:*"]);
+        let d = l.decide_name("evil.example.com", 80);
+        assert_eq!(d, NameDecision::Allowed);
+        assert!(l.connectable(d, addr("93.184.216.34"), 80));
+        assert!(l.connectable(d, addr("2001:db8::1"), 80));
+        for special in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "169.254.169.254",
+            "169.254.1.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "239.255.255.250",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "fd00:ec2::254",
+            // IPv4-mapped and IPv4-compatible forms of special IPv4.
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:0.0.0.0",
+            "::ffff:224.0.0.1",
+            "::ffff:255.255.255.255",
+            "::127.0.0.1",
+            "::169.254.169.254",
+        ] {
+            assert!(!l.connectable(d, addr(special), 80), "{special}");
+            assert!(!l.check_resolved(&dom("evil.example.com"), 80, addr(special)));
+        }
+        // Mapped ordinary addresses stay ordinary.
+        assert!(l.connectable(d, addr("::ffff:93.184.216.34"), 80));
+        assert!(!l.connectable(NameDecision::Refused, addr("93.184.216.34"), 80));
+    }
+
+    #[test]
+    fn ip_rule_opens_a_special_address_for_domain_names() {
+        let l = list(&["localhost:*", "127.0.0.1:8080", "[::1]/128:9000"]);
+        let d = l.decide_name("localhost", 8080);
+        assert_eq!(d, NameDecision::Allowed);
+        assert!(l.connectable(d, addr("127.0.0.1"), 8080));
+        assert!(
+            l.connectable(d, addr("::ffff:127.0.0.1"), 8080),
+            "mapped = IPv4"
+        );
+        assert!(
+            !l.connectable(d, addr("127.0.0.1"), 8081),
+            "rule is for 8080"
+        );
+        assert!(!l.connectable(d, addr("::1"), 8080));
+        assert!(l.connectable(l.decide_name("localhost", 9000), addr("::1"), 9000));
+        // The compatible form is not the IPv4 address for the rules: refused.
+        assert!(!l.connectable(d, addr("::127.0.0.1"), 8080));
+        let v4 = "127.0.0.1:8080".parse::<SocketAddr>().unwrap();
+        let v6 = "[::1]:8080".parse::<SocketAddr>().unwrap();
+        let public = "93.184.216.34:8080".parse::<SocketAddr>().unwrap();
+        assert_eq!(l.filter_resolved(d, [v6, v4, public]), vec![v4, public]);
+    }
+
+    #[test]
+    fn address_check_keeps_only_ip_rule_matches() {
+        let l = list(&["10.0.0.0/8:*", "[fd00::]/8:*"]);
+        let d = l.decide_name("intranet.test", 443);
+        assert_eq!(d, NameDecision::NeedsAddressCheck);
+        assert!(l.connectable(d, addr("10.1.1.1"), 443));
+        assert!(l.connectable(d, addr("::ffff:10.1.1.1"), 443));
+        assert!(l.connectable(d, addr("fd12::1"), 443));
+        assert!(!l.connectable(d, addr("93.184.216.34"), 443));
+        assert!(!l.connectable(d, addr("127.0.0.1"), 443));
+        assert!(!l.connectable(d, addr("::ffff:127.0.0.1"), 443));
+        assert!(
+            l.filter_resolved(d, ["[::1]:443".parse().unwrap()])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn special_address_classes() {
+        let class = |s: &str| special_address_class(addr(s));
+        assert_eq!(class("127.0.0.1"), Some("loopback"));
+        assert_eq!(class("::1"), Some("loopback"));
+        assert_eq!(class("::ffff:127.0.0.1"), Some("loopback"));
+        assert_eq!(class("::127.0.0.1"), Some("loopback"));
+        assert_eq!(class("169.254.169.254"), Some("cloud metadata"));
+        assert_eq!(class("::ffff:169.254.169.254"), Some("cloud metadata"));
+        assert_eq!(class("fd00:ec2::254"), Some("cloud metadata"));
+        assert_eq!(class("169.254.0.1"), Some("link-local"));
+        assert_eq!(class("fe80::1"), Some("link-local"));
+        assert_eq!(class("0.0.0.0"), Some("unspecified"));
+        assert_eq!(class("::"), Some("unspecified"));
+        assert_eq!(class("::ffff:0.0.0.0"), Some("unspecified"));
+        assert_eq!(class("224.0.0.1"), Some("multicast"));
+        assert_eq!(class("ff02::1"), Some("multicast"));
+        assert_eq!(class("255.255.255.255"), Some("broadcast"));
+        for ordinary in [
+            "8.8.8.8",
+            "10.0.0.1",
+            "fd00::1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert_eq!(class(ordinary), None, "{ordinary}");
+        }
     }
 
     #[test]
