@@ -402,7 +402,11 @@ fn port_forward_carries_a_request_to_the_origin() {
 fn socks5_carries_a_request_and_reports_refusals() {
     let origin = Origin::start(loopback()).unwrap();
     let allowed = format!("127.0.0.1:{}", origin.addr().port());
-    let server = RunningServer::start(loopback(), &[&allowed, "localhost:*"]);
+    let closed = free_port();
+    let allowed_closed = format!("127.0.0.1:{closed}");
+    // `localhost:*` alone never reaches a loopback address: each loopback
+    // port the name may reach needs its own IP rule.
+    let server = RunningServer::start(loopback(), &[&allowed, &allowed_closed, "localhost:*"]);
     let client = start_client(client_opts(
         server.addr,
         "client",
@@ -431,9 +435,12 @@ fn socks5_carries_a_request_and_reports_refusals() {
     let (_, code) = socks_connect(proxy, "127.0.0.2", 9);
     assert_eq!(code, 2, "connection not allowed by ruleset");
     // Allowed but nothing listening -> 0x05 connection refused.
-    let closed = free_port();
     let (_, code) = socks_connect(proxy, "localhost", closed);
     assert!(code == 5 || code == 4, "refused/unreachable, got {code}");
+    // A name rule matches, but the name resolves to loopback, which no IP
+    // rule allows on this port -> refused like any destination not allowed.
+    let (_, code) = socks_connect(proxy, "localhost", origin.addr().port() ^ 1);
+    assert_eq!(code, 2, "loopback behind a name rule needs an IP rule");
 }
 
 #[test]

@@ -66,6 +66,14 @@ pub struct ServerConfig {
     pub session_memory: Option<NonZeroU32>,
     /// Descriptors the server may use (default: the raised RLIMIT_NOFILE).
     pub max_descriptors: Option<NonZeroU32>,
+    /// Name-lookup worker threads.
+    pub dns_workers: Option<NonZeroU32>,
+    /// Most name lookups in flight, server-wide.
+    pub dns_queue: Option<NonZeroU32>,
+    /// Most name lookups in flight per session.
+    pub dns_per_session: Option<NonZeroU32>,
+    /// Seconds before a name lookup is answered as timed out.
+    pub dns_timeout: Option<NonZeroU64>,
 }
 
 /// `[client]`: settings of `hytun client`.

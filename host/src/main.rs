@@ -115,6 +115,18 @@ struct ServerArgs {
     /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
     #[arg(long)]
     max_descriptors: Option<u32>,
+    /// Name-lookup worker threads, shared by all event loops [default: 4].
+    #[arg(long)]
+    dns_workers: Option<u32>,
+    /// Most name lookups in flight, server-wide; more OPENs are refused (resource) [default: 256].
+    #[arg(long)]
+    dns_queue: Option<u32>,
+    /// Most name lookups in flight per session [default: 8].
+    #[arg(long)]
+    dns_per_session: Option<u32>,
+    /// Seconds before a name lookup is answered as timed out [default: 5].
+    #[arg(long)]
+    dns_timeout: Option<u64>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long)]
     threads: Option<usize>,
@@ -219,6 +231,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 memory_budget: a.memory_budget,
                 session_memory: a.session_memory,
                 max_descriptors: a.max_descriptors,
+                dns_workers: a.dns_workers,
+                dns_queue: a.dns_queue,
+                dns_per_session: a.dns_per_session,
+                dns_timeout: a.dns_timeout,
                 config: a.config,
             })?;
             let threads = a.threads.unwrap_or_else(|| {

@@ -460,25 +460,6 @@ impl<T: Send + 'static> LoopResolver<T> {
         }
         lock(&self.inbox.results).retain(|(s, _)| *s != session);
     }
-
-    /// Delivers `result` for `tag` without a lookup (for callers that must
-    /// answer through the result queue).
-    fn deliver_now(&self, tag: T, result: Result<Vec<SocketAddr>, LookupError>) {
-        let ticket = {
-            let mut st = lock(&self.shared.state);
-            st.next_id += 1;
-            Ticket(st.next_id)
-        };
-        lock(&self.inbox.results).push_back((
-            0,
-            Resolved {
-                ticket,
-                tag,
-                result,
-            },
-        ));
-        let _ = self.waker.wake();
-    }
 }
 
 impl<T> Drop for LoopResolver<T> {
@@ -711,50 +692,6 @@ pub fn admit(
         }
         Err(e) if decision.may_reveal_lookup_errors() => Err(e),
         Err(_) => Err(LookupError::NotAllowed),
-    }
-}
-
-/// Transitional adapter with the API of the former one-thread-per-loop
-/// resolver, so the current server keeps working until it submits through
-/// [`LoopResolver`] (with per-session keys and
-/// [`AllowList::decide_name`](crate::allow::AllowList::decide_name))
-/// itself. Each adapter owns a one-worker pool; its quota is the whole
-/// queue, and a refused submission is delivered as a failed lookup.
-pub struct Resolver<T> {
-    // Declared first so it is dropped (cancelling its jobs) before the pool.
-    inner: LoopResolver<T>,
-    _pool: ResolverPool,
-}
-
-impl<T: Clone + Send + 'static> Resolver<T> {
-    /// Starts the adapter's pool; `waker` is woken after each result.
-    ///
-    /// # Errors
-    /// The pool's threads could not be spawned.
-    pub fn start(waker: Arc<mio::Waker>) -> io::Result<Self> {
-        let defaults = ResolverConfig::default();
-        let pool = ResolverPool::new(ResolverConfig {
-            workers: 1,
-            per_session: defaults.max_jobs,
-            ..defaults
-        })?;
-        Ok(Self {
-            inner: pool.attach(waker),
-            _pool: pool,
-        })
-    }
-
-    /// Queues a lookup; a refusal comes back as a failed result.
-    pub fn lookup(&self, tag: T, host: String, port: u16) {
-        if let Err(e) = self.inner.submit(0, tag.clone(), &host, port) {
-            self.inner
-                .deliver_now(tag, Err(LookupError::Failed(e.to_string())));
-        }
-    }
-
-    /// Takes a finished lookup, if any.
-    pub fn try_result(&self) -> Option<Resolved<T>> {
-        self.inner.try_result()
     }
 }
 
@@ -1161,23 +1098,5 @@ mod tests {
             "name lookup failed: boom"
         );
         assert_eq!(LookupError::TimedOut.to_string(), "name lookup timed out");
-    }
-
-    #[test]
-    fn legacy_adapter_resolves_through_the_pool() {
-        let poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let r: Resolver<u32> = Resolver::start(waker).unwrap();
-        // A numeric host needs no DNS query.
-        r.lookup(5, "127.0.0.1".into(), 9);
-        let until = Instant::now() + Duration::from_secs(30);
-        let res = loop {
-            if let Some(res) = r.try_result() {
-                break res;
-            }
-            assert!(Instant::now() < until, "no result");
-            thread::sleep(Duration::from_millis(2));
-        };
-        assert_eq!((res.tag, res.result), (5, Ok(vec![localhost(9)])));
     }
 }

@@ -17,6 +17,7 @@ use hytun_core::{
 use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
 use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
+use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
 use crate::server::{Limits, ServerOptions};
 
@@ -78,6 +79,14 @@ pub struct ServerFlags {
     pub session_memory: Option<u32>,
     /// `--max-descriptors`.
     pub max_descriptors: Option<u32>,
+    /// `--dns-workers`.
+    pub dns_workers: Option<u32>,
+    /// `--dns-queue`.
+    pub dns_queue: Option<u32>,
+    /// `--dns-per-session`.
+    pub dns_per_session: Option<u32>,
+    /// `--dns-timeout` seconds.
+    pub dns_timeout: Option<u64>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -240,6 +249,24 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
             "max-descriptors",
         )?
         .map(|v| v as usize),
+        dns: ResolverConfig {
+            workers: pick(flags.dns_workers, cfg.dns_workers, "dns-workers")?
+                .map_or(defaults.dns.workers, |v| v as usize),
+            max_jobs: pick(flags.dns_queue, cfg.dns_queue, "dns-queue")?
+                .map_or(defaults.dns.max_jobs, |v| v as usize),
+            per_session: pick(
+                flags.dns_per_session,
+                cfg.dns_per_session,
+                "dns-per-session",
+            )?
+            .map_or(defaults.dns.per_session, |v| v as usize),
+            timeout: match flags.dns_timeout.or(cfg.dns_timeout.map(NonZeroU64::get)) {
+                Some(0) => return Err(SetupError("--dns-timeout must be at least 1".into())),
+                Some(s) => Duration::from_secs(s),
+                None => defaults.dns.timeout,
+            },
+            ..defaults.dns
+        },
     };
     log::info!("server key {} ({})", identity.public().id(), key.display());
     Ok(ServerOptions {

@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{SHUTDOWN_GRACE, Shared};
-use crate::resolver::Resolver;
+use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
 
 const LISTENER: Token = Token(0);
@@ -35,7 +35,7 @@ pub struct EventLoop {
     listener: TcpListener,
     shared: Arc<Shared>,
     stop: StopHandle,
-    resolver: Resolver<(Token, StreamId)>,
+    resolver: LoopResolver<(Token, StreamId)>,
     clock: Clock,
     sessions: HashMap<Token, Session>,
     routes: Routes,
@@ -73,7 +73,7 @@ impl EventLoop {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let resolver = Resolver::start(waker.clone())?;
+        let resolver = shared.dns.attach(waker.clone());
         let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
         let admission = Admission::new(AdmissionLimits {
             max_pending: shared.limits.max_pending.div_ceil(loops).max(1),
@@ -319,7 +319,7 @@ impl EventLoop {
             let Some(s) = self.sessions.get_mut(&t) else {
                 continue;
             };
-            s.on_resolved(&mut ctx!(self), id, res.result);
+            s.on_resolved(&mut ctx!(self), id, res.ticket, res.result);
             self.touched.insert(t);
         }
     }

@@ -28,6 +28,7 @@ use log::{info, warn};
 
 use crate::allow::AllowList;
 use crate::ratelimit::HandshakeRateLimiter;
+use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
 use budget::{LogLimiter, Pool, RateCap};
 pub use event_loop::EventLoop;
@@ -65,6 +66,10 @@ pub struct Limits {
     /// Descriptors the server may use; `None` = the (raised) soft
     /// `RLIMIT_NOFILE` (`--max-descriptors`).
     pub max_descriptors: Option<usize>,
+    /// Name lookups: workers (`--dns-workers`, 4), in flight server-wide
+    /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
+    /// the deadline (`--dns-timeout`, 5 s).
+    pub dns: ResolverConfig,
 }
 
 impl Default for Limits {
@@ -79,6 +84,7 @@ impl Default for Limits {
             memory_budget: 256 << 20,
             session_memory: 32 << 20,
             max_descriptors: None,
+            dns: ResolverConfig::default(),
         }
     }
 }
@@ -136,13 +142,15 @@ pub struct Shared {
     pub fds: Arc<Pool>,
     /// Private-key operations per second.
     pub key_ops: RateCap,
+    /// The name-lookup pool every loop submits to.
+    pub dns: ResolverPool,
     rate: Mutex<HandshakeRateLimiter>,
     established: AtomicUsize,
     refusals: Mutex<LogLimiter>,
 }
 
 impl Shared {
-    fn new(opts: &ServerOptions) -> Shared {
+    fn new(opts: &ServerOptions) -> io::Result<Shared> {
         let limits = opts.limits.clone();
         let nofile = match limits.max_descriptors {
             Some(n) => n,
@@ -177,7 +185,9 @@ impl Shared {
             upstream_fds,
             limits.key_ops_per_sec
         );
-        Shared {
+        let dns = ResolverPool::new(limits.dns)?;
+        Ok(Shared {
+            dns,
             core: opts.core.clone(),
             allow: opts.allow.clone(),
             memory: Arc::new(Pool::new("memory", limits.memory_budget)),
@@ -189,7 +199,7 @@ impl Shared {
             established: AtomicUsize::new(0),
             refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
             limits,
-        }
+        })
     }
 
     /// Established sessions, server-wide.
@@ -267,7 +277,7 @@ impl Server {
         let threads = threads.max(1);
         let listener = bind_listener(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
         let local_addr = listener.local_addr().map_err(ServerError::Io)?;
-        let shared = Arc::new(Shared::new(&opts));
+        let shared = Arc::new(Shared::new(&opts).map_err(ServerError::Io)?);
         let mut loops = Vec::with_capacity(threads);
         for _ in 0..threads {
             let l = listener.try_clone().map_err(ServerError::Io)?;

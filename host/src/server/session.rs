@@ -27,7 +27,7 @@ use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
 use crate::pipe::ReadOutcome;
-use crate::resolver::Resolver;
+use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
 
 /// Memory charged per stream besides its receive credit (the upstream's
@@ -91,7 +91,7 @@ pub struct Ctx<'a> {
     /// Options and budgets shared by every loop.
     pub shared: &'a Shared,
     /// The name resolver.
-    pub dns: &'a Resolver<(Token, StreamId)>,
+    pub dns: &'a LoopResolver<(Token, StreamId)>,
     /// The loop's clock.
     pub clock: &'a Clock,
     /// The loop's read buffer for tunnel input.
@@ -135,8 +135,6 @@ pub struct Session {
     write_failed: bool,
     /// Bytes reserved from the server memory pool.
     charged: usize,
-    /// Lookups in flight.
-    lookups: usize,
 }
 
 impl Session {
@@ -154,7 +152,6 @@ impl Session {
             closed: false,
             write_failed: false,
             charged: 0,
-            lookups: 0,
         }
     }
 
@@ -423,18 +420,35 @@ impl Session {
             return self.refuse(id, &label, RESOURCE_EXHAUSTED, "descriptor budget spent");
         };
         let mut up = Upstream::new(label);
-        if needs_lookup {
-            let DestHost::Domain(name) = host else {
-                return;
-            };
-            up.hold_fd(fd);
-            self.upstreams.insert(id, up);
-            self.lookups += 1;
-            ctx.dns.lookup((self.token, id), name, port);
-        } else {
-            let DestHost::Ip(ip) = host else { return };
-            self.upstreams.insert(id, up);
-            self.connect(ctx, id, vec![SocketAddr::new(ip, port)], fd);
+        match host {
+            DestHost::Domain(name) if needs_lookup => {
+                let key = self.token.0 as u64;
+                match ctx
+                    .dns
+                    .submit_name(allow, key, (self.token, id), &name, port)
+                {
+                    Ok((ticket, decision)) => {
+                        up.hold_fd(fd);
+                        up.lookup = Some((ticket, decision));
+                        self.upstreams.insert(id, up);
+                    }
+                    Err(e) => {
+                        let code = match e {
+                            SubmitError::NotAllowed => StreamErrorCode::NotAllowed,
+                            SubmitError::Full | SubmitError::QuotaExceeded => RESOURCE_EXHAUSTED,
+                            SubmitError::Closed => StreamErrorCode::SessionClosing,
+                        };
+                        drop(fd);
+                        self.give_back(ctx.shared, need);
+                        self.refuse(id, &up.dest, code, &e.to_string());
+                    }
+                }
+            }
+            DestHost::Ip(ip) => {
+                self.upstreams.insert(id, up);
+                self.connect(ctx, id, vec![SocketAddr::new(ip, port)], fd);
+            }
+            DestHost::Domain(_) => {}
         }
     }
 
@@ -473,44 +487,36 @@ impl Session {
         &mut self,
         ctx: &mut Ctx<'_>,
         id: StreamId,
-        result: Result<Vec<SocketAddr>, String>,
+        ticket: Ticket,
+        result: Result<Vec<SocketAddr>, LookupError>,
     ) {
-        self.lookups = self.lookups.saturating_sub(1);
         let Some(up) = self.upstreams.get_mut(&id) else {
             return;
         };
-        let dest = up.dest.clone();
-        let name = dest.rsplit_once(':').map_or(dest.as_str(), |(h, _)| h);
-        let host = DestHost::Domain(name.to_string());
-        match result {
-            Ok(addrs) => {
-                let port = addrs.first().map_or(0, SocketAddr::port);
-                let allow = &ctx.shared.allow;
-                let allowed: Vec<SocketAddr> = if allow.allows(&host, port) {
-                    addrs
-                } else {
-                    addrs
-                        .into_iter()
-                        .filter(|a| allow.check_resolved(&host, port, a.ip()))
-                        .collect()
-                };
-                let fd = up.release_fd();
-                match (allowed.is_empty(), fd) {
-                    (false, Some(fd)) => self.connect(ctx, id, allowed, fd),
-                    _ => self.end_upstream(
-                        ctx,
-                        id,
-                        End::Refuse(StreamErrorCode::NotAllowed, "not allowed"),
-                    ),
+        let Some((expected, decision)) = up.lookup else {
+            return;
+        };
+        if expected != ticket {
+            return;
+        }
+        up.lookup = None;
+        match resolver::admit(&ctx.shared.allow, decision, result) {
+            Ok(addrs) => match up.release_fd() {
+                Some(fd) => self.connect(ctx, id, addrs, fd),
+                None => {
+                    self.end_upstream(ctx, id, End::Refuse(RESOURCE_EXHAUSTED, "no descriptor"))
                 }
-            }
+            },
             Err(e) => {
-                let why = format!("name not resolved: {e}");
-                self.end_upstream(
-                    ctx,
-                    id,
-                    End::Refuse(StreamErrorCode::NetworkUnreachable, &why),
-                );
+                let code = match e {
+                    LookupError::NotAllowed => StreamErrorCode::NotAllowed,
+                    LookupError::TimedOut => StreamErrorCode::TimedOut,
+                    LookupError::NoAddresses | LookupError::Failed(_) => {
+                        StreamErrorCode::NetworkUnreachable
+                    }
+                };
+                let why = e.to_string();
+                self.end_upstream(ctx, id, End::Refuse(code, &why));
             }
         }
     }
@@ -595,7 +601,9 @@ impl Session {
         if let Some(t) = up.token {
             ctx.routes.remove(t);
         }
-        // A lookup still in flight finds no stream when it returns.
+        if let Some((ticket, _)) = up.lookup {
+            ctx.dns.cancel(ticket);
+        }
         let (to_dest, from_dest) = (up.pipe.bytes_to_sock, up.pipe.bytes_from_sock);
         match end {
             End::Clean => {
@@ -766,6 +774,7 @@ impl Session {
         for id in ids {
             self.end_upstream(ctx, id, End::Abort(&why));
         }
+        ctx.dns.cancel_session(self.token.0 as u64);
         let _ = ctx.registry.deregister(&mut self.sock);
         ctx.routes.remove(self.token);
         let charged = self.charged;

@@ -14,7 +14,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::budget::Permit;
+use crate::allow::NameDecision;
 use crate::pipe::Pipe;
+use crate::resolver::Ticket;
 
 /// Where an upstream is in its life.
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub struct Upstream {
     pub token: Option<Token>,
     /// In the session's flush list.
     pub flush_queued: bool,
+    /// The lookup in flight and how the allowlist decided the name.
+    pub lookup: Option<(Ticket, NameDecision)>,
     /// The descriptor this upstream holds.
     fd: Option<Permit>,
 }
@@ -69,6 +73,7 @@ impl Upstream {
             pipe: Pipe::new(None),
             token: None,
             flush_queued: false,
+            lookup: None,
             fd: None,
         }
     }
