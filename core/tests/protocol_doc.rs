@@ -7,7 +7,9 @@
 //! which `vectors.rs` in turn pins to the code byte for byte). The set of
 //! entries must match exactly: a vector added to the appendix without a
 //! check here, or a check whose entry was removed, fails the test. The
-//! §2.3 fingerprint example is checked against the appendix's key.
+//! §2.3 fingerprint example is checked against the appendix's key, and the
+//! inline byte examples of §3.5 (Alert) and §7.2 (OPEN) against the
+//! encoders.
 
 mod common;
 
@@ -400,4 +402,48 @@ fn base64_helpers_roundtrip() {
     assert_eq!(base64_unpadded(b"foob"), "Zm9vYg");
     assert_eq!(base64_decode("Zm9vYg=="), b"foob");
     assert_eq!(base64_decode("Zm9vYmFy"), b"foobar");
+}
+
+/// The first backticked hex string after `marker` in the document.
+fn inline_hex_after(marker: &str) -> Vec<u8> {
+    let at = DOC
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} not found"))
+        + marker.len();
+    let rest = &DOC[at..];
+    let start = rest.find('`').unwrap() + 1;
+    let end = start + rest[start..].find('`').unwrap();
+    from_hex(&rest[start..end].split_whitespace().collect::<String>())
+}
+
+#[test]
+fn inline_byte_examples_match_the_encoders() {
+    use hytun_core::wire::handshake::AlertReason;
+    use hytun_core::{Destination, Host, StreamId};
+
+    // §3.5: an Unauthorized alert.
+    let mut out = [0u8; 64];
+    let n = hytun_core::handshake::emit_alert(AlertReason::Unauthorized, None, &mut out);
+    assert_eq!(
+        hex(&out[..n]),
+        hex(&inline_hex_after("Total 5 or 37 bytes, e.g."))
+    );
+
+    // §7.2: OPEN for origin.test:80, id 1, window 262144.
+    let open = Frame::Open {
+        id: StreamId(1),
+        window: 262_144,
+        dest: Destination {
+            host: Host::Domain("origin.test"),
+            port: 80,
+        },
+    };
+    let n = open.emit(&mut out).unwrap();
+    assert_eq!(n, 24);
+    assert_eq!(
+        hex(&out[..n]),
+        hex(&inline_hex_after(
+            "Example: OPEN for `origin.test:80`, id 1, window 262144:"
+        ))
+    );
 }
