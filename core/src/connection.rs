@@ -548,6 +548,9 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
             || self.inner.pending_pong.is_some()
             || self.inner.pending_ping
             || self.inner.pending_close.is_some()
+            || (self.inner.key_update_requested.is_some()
+                && self.inner.keys.is_some()
+                && self.inner.error.is_none())
     }
 
     // ----------------------------------------------------------- timers --
@@ -803,7 +806,6 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         self.closed_event = true;
         self.dirty.clear();
         self.pending_ping = false;
-        self.pending_pong = None;
         let send_close = self.keys.is_some()
             && !matches!(
                 error,
@@ -811,6 +813,8 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             );
         if send_close {
             self.pending_close = Some(error.close_code());
+        } else {
+            self.pending_pong = None;
         }
     }
 
@@ -921,7 +925,8 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         let is_server = matches!(self.role, Some(Role::Server(_)));
         match frame {
             Frame::Open { id, window, dest } => {
-                if !is_server {
+                // A client that announced GOAWAY opens nothing more.
+                if !is_server || self.peer_going_away {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
                 if id.0 <= self.highest_peer_stream {
@@ -1063,6 +1068,10 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 Ok(None)
             }
             Frame::GoAway { code } => {
+                if self.peer_going_away {
+                    // A repeated GOAWAY changes nothing.
+                    return Ok(None);
+                }
                 self.peer_going_away = true;
                 Ok(Some(Event::GoAway { code }))
             }
@@ -1298,6 +1307,39 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 self.error.get_or_insert(ConnectionError::Record(e));
             }
         }
+        if let Err(e) = self.flush_key_update() {
+            self.error.get_or_insert(ConnectionError::Record(e));
+        }
+    }
+
+    /// A key update still owed after sealing (nothing else was sent) goes
+    /// out at once in a record of its own, so a requested update is
+    /// answered without waiting for other traffic (PROTOCOL.md §7.11).
+    fn flush_key_update(&mut self) -> Result<(), CryptoError> {
+        let Some(request_peer) = self.key_update_requested else {
+            return Ok(());
+        };
+        let Some(keys) = self.keys.as_mut() else {
+            return Ok(());
+        };
+        if self.error.is_some() || self.tx.has_open_record() {
+            return Ok(());
+        }
+        let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
+        let frame = Frame::KeyUpdate { request_peer };
+        if !self
+            .tx
+            .push_frame(&frame, keys.peer_max_record, 0, &mut no_seal)?
+        {
+            return Ok(());
+        }
+        if self.tx.seal(&mut keys.sealer)? {
+            self.stats.records_sent += 1;
+        }
+        keys.sealer.update();
+        self.key_update_requested = None;
+        self.stats.key_updates_sent += 1;
+        Ok(())
     }
 
     fn flush_control(&mut self) -> Result<(), CryptoError> {
@@ -1336,6 +1378,11 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             }
         }
         if let Some(code) = self.pending_close {
+            // The PONG owed for a PING that was authenticated before the
+            // failure still goes out, ahead of the CLOSE (best effort).
+            if let Some(opaque) = self.pending_pong.take() {
+                self.push_control(&Frame::Pong { opaque })?;
+            }
             // CLOSE must be the last frame of its record: seal what is open
             // (it may end with a KEY_UPDATE), then put CLOSE in a record of
             // its own that is sealed without one.

@@ -862,3 +862,381 @@ fn connections_start_and_restart_in_place() {
     );
     assert!(matches!(idle.poll_event(), Some(Event::Closed { .. })));
 }
+
+// ------------------------------------------- PROTOCOL.md rules (issue 9) --
+
+use hytun_core::wire::frame::Frame;
+
+/// A `default_pair()` after its handshake, with the client's and the
+/// server's first traffic secrets.
+fn established_with_secrets() -> (Pair<{ 64 * 1024 }, { 16384 + 18 }, 64>, [u8; 32], [u8; 32]) {
+    let mut p = default_pair();
+    p.handshake();
+    let (c_ts, s_ts) = default_pair_traffic_secrets(&p.wire_c2s, &p.wire_s2c);
+    (p, c_ts, s_ts)
+}
+
+/// Everything the server has to send now (its records from the first).
+fn server_output(p: &mut Pair<{ 64 * 1024 }, { 16384 + 18 }, 64>) -> Vec<u8> {
+    let out = p.server.transmit_pending().to_vec();
+    p.server.transmit_done(out.len());
+    out
+}
+
+#[test]
+fn pong_owed_for_a_ping_survives_a_later_failing_record() {
+    let mut p = default_pair();
+    p.handshake();
+    // The client's keepalive PING (the server's timer is not run).
+    p.now = Instant::from_millis(p.now.as_millis() + 15_000);
+    p.client.handle_timeout(p.now);
+    let mut read = p.client.transmit_pending().to_vec();
+    p.client.transmit_done(read.len());
+    // A second record in the same read, damaged on the way.
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.client.stream_send(id, b"x").unwrap();
+    let mut bad = p.client.transmit_pending().to_vec();
+    p.client.transmit_done(bad.len());
+    bad[4] ^= 1;
+    read.extend_from_slice(&bad);
+    let evs = feed(&mut p.server, &read, p.now, &mut p.rng);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::Record(
+            hytun_core::crypto::CryptoError::Decrypt
+        ))]
+    );
+    let (_, s_ts) = default_pair_traffic_secrets(&p.wire_c2s, &p.wire_s2c);
+    let out = server_output(&mut p);
+    assert_eq!(
+        read_records(s_ts, &out),
+        vec![
+            vec!["Pong { opaque: 1 }".to_string()],
+            vec!["Close { code: ProtocolViolation }".to_string()],
+        ]
+    );
+}
+
+#[test]
+fn pong_owed_for_a_ping_earlier_in_a_failing_record_is_sent() {
+    let (mut p, c_ts, s_ts) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    // PING, then a frame for a stream that was never opened (fatal).
+    let rec = forge.record(&[Frame::Ping { opaque: 77 }, Frame::Fin { id: StreamId(9) }]);
+    let evs = feed(&mut p.server, &rec, p.now, &mut p.rng);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::Protocol(
+            ProtocolViolation::BadStreamId
+        ))]
+    );
+    let out = server_output(&mut p);
+    assert_eq!(
+        read_records(s_ts, &out),
+        vec![
+            vec!["Pong { opaque: 77 }".to_string()],
+            vec!["Close { code: ProtocolViolation }".to_string()],
+        ]
+    );
+}
+
+#[test]
+fn key_update_request_is_answered_at_once_on_an_idle_session() {
+    let mut p = default_pair();
+    p.handshake();
+    assert!(!p.client.wants_transmit());
+    p.client.request_key_update();
+    assert!(
+        p.client.wants_transmit(),
+        "a requested update is owed output"
+    );
+    let c2s_before = p.wire_c2s.len();
+    let s2c_before = p.wire_s2c.len();
+    let (c, s) = p.pump();
+    assert_eq!((c, s), (vec![], vec![]));
+    // One record each way, each carrying only the KEY_UPDATE frame: 2 + 2 + 16.
+    assert_eq!(p.wire_c2s.len() - c2s_before, 20);
+    assert_eq!(p.wire_s2c.len() - s2c_before, 20);
+    let (c_ts, s_ts) = default_pair_traffic_secrets(&p.wire_c2s, &p.wire_s2c);
+    assert_eq!(
+        read_records(c_ts, &p.wire_c2s[c2s_before..]),
+        vec![vec!["KeyUpdate { request_peer: true }".to_string()]]
+    );
+    assert_eq!(
+        read_records(s_ts, &p.wire_s2c[s2c_before..]),
+        vec![vec!["KeyUpdate { request_peer: false }".to_string()]]
+    );
+    assert_eq!(p.client.stats().key_updates_sent, 1);
+    assert_eq!(p.client.stats().key_updates_received, 1);
+    assert_eq!(p.server.stats().key_updates_sent, 1);
+    assert_eq!(p.server.stats().key_updates_received, 1);
+    assert!(!p.client.wants_transmit() && !p.server.wants_transmit());
+    // Both directions work under the new keys.
+    let id = p.client.open_stream(dest(1)).unwrap();
+    p.pump();
+    p.server.accept_stream(id).unwrap();
+    p.server.stream_send(id, b"ok").unwrap();
+    let (c, _) = p.pump();
+    assert_eq!(c, vec![Ev::Opened(id), Ev::Data(id, b"ok".to_vec())]);
+}
+
+#[test]
+fn open_after_the_clients_own_goaway_is_fatal() {
+    // The client API refuses it...
+    let mut p = default_pair();
+    p.handshake();
+    p.client.go_away(CloseCode::Normal);
+    assert_eq!(p.client.open_stream(dest(1)), Err(StreamError::GoingAway));
+    // ...and a server that receives it anyway closes the session.
+    let (mut p, c_ts, s_ts) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    let mut read = forge.record(&[Frame::GoAway {
+        code: CloseCode::Normal,
+    }]);
+    read.extend_from_slice(&forge.record(&[Frame::Open {
+        id: StreamId(1),
+        window: 1024,
+        dest: dest(80),
+    }]));
+    let evs = feed(&mut p.server, &read, p.now, &mut p.rng);
+    assert_eq!(
+        evs,
+        vec![
+            Ev::GoAway(CloseCode::Normal),
+            Ev::Closed(ConnectionError::Protocol(
+                ProtocolViolation::UnexpectedFrame
+            ))
+        ]
+    );
+    assert_eq!(
+        read_records(s_ts, &server_output(&mut p)),
+        vec![vec!["Close { code: ProtocolViolation }".to_string()]]
+    );
+}
+
+#[test]
+fn a_repeated_goaway_changes_nothing() {
+    let (mut p, c_ts, _) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    let rec = forge.record(&[
+        Frame::GoAway {
+            code: CloseCode::Normal,
+        },
+        Frame::GoAway {
+            code: CloseCode::ShuttingDown,
+        },
+    ]);
+    let evs = feed(&mut p.server, &rec, p.now, &mut p.rng);
+    assert_eq!(evs, vec![Ev::GoAway(CloseCode::Normal)]);
+    assert!(p.server.is_established());
+}
+
+#[test]
+fn open_with_window_zero_waits_for_credit() {
+    let (mut p, c_ts, s_ts) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    let id = StreamId(1);
+    let rec = forge.record(&[Frame::Open {
+        id,
+        window: 0,
+        dest: dest(80),
+    }]);
+    let evs = feed(&mut p.server, &rec, p.now, &mut p.rng);
+    assert_eq!(evs, vec![Ev::OpenRequest(id, "origin.test:80".into())]);
+    p.server.accept_stream(id).unwrap();
+    assert_eq!(p.server.stream_send_capacity(id), 0);
+    assert_eq!(p.server.stream_send(id, b"hello").unwrap(), 0);
+    let rec = forge.record(&[Frame::Window { id, increment: 5 }]);
+    let evs = feed(&mut p.server, &rec, p.now, &mut p.rng);
+    assert_eq!(evs, vec![Ev::Writable(id)]);
+    assert_eq!(p.server.stream_send(id, b"hello!").unwrap(), 5);
+    p.server.stream_finish(id).unwrap();
+    let frames: Vec<String> = read_records(s_ts, &server_output(&mut p)).concat();
+    assert_eq!(
+        frames,
+        vec![
+            "OpenOk { id: StreamId(1) }".to_string(),
+            "Data { id: StreamId(1), data: [104, 101, 108, 108, 111] }".to_string(),
+            "Fin { id: StreamId(1) }".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn a_frame_after_close_makes_the_record_a_violation() {
+    let (mut p, c_ts, s_ts) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    let rec = forge.record(&[
+        Frame::Close {
+            code: CloseCode::Normal,
+        },
+        Frame::Ping { opaque: 1 },
+    ]);
+    let evs = feed(&mut p.server, &rec, p.now, &mut p.rng);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::Protocol(
+            ProtocolViolation::FrameAfterEnd
+        ))]
+    );
+    assert_eq!(
+        read_records(s_ts, &server_output(&mut p)),
+        vec![vec!["Close { code: ProtocolViolation }".to_string()]]
+    );
+
+    // A valid CLOSE record: records after it are ignored, nothing answers.
+    let (mut p, c_ts, _) = established_with_secrets();
+    let mut forge = Forger::new(c_ts);
+    let mut read = forge.record(&[Frame::Close {
+        code: CloseCode::Normal,
+    }]);
+    read.extend_from_slice(&forge.record(&[Frame::Ping { opaque: 2 }]));
+    read.extend_from_slice(b"not even a record");
+    let evs = feed(&mut p.server, &read, p.now, &mut p.rng);
+    assert_eq!(
+        evs,
+        vec![Ev::Closed(ConnectionError::PeerClosed(CloseCode::Normal))]
+    );
+    assert!(server_output(&mut p).is_empty());
+}
+
+/// Moves what `from` has to send to `to` once; returns `to`'s events.
+fn hop(p: &mut Pair<{ 64 * 1024 }, { 16384 + 18 }, 64>, dir: Dir) -> Vec<Ev> {
+    let (from, to) = match dir {
+        Dir::ClientToServer => (&mut p.client, &mut p.server),
+        Dir::ServerToClient => (&mut p.server, &mut p.client),
+    };
+    let bytes = from.transmit_pending().to_vec();
+    from.transmit_done(bytes.len());
+    let evs = feed(to, &bytes, p.now, &mut p.rng);
+    for e in &evs {
+        if let Ev::Data(id, d) = e {
+            to.stream_consumed(*id, d.len());
+        }
+    }
+    evs
+}
+
+/// §7.8: with `max_streams = 1` the client opens the next stream at the
+/// first moment its own view of the frames says the slot is free — and the
+/// server, which saw every earlier client frame and sent every frame the
+/// client saw, never finds the limit exceeded.
+#[test]
+fn stream_slot_frees_exactly_when_the_frame_rule_says() {
+    let mut rng = TestRng::new("keys");
+    let mut session = SessionConfig::HOST;
+    session.max_streams = 1;
+    let c = client_config("client", "server", session, &mut rng);
+    let s = server_config("server", &["client"], session, &mut rng);
+    let mut p: Pair<{ 64 * 1024 }, { 16384 + 18 }, 64> = Pair::new(c, s, TestRng::new("s"));
+    p.handshake();
+    let mut port = 1;
+    // How each stream ends; after it the client must be able to open at once.
+    for ending in 0..6 {
+        port += 1;
+        let id = p.client.open_stream(dest(port)).unwrap();
+        assert!(
+            !p.client.can_open_stream(),
+            "ending {ending}: limit 1 reached"
+        );
+        hop(&mut p, Dir::ClientToServer);
+        match ending {
+            // Client FIN first, then the server's FIN frees the slot on receipt.
+            0 => {
+                p.server.accept_stream(id).unwrap();
+                p.client.stream_finish(id).unwrap();
+                hop(&mut p, Dir::ClientToServer);
+                p.server.stream_finish(id).unwrap();
+                assert!(!p.client.can_open_stream());
+                hop(&mut p, Dir::ServerToClient);
+            }
+            // Server FIN first; the client's own FIN frees the slot once sent.
+            1 => {
+                p.server.accept_stream(id).unwrap();
+                p.server.stream_finish(id).unwrap();
+                hop(&mut p, Dir::ServerToClient);
+                p.client.stream_finish(id).unwrap();
+                assert!(!p.client.can_open_stream(), "FIN not sent yet");
+                let _ = p.client.transmit_pending();
+            }
+            // Client RESET: free once sent, before the server has seen it.
+            2 => {
+                p.client
+                    .stream_reset(id, StreamErrorCode::Cancelled)
+                    .unwrap();
+                assert!(!p.client.can_open_stream(), "RESET not sent yet");
+                let _ = p.client.transmit_pending();
+            }
+            // Server RESET: free on receipt.
+            3 => {
+                p.server.accept_stream(id).unwrap();
+                hop(&mut p, Dir::ServerToClient);
+                p.server.stream_reset(id, StreamErrorCode::Other).unwrap();
+                assert!(!p.client.can_open_stream());
+                hop(&mut p, Dir::ServerToClient);
+            }
+            // OPEN_FAIL: free on receipt.
+            4 => {
+                p.server
+                    .refuse_stream(id, StreamErrorCode::ResourceExhausted)
+                    .unwrap();
+                let evs = hop(&mut p, Dir::ServerToClient);
+                assert_eq!(
+                    evs,
+                    vec![Ev::OpenFailed(id, StreamErrorCode::ResourceExhausted)]
+                );
+            }
+            // FINs crossing: each side's FIN is in flight when it sends its own.
+            _ => {
+                p.server.accept_stream(id).unwrap();
+                hop(&mut p, Dir::ServerToClient);
+                p.client.stream_finish(id).unwrap();
+                p.server.stream_finish(id).unwrap();
+                let c_out = p.client.transmit_pending().to_vec();
+                p.client.transmit_done(c_out.len());
+                hop(&mut p, Dir::ServerToClient);
+                assert!(p.client.can_open_stream(), "both FINs sent/received");
+                // The server has not seen the client's FIN yet: the next
+                // OPEN travels behind it.
+                let next = p.client.open_stream(dest(999)).unwrap();
+                let mut read = c_out;
+                let rest = p.client.transmit_pending().to_vec();
+                p.client.transmit_done(rest.len());
+                read.extend_from_slice(&rest);
+                let evs = feed(&mut p.server, &read, p.now, &mut p.rng);
+                assert_eq!(
+                    evs,
+                    vec![
+                        Ev::Finished(id),
+                        Ev::OpenRequest(next, "origin.test:999".into())
+                    ]
+                );
+                assert!(p.server.is_established());
+                p.client
+                    .stream_reset(next, StreamErrorCode::Cancelled)
+                    .unwrap();
+                p.pump();
+                continue;
+            }
+        }
+        assert!(p.client.can_open_stream(), "ending {ending}: slot is free");
+        assert_eq!(p.client.stream_count(), 0, "ending {ending}");
+        // Open the next stream before anything else moves.
+        let next = p.client.open_stream(dest(1000 + ending)).unwrap();
+        let evs = hop(&mut p, Dir::ClientToServer);
+        assert!(
+            evs.contains(&Ev::OpenRequest(
+                next,
+                format!("origin.test:{}", 1000 + ending)
+            )),
+            "ending {ending}: {evs:?}"
+        );
+        assert!(p.server.is_established(), "ending {ending}: {evs:?}");
+        assert_eq!(p.server.stream_count(), 1, "ending {ending}");
+        p.client
+            .stream_reset(next, StreamErrorCode::Cancelled)
+            .unwrap();
+        p.pump();
+        assert_eq!(p.server.stream_count(), 0, "ending {ending}");
+    }
+}

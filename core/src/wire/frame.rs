@@ -172,12 +172,17 @@ pub enum StreamErrorCode {
     NetworkUnreachable,
     /// Connecting to the destination timed out.
     TimedOut,
-    /// The server is at its stream limit for this session.
+    /// Code 6, reserved: v1 senders do not send it (a client that exceeds
+    /// the announced `max_streams` breaks the protocol and the session is
+    /// closed instead). Received, it is reported like any other code.
     TooManyStreams,
     /// The application aborted the stream.
     Cancelled,
     /// The stream was reset because the session is closing.
     SessionClosing,
+    /// The server cannot take this stream now (memory, descriptors or
+    /// name-lookup budget spent); the client may retry later.
+    ResourceExhausted,
     /// Any other failure (including unknown codes from the peer).
     Other,
 }
@@ -194,6 +199,7 @@ impl StreamErrorCode {
             StreamErrorCode::TooManyStreams => 6,
             StreamErrorCode::Cancelled => 7,
             StreamErrorCode::SessionClosing => 8,
+            StreamErrorCode::ResourceExhausted => 9,
             StreamErrorCode::Other => 255,
         }
     }
@@ -209,6 +215,7 @@ impl StreamErrorCode {
             6 => StreamErrorCode::TooManyStreams,
             7 => StreamErrorCode::Cancelled,
             8 => StreamErrorCode::SessionClosing,
+            9 => StreamErrorCode::ResourceExhausted,
             _ => StreamErrorCode::Other,
         }
     }
@@ -225,6 +232,7 @@ impl fmt::Display for StreamErrorCode {
             StreamErrorCode::TooManyStreams => "too many streams in session",
             StreamErrorCode::Cancelled => "stream cancelled",
             StreamErrorCode::SessionClosing => "session closing",
+            StreamErrorCode::ResourceExhausted => "server out of resources, retry later",
             StreamErrorCode::Other => "stream failed",
         })
     }
@@ -642,6 +650,47 @@ mod tests {
             },
         };
         assert!(bad.emit(&mut [0u8; 64]).is_err());
+    }
+
+    #[test]
+    fn stream_error_codes_match_the_protocol_table() {
+        // docs/PROTOCOL.md §7.3, code by code.
+        let table = [
+            (1, StreamErrorCode::NotAllowed),
+            (2, StreamErrorCode::ConnectionRefused),
+            (3, StreamErrorCode::HostUnreachable),
+            (4, StreamErrorCode::NetworkUnreachable),
+            (5, StreamErrorCode::TimedOut),
+            (6, StreamErrorCode::TooManyStreams),
+            (7, StreamErrorCode::Cancelled),
+            (8, StreamErrorCode::SessionClosing),
+            (9, StreamErrorCode::ResourceExhausted),
+            (255, StreamErrorCode::Other),
+        ];
+        for (code, name) in table {
+            assert_eq!(name.code(), code);
+            assert_eq!(StreamErrorCode::from_code(code), name);
+        }
+        // Unassigned codes (0, 10..=254) are read as Other, never an error.
+        for code in core::iter::once(0).chain(10..=254) {
+            assert_eq!(StreamErrorCode::from_code(code), StreamErrorCode::Other);
+        }
+        // On the wire: OPEN_FAIL and RESET carry code 9 as one byte.
+        let mut buf = [0u8; 8];
+        let fail = Frame::OpenFail {
+            id: StreamId(5),
+            code: StreamErrorCode::ResourceExhausted,
+        };
+        let n = fail.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[T_OPEN_FAIL, 0, 0, 0, 5, 9]);
+        assert_eq!(Frame::parse(&buf[..n]).unwrap(), (fail, n));
+        let reset = Frame::Reset {
+            id: StreamId(5),
+            code: StreamErrorCode::ResourceExhausted,
+        };
+        let n = reset.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[T_RESET, 0, 0, 0, 5, 9]);
+        assert_eq!(Frame::parse(&buf[..n]).unwrap(), (reset, n));
     }
 
     #[test]

@@ -251,3 +251,139 @@ pub fn data_of(events: &[Ev], id: StreamId) -> Vec<u8> {
     }
     out
 }
+
+// ------------------------------------------------- forged / read records --
+
+/// The traffic secrets `(c_ts0, s_ts0)` of a `default_pair()` session,
+/// recomputed from its handshake bytes with the committed private keys and
+/// the client's ephemeral X25519 key (the first 32 bytes drawn from
+/// `TestRng::new("session")`). Lets a test read what a side sent, or send
+/// frames the client API never produces.
+pub fn default_pair_traffic_secrets(c2s: &[u8], s2c: &[u8]) -> ([u8; 32], [u8; 32]) {
+    use hytun_core::crypto::schedule;
+    use hytun_core::wire::handshake::{ClientHello, HEADER_LEN, ServerHello};
+    use rand_core::Rng as _;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::{Oaep, PrivateKey};
+    use sha2::{Digest, Sha256};
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    let ch_len = HEADER_LEN + usize::from(u16::from_be_bytes([c2s[1], c2s[2]]));
+    let sh_len = HEADER_LEN + usize::from(u16::from_be_bytes([s2c[1], s2c[2]]));
+    let ch = ClientHello::parse(&c2s[HEADER_LEN..ch_len]).unwrap();
+    let sh = ServerHello::parse(&s2c[HEADER_LEN..sh_len]).unwrap();
+    let unwrap = |key: &str, label: &'static [u8], ct: &[u8]| -> [u8; 32] {
+        PrivateKey::from_pkcs8_der(&vector(key))
+            .unwrap()
+            .decrypt(Oaep::<Sha256>::new_with_label(label), ct)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let client_secret = unwrap(
+        "server.key.der",
+        b"hytun/1 client secret",
+        ch.encrypted_secret,
+    );
+    let server_secret = unwrap(
+        "client.key.der",
+        b"hytun/1 server secret",
+        sh.encrypted_secret,
+    );
+    let mut eph = [0u8; 32];
+    TestRng::new("session").fill_bytes(&mut eph);
+    let eph = StaticSecret::from(eph);
+    assert_eq!(PublicKey::from(&eph).as_bytes(), ch.key_share);
+    let shared = eph.diffie_hellman(&PublicKey::from(*sh.key_share));
+    let th1: [u8; 32] = Sha256::new()
+        .chain_update(&c2s[..ch_len])
+        .chain_update(&s2c[..sh_len])
+        .finalize()
+        .into();
+    let s = schedule::derive(&client_secret, &server_secret, shared.as_bytes(), &th1);
+    (*s.client_traffic, *s.server_traffic)
+}
+
+/// Seals records under one direction's keys (AES-128-GCM, the suite of
+/// `default_pair()`), starting at sequence number 0.
+pub struct Forger(hytun_core::crypto::RecordSealer);
+
+impl Forger {
+    pub fn new(traffic_secret: [u8; 32]) -> Self {
+        Forger(hytun_core::crypto::RecordSealer::new(
+            hytun_core::Suite::Aes128Gcm,
+            zeroize::Zeroizing::new(traffic_secret),
+        ))
+    }
+
+    /// One record holding `frames`, in order.
+    pub fn record(&mut self, frames: &[hytun_core::wire::frame::Frame<'_>]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        for f in frames {
+            let mut buf = [0u8; 512];
+            let n = f.emit(&mut buf).unwrap();
+            plain.extend_from_slice(&buf[..n]);
+        }
+        let hdr = ((plain.len() + 16) as u16).to_be_bytes();
+        let tag = self.0.seal(&hdr, &mut plain).unwrap();
+        let mut out = hdr.to_vec();
+        out.extend_from_slice(&plain);
+        out.extend_from_slice(&tag);
+        out
+    }
+}
+
+/// Opens every record in `wire` (one direction, from its first record) and
+/// returns the frames of each record, `Debug`-formatted.
+pub fn read_records(traffic_secret: [u8; 32], wire: &[u8]) -> Vec<Vec<String>> {
+    use hytun_core::wire::frame::Frame;
+    let mut opener = hytun_core::crypto::RecordOpener::new(
+        hytun_core::Suite::Aes128Gcm,
+        zeroize::Zeroizing::new(traffic_secret),
+    );
+    let mut records = Vec::new();
+    let mut off = 0;
+    while off < wire.len() {
+        let len = usize::from(u16::from_be_bytes([wire[off], wire[off + 1]]));
+        let end = off + 2 + len;
+        let hdr = [wire[off], wire[off + 1]];
+        let mut body = wire[off + 2..end - 16].to_vec();
+        let tag: [u8; 16] = wire[end - 16..end].try_into().unwrap();
+        opener.open(&hdr, &mut body, &tag).expect("record opens");
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < body.len() {
+            let (f, n) = Frame::parse(&body[at..]).unwrap();
+            frames.push(format!("{f:?}"));
+            at += n;
+        }
+        // A key update switches the key for the following records.
+        if frames.last().is_some_and(|f| f.starts_with("KeyUpdate")) {
+            opener.update();
+        }
+        records.push(frames);
+        off = end;
+    }
+    records
+}
+
+/// Feeds `bytes` to `conn` as one read (looping over records) and returns
+/// the events it produced.
+pub fn feed<const TX: usize, const RX: usize, const S: usize>(
+    conn: &mut Connection<TX, RX, S>,
+    bytes: &[u8],
+    now: Instant,
+    rng: &mut TestRng,
+) -> Vec<Ev> {
+    let mut evs = Vec::new();
+    let mut off = 0;
+    loop {
+        off += conn.handle_input(&bytes[off..], now, rng);
+        while let Some(e) = conn.poll_event() {
+            evs.push(own(e));
+        }
+        if off >= bytes.len() {
+            return evs;
+        }
+    }
+}
