@@ -35,7 +35,7 @@ use crate::runtime::{Clock, os_rng};
 pub const STREAM_OVERHEAD: usize = 1024;
 
 /// The refusal code for a spent budget.
-pub const RESOURCE_EXHAUSTED: StreamErrorCode = StreamErrorCode::TooManyStreams;
+pub const RESOURCE_EXHAUSTED: StreamErrorCode = StreamErrorCode::ResourceExhausted;
 
 /// What a poll token belongs to.
 #[derive(Debug, Clone, Copy)]
