@@ -376,8 +376,11 @@ fn wan_panel(out: &mut String, r: &Results, streams: u32, rtts: &[u32], px: f64,
             y0 + h + 14.0
         );
     }
-    for (tool, pts) in &series {
+    for (k, (tool, pts)) in series.iter().enumerate() {
         let c = colour(*tool);
+        // Value labels alternate above and below the points so that close
+        // lines do not print over each other.
+        let dy = if k % 2 == 0 { -5.0 } else { 12.0 };
         let path: Vec<String> = pts
             .iter()
             .map(|(i, s)| format!("{:.1} {:.1}", x(*i), y(s.median)))
@@ -395,7 +398,7 @@ fn wan_panel(out: &mut String, r: &Results, streams: u32, rtts: &[u32], px: f64,
                 y(s.min),
                 y(s.max),
                 cx + 6.0,
-                cy - 4.0,
+                cy + dy,
                 fmt_num(s.median)
             );
         }

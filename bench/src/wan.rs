@@ -451,7 +451,26 @@ pub(crate) fn report(results_dir: &Path, svg_out: Option<&Path>) -> Result<(), S
     let results = Results::from_tsv(&text)?;
     println!("{}", table(&results));
     if let Some(out) = svg_out {
-        let chart = svg::wan_chart(&results, "scripts/bench.sh wan");
+        // The code label and the relay settings from the run's own table.
+        let code = fs::read_to_string(results_dir.join("wan-table.md"))
+            .ok()
+            .and_then(|t| {
+                let c = t.split("Code: ").nth(1)?;
+                Some(c[..c.find(".\n")?].to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let rounds = cells(&results)
+            .first()
+            .and_then(|(rtt, p)| results.stat(Tool::Raw, &key(*rtt, *p)))
+            .map_or(0, |s| s.n);
+        let chart = svg::wan_chart(
+            &results,
+            &format!(
+                "{rounds} round{} on {} CPUs, code {code}; scripts/bench.sh wan",
+                if rounds == 1 { "" } else { "s" },
+                thread::available_parallelism().map_or(0, |n| n.get()),
+            ),
+        );
         fs::write(out, chart).map_err(|e| format!("{}: {e}", out.display()))?;
     }
     Ok(())
