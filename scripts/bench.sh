@@ -18,6 +18,19 @@
 #   TOOLS=raw,ssh-aes,ssh-aes-tty,hytun  W=/tmp/hytun-bench  BASE_PORT=24100
 #   SVG=docs/bench/hytun-vs-ssh.svg  SKIP_INSTALL=1 (no apt-get)  SKIP_BUILD=1
 # Takes about 6-8 minutes with the defaults on 2 cores (build included).
+#
+# WAN scenario:  bash scripts/bench.sh wan
+#   `hytun-bench wan`: iperf3 -P1 and -P8 through a delay-line relay
+#   (`hytun-bench relay`, half the RTT each way, bounded bytes in flight)
+#   at several RTTs: raw = iperf3 through the relay, ssh -N -L and hytun
+#   with their client<->server connection through it; interleaved rounds.
+#   Writes rounds.tsv, summary.tsv, wan-table.md and wan.svg into
+#   $WAN_W/results and the chart into $WAN_SVG.
+#   Env knobs (defaults): WAN_ROUNDS=2 WAN_DUR=3 WAN_OMIT=1 WAN_RTTS=0,10,40,100
+#     WAN_STREAMS=1,8 WAN_TOOLS=raw,ssh-aes,hytun WAN_INFLIGHT_MIB=32
+#     WAN_RATE_MBIT=0 (no cap) WAN_W=/tmp/hytun-bench-wan WAN_BASE_PORT=24300
+#     WAN_SVG=docs/bench/wan.svg  SKIP_INSTALL=1  SKIP_BUILD=1
+#   About 5 minutes with the defaults on 2 cores (build up to date).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -47,9 +60,28 @@ fi
 
 # 1000 idle connections need ~2000 descriptors in several processes.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+LABEL=$(git describe --always --dirty 2>/dev/null || echo "no git")
+
+# ---- WAN scenario (scripts/bench.sh wan) ----
+scenario_wan() {
+  local w=${WAN_W:-/tmp/hytun-bench-wan}
+  rm -rf "$w/results" "$w/logs"
+  log "running hytun-bench wan (work dir $w)"
+  "$TARGET_DIR/release/hytun-bench" wan \
+    --rounds "${WAN_ROUNDS:-2}" --dur "${WAN_DUR:-3}" --omit "${WAN_OMIT:-1}" \
+    --rtts "${WAN_RTTS:-0,10,40,100}" --streams "${WAN_STREAMS:-1,8}" \
+    --tools "${WAN_TOOLS:-raw,ssh-aes,hytun}" --in-flight-mib "${WAN_INFLIGHT_MIB:-32}" \
+    --rate-mbit "${WAN_RATE_MBIT:-0}" --base-port "${WAN_BASE_PORT:-24300}" \
+    --work "$w" --label "$LABEL" --hytun "$TARGET_DIR/release/hytun" --svg "${WAN_SVG:-docs/bench/wan.svg}"
+  log "done in $(( $(date +%s) - START )) s"
+}
+if [ "${1:-}" = wan ]; then
+  scenario_wan
+  exit 0
+fi
+# ---- end of the WAN scenario ----
 
 W=${W:-/tmp/hytun-bench}
-LABEL=$(git describe --always --dirty 2>/dev/null || echo "no git")
 rm -rf "$W/results" "$W/logs"
 log "running hytun-bench (work dir $W)"
 "$TARGET_DIR/release/hytun-bench" run \

@@ -7,6 +7,10 @@
 //! * `http`, `echo` — the targets (a 1 KiB keep-alive HTTP server and a TCP
 //!   echo server), started by `run` as separate processes.
 //! * `handshakes` — the handshake load generator on its own.
+//! * `wan` — throughput of raw, `ssh -L` and hytun through an emulated
+//!   long path at several round-trip times (`scripts/bench.sh wan`);
+//!   `relay` — the delay-line relay it puts in the path; `wan-report` —
+//!   its table and chart again from a results directory.
 //! * `report` — table and chart again from a results directory.
 //! * `criterion-summary` — the `cargo bench -p hytun-core` results as a
 //!   Markdown table with the record layer's overhead ratios.
@@ -15,14 +19,17 @@
 //! `docs/BENCHMARKS.md`.
 
 mod criterion_summary;
+mod delayline;
 mod handshakes;
 mod measure;
 mod procfs;
+mod relay;
 mod report;
 mod run;
 mod servers;
 mod svg;
 mod tunnels;
+mod wan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +73,19 @@ enum Cmd {
     Report {
         /// Directory with rounds.tsv
         #[arg(long, default_value = "/tmp/hytun-bench/results")]
+        results: PathBuf,
+        /// Write the SVG chart here
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// Measure raw, ssh -L and hytun through an emulated long path
+    Wan(WanArgs),
+    /// A TCP relay that delays each direction (the WAN scenario's link)
+    Relay(RelayArgs),
+    /// Print the WAN table (and write its chart) again from a results directory
+    WanReport {
+        /// Directory with rounds.tsv
+        #[arg(long, default_value = "/tmp/hytun-bench-wan/results")]
         results: PathBuf,
         /// Write the SVG chart here
         #[arg(long)]
@@ -127,6 +147,69 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct WanArgs {
+    /// Rounds; every tool is measured once per round and RTT, interleaved
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Measured seconds per iperf3 test
+    #[arg(long, default_value_t = 3)]
+    dur: u32,
+    /// Seconds left out at the start of each iperf3 test (iperf3 -O)
+    #[arg(long, default_value_t = 1)]
+    omit: u32,
+    /// Round-trip times to emulate, ms, comma separated
+    #[arg(long, default_value = "0,10,40,100", value_delimiter = ',')]
+    rtts: Vec<u32>,
+    /// Parallel streams per test (iperf3 -P), comma separated
+    #[arg(long, default_value = "1,8", value_delimiter = ',')]
+    streams: Vec<u32>,
+    /// Tools, comma separated: raw (iperf3 through the relay), ssh-aes,
+    /// ssh-aes-tty, hytun
+    #[arg(long, default_value = "raw,ssh-aes,hytun", value_delimiter = ',')]
+    tools: Vec<String>,
+    /// Relay: most MiB in flight per direction of each connection
+    #[arg(long, default_value_t = 32)]
+    in_flight_mib: usize,
+    /// Relay: bandwidth cap per direction of each connection, Mbit/s (0: none)
+    #[arg(long, default_value_t = 0)]
+    rate_mbit: u64,
+    /// Scratch directory: keys, configs, logs/, results/
+    #[arg(long, default_value = "/tmp/hytun-bench-wan")]
+    work: PathBuf,
+    /// Also write the chart here (e.g. docs/bench/wan.svg)
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// The hytun binary [default: `hytun` next to this binary]
+    #[arg(long)]
+    hytun: Option<PathBuf>,
+    /// First of the ports used on 127.0.0.1 (about 65 above it)
+    #[arg(long, default_value_t = 24300)]
+    base_port: u16,
+    /// What is being measured, shown in the table and chart
+    #[arg(long, default_value = "unlabelled")]
+    label: String,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Address to accept connections on (a loopback address)
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to connect to for each accepted connection
+    #[arg(long)]
+    connect: SocketAddr,
+    /// One-way delay of each direction, ms (the RTT is twice this)
+    #[arg(long, default_value_t = 20.0)]
+    delay_ms: f64,
+    /// Most bytes in flight per direction of each connection
+    #[arg(long, default_value_t = 32 << 20)]
+    max_in_flight: usize,
+    /// Bandwidth cap per direction of each connection, Mbit/s (0: none)
+    #[arg(long, default_value_t = 0)]
+    rate_mbit: u64,
+}
+
+#[derive(Args)]
 struct HsArgs {
     /// The hytun server
     #[arg(long, default_value = "127.0.0.1:7000")]
@@ -149,6 +232,72 @@ struct HsArgs {
     /// Server pid, for handshakes per server core
     #[arg(long)]
     server_pid: Option<u32>,
+}
+
+/// The hytun binary: the given path or `hytun` next to this binary.
+fn hytun_path(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(p) => Ok(p),
+        None => Ok(std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("hytun")),
+    }
+}
+
+fn parse_tools(names: &[String]) -> Result<Vec<Tool>, String> {
+    names
+        .iter()
+        .map(|t| Tool::from_name(t.trim()).ok_or_else(|| format!("unknown tool {t:?}")))
+        .collect()
+}
+
+fn run_wan(a: WanArgs) -> Result<(), String> {
+    if a.rtts.is_empty() || a.streams.is_empty() || a.streams.contains(&0) {
+        return Err("--rtts and --streams need at least one value, streams ≥ 1".into());
+    }
+    wan::run(&wan::WanOptions {
+        rounds: a.rounds.max(1),
+        dur: a.dur.max(1),
+        omit: a.omit,
+        rtts_ms: a.rtts,
+        streams: a.streams,
+        tools: parse_tools(&a.tools)?,
+        max_in_flight: a.in_flight_mib.max(1) << 20,
+        rate_mbit: a.rate_mbit,
+        work: a.work,
+        svg: a.svg,
+        hytun: hytun_path(a.hytun)?,
+        base_port: a.base_port,
+        label: a.label,
+    })
+}
+
+fn run_relay(a: &RelayArgs) -> Result<(), String> {
+    if !(a.delay_ms.is_finite() && a.delay_ms >= 0.0) {
+        return Err(format!("--delay-ms {}: not a delay", a.delay_ms));
+    }
+    let listener =
+        std::net::TcpListener::bind(a.listen).map_err(|e| format!("{}: {e}", a.listen))?;
+    let opts = relay::RelayOptions::new(
+        a.connect,
+        Duration::from_secs_f64(a.delay_ms / 1000.0),
+        a.max_in_flight,
+        a.rate_mbit.saturating_mul(1_000_000),
+    );
+    // The WAN scenario waits for this line before it connects.
+    println!(
+        "relay listening on {} → {}, {} ms each way, ≤ {} bytes in flight per direction, rate cap {}",
+        a.listen,
+        a.connect,
+        a.delay_ms,
+        a.max_in_flight,
+        if a.rate_mbit == 0 {
+            "none".to_string()
+        } else {
+            format!("{} Mbit/s", a.rate_mbit)
+        }
+    );
+    relay::serve(&listener, opts).map_err(|e| e.to_string())
 }
 
 fn run_cmd(cmd: Cmd) -> Result<(), String> {
@@ -206,6 +355,9 @@ fn run_cmd(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Report { results, svg } => run::report(&results, svg.as_deref()),
+        Cmd::Wan(a) => run_wan(a),
+        Cmd::Relay(a) => run_relay(&a),
+        Cmd::WanReport { results, svg } => wan::report(&results, svg.as_deref()),
         Cmd::CriterionSummary { dir } => {
             print!("{}", criterion_summary::summary(&dir)?);
             Ok(())

@@ -78,8 +78,9 @@ pub(crate) struct Iperf {
     pub(crate) bytes: f64,
 }
 
-/// `iperf3 -c 127.0.0.1 -p PORT -P streams -t secs -J`.
-pub(crate) fn iperf(port: u16, streams: u32, secs: u32) -> Result<Iperf, String> {
+/// `iperf3 -c 127.0.0.1 -p PORT -P streams -t secs -O omit -J`: the first
+/// `omit` seconds (ramp-up) are left out of the result.
+pub(crate) fn iperf(port: u16, streams: u32, secs: u32, omit: u32) -> Result<Iperf, String> {
     let out = run_capture(
         Command::new("iperf3").args([
             "-c",
@@ -90,9 +91,11 @@ pub(crate) fn iperf(port: u16, streams: u32, secs: u32) -> Result<Iperf, String>
             &streams.to_string(),
             "-t",
             &secs.to_string(),
+            "-O",
+            &omit.to_string(),
             "-J",
         ]),
-        limit(secs),
+        limit(secs + omit),
     )?;
     parse_iperf(&out)
 }

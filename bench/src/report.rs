@@ -148,6 +148,8 @@ pub(crate) fn unit_of(key: &str) -> &'static str {
         k if k.ends_with("_ms") => "ms",
         k if k.ends_with("_rps") => "req/s",
         k if k.ends_with("_gbps") => "Gbit/s",
+        k if k.ends_with("_mbps") => "Mbit/s",
+        k if k.ends_with("_cores") => "cores",
         k if k.starts_with("cpu_s_per_gib") => "s/GiB",
         k if k.starts_with("idle_kib") => "KiB",
         k if k.starts_with("peak_rss") => "MiB",
@@ -216,6 +218,14 @@ impl Results {
             .filter_map(|(round, x)| b.get(round).filter(|y| **y > 0.0).map(|y| x / y))
             .collect();
         Stat::of(&r)
+    }
+
+    /// Every metric key with a value, sorted.
+    pub(crate) fn metrics(&self) -> Vec<String> {
+        let mut m: Vec<String> = self.values.keys().map(|(_, k)| k.clone()).collect();
+        m.sort();
+        m.dedup();
+        m
     }
 
     /// Tools with any value, in table order.
@@ -370,6 +380,24 @@ impl Results {
         }
         s
     }
+}
+
+/// `Machine: N CPUs (model), Linux version. Code: label.` and a newline.
+pub(crate) fn machine_line(label: &str) -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("Machine: {cores} CPUs ({cpu}), Linux {kernel}. Code: {label}.\n")
 }
 
 /// About three significant digits, `k` for thousands.

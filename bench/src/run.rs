@@ -53,23 +53,15 @@ impl Clock {
 
 /// A description of the machine and the run, for the table's preamble.
 fn machine(opts: &RunOptions, versions: &[(Tool, String)]) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
     let mut s = format!(
-        "Machine: {cores} CPUs ({cpu}), Linux {kernel}. Code: {}.\n\
-         Run: {} rounds, iperf3 {} s, wrk {} s, ab -n {}, {} idle connections, handshakes {} s.\n\n",
-        opts.label, opts.rounds, opts.dur, opts.wrk_dur, opts.ab_n, opts.idle_n, opts.hs_secs
+        "{}Run: {} rounds, iperf3 {} s, wrk {} s, ab -n {}, {} idle connections, handshakes {} s.\n\n",
+        report::machine_line(&opts.label),
+        opts.rounds,
+        opts.dur,
+        opts.wrk_dur,
+        opts.ab_n,
+        opts.idle_n,
+        opts.hs_secs
     );
     for (tool, v) in versions {
         s.push_str(&format!("- {tool}: {v}\n"));
@@ -78,14 +70,6 @@ fn machine(opts: &RunOptions, versions: &[(Tool, String)]) -> String {
         "\nCells: median (min–max) over rounds, **ratio to raw** (median of per-round ratios).\n",
     );
     s
-}
-
-fn check_ports_free(layout: Layout, tools: &[Tool]) -> Result<(), String> {
-    for port in layout.all_ports(tools) {
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .map_err(|e| format!("127.0.0.1:{port} is not free ({e}); pick another --base-port"))?;
-    }
-    Ok(())
 }
 
 /// Runs the whole benchmark and prints the table.
@@ -99,7 +83,7 @@ pub(crate) fn run(opts: &RunOptions) -> Result<(), String> {
     for d in [&logs, &results_dir] {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    check_ports_free(layout, &opts.tools)?;
+    tunnels::check_ports_free(&layout.all_ports(&opts.tools))?;
     clock.log(&format!(
         "work dir {}, starting the targets",
         opts.work.display()
@@ -115,7 +99,7 @@ pub(crate) fn run(opts: &RunOptions) -> Result<(), String> {
             // Fresh tunnel processes for every tool and round: the idle
             // memory probe must not reuse memory freed by earlier tests,
             // and no tool carries state from one round into the next.
-            let mut t = tunnels::start_tunnel(tool, layout, &opts.work, &logs, &opts.hytun)?;
+            let mut t = tunnels::start_tunnel(tool, layout, &opts.work, &logs, &opts.hytun, None)?;
             if round == 0 {
                 clock.log(&format!("  {tool}: {}", t.version));
                 versions.push((tool, t.version.clone()));
@@ -209,7 +193,7 @@ fn measure_tool(
     // A: one stream, and the tunnel's CPU cost per GiB moved.
     for (streams, key) in [(1, "tcp1"), (8, "tcp8")] {
         let (c0, x0) = (procfs::cpu_ticks(&entry), procfs::cpu_ticks(&exit));
-        match measure::iperf(e.iperf, streams, opts.dur) {
+        match measure::iperf(e.iperf, streams, opts.dur, 0) {
             Ok(r) => {
                 let (c1, x1) = (procfs::cpu_ticks(&entry), procfs::cpu_ticks(&exit));
                 res.add(round, tool, &format!("{key}_gbps"), r.gbps);

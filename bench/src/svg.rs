@@ -7,6 +7,7 @@ use core::fmt::Write as _;
 
 use crate::report::{Results, Stat, Target, fmt_num};
 use crate::tunnels::Tool;
+use crate::wan;
 
 const PANEL_W: f64 = 330.0;
 const PANEL_H: f64 = 250.0;
@@ -295,6 +296,174 @@ pub(crate) fn chart(r: &Results, subtitle: &str) -> String {
     out
 }
 
+/// One panel of the WAN chart: a line per tool over the RTTs (log scale),
+/// each point the median with a min–max whisker.
+fn wan_panel(out: &mut String, r: &Results, streams: u32, rtts: &[u32], px: f64, py: f64) {
+    let (x0, y0, w, h) = (px + 62.0, py + 34.0, WAN_W - 90.0, WAN_H - 84.0);
+    let _ = writeln!(
+        out,
+        r#"<text x="{:.1}" y="{:.1}" font-size="13" font-weight="bold" text-anchor="middle">{}</text>"#,
+        px + WAN_W / 2.0,
+        py + 18.0,
+        esc(&format!(
+            "{streams} stream{} (iperf3 -P{streams}), Mbit/s",
+            if streams == 1 { "" } else { "s" }
+        ))
+    );
+    let series: Vec<(Tool, Vec<(usize, Stat)>)> = r
+        .tools()
+        .into_iter()
+        .map(|t| {
+            let pts = rtts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, rtt)| r.stat(t, &wan::key(*rtt, streams)).map(|s| (i, s)))
+                .collect();
+            (t, pts)
+        })
+        .filter(|(_, pts): &(Tool, Vec<(usize, Stat)>)| !pts.is_empty())
+        .collect();
+    let all = series.iter().flat_map(|(_, p)| p.iter().map(|(_, s)| *s));
+    let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(lo, hi), s| {
+        (lo.min(s.min), hi.max(s.max))
+    });
+    if series.is_empty() || hi <= 0.0 {
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#777">not measured</text>"##,
+            px + WAN_W / 2.0,
+            y0 + h / 2.0
+        );
+        return;
+    }
+    let lo = 10f64.powf(lo.max(1e-3).log10().floor());
+    let t = ticks(lo, hi.max(lo * 10.0), true);
+    let top = *t.last().unwrap_or(&hi);
+    let y = |v: f64| {
+        let f = (v.max(lo).log10() - lo.log10()) / (top.log10() - lo.log10());
+        y0 + h - f.clamp(0.0, 1.0) * h
+    };
+    let slot = w / rtts.len().max(1) as f64;
+    let x = |i: usize| x0 + (i as f64 + 0.5) * slot;
+    for tv in &t {
+        let ty = y(*tv);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x0:.1}" y1="{ty:.1}" x2="{:.1}" y2="{ty:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end" fill="#555">{}</text>"##,
+            x0 + w,
+            x0 - 4.0,
+            ty + 3.5,
+            fmt_num(*tv)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<line x1="{x0:.1}" y1="{y0:.1}" x2="{x0:.1}" y2="{:.1}" stroke="#888"/><line x1="{x0:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#888"/><text x="{:.1}" y="{:.1}" font-size="9" fill="#777">log scale</text><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#333">round-trip time (ms)</text>"##,
+        y0 + h,
+        y0 + h,
+        x0 + w,
+        y0 + h,
+        x0 + 4.0,
+        y0 - 4.0,
+        x0 + w / 2.0,
+        y0 + h + 30.0
+    );
+    for (i, rtt) in rtts.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#333">{rtt}</text>"##,
+            x(i),
+            y0 + h + 14.0
+        );
+    }
+    for (k, (tool, pts)) in series.iter().enumerate() {
+        let c = colour(*tool);
+        // Value labels alternate above and below the points so that close
+        // lines do not print over each other.
+        let dy = if k % 2 == 0 { -5.0 } else { 12.0 };
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(i, s)| format!("{:.1} {:.1}", x(*i), y(s.median)))
+            .collect();
+        let _ = writeln!(
+            out,
+            r#"<path d="M{}" stroke="{c}" stroke-width="2" fill="none"/>"#,
+            path.join("L")
+        );
+        for (i, s) in pts {
+            let (cx, cy) = (x(*i), y(s.median));
+            let _ = writeln!(
+                out,
+                r#"<path d="M{cx:.1} {:.1}V{:.1}" stroke="{c}"/><circle cx="{cx:.1}" cy="{cy:.1}" r="3.5" fill="{c}"/><text x="{:.1}" y="{:.1}" font-size="9" fill="{c}">{}</text>"#,
+                y(s.min),
+                y(s.max),
+                cx + 6.0,
+                cy + dy,
+                fmt_num(s.median)
+            );
+        }
+    }
+}
+
+const WAN_W: f64 = 520.0;
+const WAN_H: f64 = 340.0;
+
+/// The WAN chart: a panel per stream count, throughput over RTT per tool.
+pub(crate) fn wan_chart(r: &Results, subtitle: &str) -> String {
+    let cells = wan::cells(r);
+    let mut rtts: Vec<u32> = cells.iter().map(|c| c.0).collect();
+    rtts.sort_unstable();
+    rtts.dedup();
+    let mut streams: Vec<u32> = cells.iter().map(|c| c.1).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let cols = streams.len().max(1);
+    let (width, height) = (cols as f64 * WAN_W + 20.0, TOP + WAN_H + 10.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="Helvetica, Arial, sans-serif">
+<rect width="100%" height="100%" fill="#ffffff"/>
+<text x="{:.1}" y="24" font-size="17" font-weight="bold" text-anchor="middle">Throughput over an emulated long path (median of rounds, whiskers min–max)</text>
+<text x="{:.1}" y="42" font-size="11" text-anchor="middle" fill="#555">{}</text>"##,
+        width / 2.0,
+        width / 2.0,
+        esc(subtitle)
+    );
+    let labels: Vec<(Tool, &str)> = r
+        .tools()
+        .into_iter()
+        .map(|t| {
+            (
+                t,
+                match t {
+                    Tool::Raw => "raw through the relay (the link)",
+                    Tool::SshAes => "ssh -N -L (aes128-gcm)",
+                    Tool::SshAesTty => "ssh -tt -L (aes128-gcm)",
+                    Tool::Hytun => "hytun",
+                },
+            )
+        })
+        .collect();
+    let item_w = |l: &str| 16.0 + 6.5 * l.chars().count() as f64 + 18.0;
+    let mut lx = width / 2.0 - labels.iter().map(|(_, l)| item_w(l)).sum::<f64>() / 2.0;
+    for (t, label) in labels {
+        let _ = writeln!(
+            out,
+            r##"<rect x="{lx:.1}" y="50" width="12" height="12" fill="{}"/><text x="{:.1}" y="60" font-size="11">{}</text>"##,
+            colour(t),
+            lx + 16.0,
+            esc(label)
+        );
+        lx += item_w(label);
+    }
+    for (i, p) in streams.iter().enumerate() {
+        wan_panel(&mut out, r, *p, &rtts, 10.0 + i as f64 * WAN_W, TOP);
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +487,25 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("test &amp; &lt;run&gt;"));
         assert_eq!(svg.matches("<svg").count(), 1);
+    }
+
+    #[test]
+    fn wan_chart_has_a_line_per_tool_and_panel() {
+        let mut r = Results::default();
+        for round in 0..2 {
+            for (rtt, raw, hy) in [(0, 9000.0, 3000.0), (40, 8000.0, 50.0)] {
+                for p in [1, 8] {
+                    r.add(round, Tool::Raw, &wan::key(rtt, p), raw);
+                    r.add(round, Tool::Hytun, &wan::key(rtt, p), hy);
+                }
+            }
+        }
+        let svg = wan_chart(&r, "x");
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("1 stream (iperf3 -P1)") && svg.contains("8 streams (iperf3 -P8)"));
+        // Two panels × two tools, each a path through two points.
+        assert_eq!(svg.matches("stroke-width=\"2\"").count(), 4);
+        assert_eq!(svg.matches("<circle").count(), 8);
+        assert!(wan_chart(&Results::default(), "none").contains("</svg>"));
     }
 }

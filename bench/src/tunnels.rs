@@ -51,7 +51,8 @@ impl Tool {
         Tool::ALL.into_iter().find(|t| t.name() == s)
     }
 
-    fn index(self) -> u16 {
+    /// Position in [`Tool::ALL`] (port layout).
+    pub(crate) fn index(self) -> u16 {
         self as u16
     }
 }
@@ -103,7 +104,8 @@ impl Layout {
         }
     }
 
-    fn server_port(self, tool: Tool) -> u16 {
+    /// Where `tool`'s server side (sshd, hytun server) listens.
+    pub(crate) fn server_port(self, tool: Tool) -> u16 {
         self.base + 10 * (tool.index() + 1) + 5
     }
 
@@ -128,7 +130,13 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, logs: &Path, keep_stdin: bool) -> Result<Proc, String> {
+    /// Starts `cmd` with stdout and stderr in `logs/NAME.log`.
+    pub(crate) fn spawn(
+        name: &str,
+        cmd: &mut Command,
+        logs: &Path,
+        keep_stdin: bool,
+    ) -> Result<Proc, String> {
         let log = fs::File::create(logs.join(format!("{name}.log")))
             .map_err(|e| format!("{name}: log file: {e}"))?;
         let err = log.try_clone().map_err(|e| format!("{name}: {e}"))?;
@@ -207,8 +215,17 @@ fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&loopback(port), Duration::from_millis(200)).is_ok()
 }
 
+/// An error naming the first of `ports` on 127.0.0.1 that is taken.
+pub(crate) fn check_ports_free(ports: &[u16]) -> Result<(), String> {
+    for &port in ports {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| format!("127.0.0.1:{port} is not free ({e}); pick another --base-port"))?;
+    }
+    Ok(())
+}
+
 /// Waits until `ready` holds, checking the processes are still alive.
-fn wait_until(
+pub(crate) fn wait_until(
     what: &str,
     procs: &mut [&mut Proc],
     logs: &Path,
@@ -315,13 +332,16 @@ fn forwards(layout: Layout, tool: Tool) -> Vec<String> {
         .collect()
 }
 
-/// Starts `tool`'s tunnel and waits until an echo round trip through it works.
+/// Starts `tool`'s tunnel and waits until an echo round trip through it
+/// works. With `via`, the tunnel client connects to that port on
+/// 127.0.0.1 (a relay in front of the server) instead of the server's.
 pub(crate) fn start_tunnel(
     tool: Tool,
     layout: Layout,
     work: &Path,
     logs: &Path,
     hytun: &Path,
+    via: Option<u16>,
 ) -> Result<Tunnel, String> {
     let mut tunnel = match tool {
         Tool::Raw => Tunnel {
@@ -332,8 +352,8 @@ pub(crate) fn start_tunnel(
             keys: work.to_path_buf(),
             version: "loopback, no tunnel".into(),
         },
-        Tool::SshAes | Tool::SshAesTty => start_ssh(tool, layout, work, logs)?,
-        Tool::Hytun => start_hytun(layout, work, logs, hytun)?,
+        Tool::SshAes | Tool::SshAesTty => start_ssh(tool, layout, work, logs, via)?,
+        Tool::Hytun => start_hytun(layout, work, logs, hytun, via)?,
     };
     let echo = layout.entry(tool).echo;
     let mut procs: Vec<&mut Proc> = tunnel
@@ -371,7 +391,13 @@ fn sshd_path() -> Result<PathBuf, String> {
 
 /// A private sshd (own host key, own authorized_keys, root by key only)
 /// and an `ssh -L` client for it.
-fn start_ssh(tool: Tool, layout: Layout, work: &Path, logs: &Path) -> Result<Tunnel, String> {
+fn start_ssh(
+    tool: Tool,
+    layout: Layout,
+    work: &Path,
+    logs: &Path,
+    via: Option<u16>,
+) -> Result<Tunnel, String> {
     let dir = work.join("ssh");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // sshd refuses to start without its privilege-separation directory.
@@ -446,7 +472,7 @@ fn start_ssh(tool: Tool, layout: Layout, work: &Path, logs: &Path) -> Result<Tun
         .arg(format!("Ciphers={cipher}"))
         .arg("-i")
         .arg(dir.join("id_ed25519"))
-        .args(["-p", &port.to_string()]);
+        .args(["-p", &via.unwrap_or(port).to_string()]);
     for f in forwards(layout, tool) {
         ssh.arg("-L").arg(f);
     }
@@ -479,7 +505,13 @@ fn start_ssh(tool: Tool, layout: Layout, work: &Path, logs: &Path) -> Result<Tun
 
 /// Generates RSA-2048 keys with `hytun keygen` and starts `hytun server`
 /// and `hytun client -L`.
-fn start_hytun(layout: Layout, work: &Path, logs: &Path, hytun: &Path) -> Result<Tunnel, String> {
+fn start_hytun(
+    layout: Layout,
+    work: &Path,
+    logs: &Path,
+    hytun: &Path,
+    via: Option<u16>,
+) -> Result<Tunnel, String> {
     let dir = work.join("hytun-keys");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for name in ["server", "id"] {
@@ -521,8 +553,9 @@ fn start_hytun(layout: Layout, work: &Path, logs: &Path, hytun: &Path) -> Result
         || listening(server_addr.port()),
     )?;
     let mut cmd = Command::new(hytun);
+    let dial = via.map_or(server_addr, loopback);
     cmd.arg("client")
-        .args(["--server", &server_addr.to_string()])
+        .args(["--server", &dial.to_string()])
         .arg("--key")
         .arg(dir.join("id.key"))
         .arg("--server-key")
