@@ -629,6 +629,12 @@ impl Server {
         id: StreamId,
     ) {
         if let Some(mut up) = s.upstreams.remove(&id) {
+            // hytun-edges: a stream not finished cleanly both ways (RESET,
+            // lost or closed session, local error) ends the destination
+            // socket with RST, never with a FIN that looks complete.
+            if !up.pipe.is_done() {
+                up.pipe.abort();
+            }
             if let Some(sock) = up.pipe.sock.as_mut() {
                 let _ = poll.registry().deregister(sock);
             }
