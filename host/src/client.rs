@@ -172,6 +172,8 @@ enum Tunnel {
         conn: Box<HostConnection>,
         started: StdInstant,
         write_failed: bool,
+        /// The server sent GOAWAY: no new streams on this session.
+        going_away: bool,
     },
 }
 
@@ -462,6 +464,7 @@ impl Client {
                     conn,
                     started: StdInstant::now(),
                     write_failed: false,
+                    going_away: false,
                 };
             }
         }
@@ -593,7 +596,14 @@ impl Client {
                         self.touched_locals.insert(t);
                     }
                 }
-                Event::GoAway { code } => info!("server is going away: {code}"),
+                Event::GoAway { code } => {
+                    info!(
+                        "server is going away: {code}; new connections wait for the next session"
+                    );
+                    if let Tunnel::Up { going_away, .. } = &mut self.tunnel {
+                        *going_away = true;
+                    }
+                }
                 Event::OpenRequest { id, .. } => {
                     // The core refuses OPEN from a server; unreachable.
                     debug!("ignoring open request {id} on the client");
@@ -632,6 +642,8 @@ impl Client {
                 "tunnel handshake with {} failed: {error}{hint}",
                 self.opts.server
             );
+        } else if matches!(error, ConnectionError::LocallyClosed(_)) {
+            info!("session to {} closed: {error}", self.opts.server);
         } else {
             warn!("tunnel to {} lost: {error}", self.opts.server);
         }
@@ -1108,6 +1120,7 @@ impl Client {
             }
             // Locals still waiting for a stream slot.
             self.open_waiting();
+            self.retire_drained_session();
             let wrote = self.write_tunnel();
             let closed = matches!(&self.tunnel, Tunnel::Up { conn, .. } if conn.is_closed());
             if closed {
@@ -1159,6 +1172,23 @@ impl Client {
             if l.pipe.is_done() {
                 self.end_local(t, End::Clean);
             }
+        }
+    }
+
+    /// A session the server is retiring (GOAWAY) is closed as soon as its
+    /// last stream ends, so connections waiting for a stream get a new
+    /// session at once instead of waiting for the server's own CLOSE.
+    fn retire_drained_session(&mut self) {
+        if let Tunnel::Up {
+            conn, going_away, ..
+        } = &mut self.tunnel
+            && *going_away
+            && self.streams.is_empty()
+            && !conn.is_closed()
+        {
+            info!("last stream of the retiring session ended; closing it");
+            conn.close(CloseCode::Normal);
+            self.drain_events();
         }
     }
 
