@@ -132,7 +132,7 @@ fn killing_the_server_mid_download_resets_the_application() {
 }
 
 #[test]
-fn a_relay_cut_mid_transfer_resets_both_ends_of_forward_and_socks_streams() {
+fn a_relay_cut_mid_transfer_resets_both_ends_of_forward_socks_and_connect_streams() {
     capture_logs();
     let (dest, accepted) = destination(200_000);
     let server = RunningServer::start(server_opts(&["127.0.0.1:*"]));
@@ -142,6 +142,7 @@ fn a_relay_cut_mid_transfer_resets_both_ends_of_forward_and_socks_streams() {
         vec![
             (loopback(), forward_to(dest)),
             (loopback(), ListenerKind::Socks),
+            (loopback(), ListenerKind::HttpProxy),
         ],
     ));
     // A -L download and a SOCKS5 upload, both live when the tunnel is cut.
@@ -161,7 +162,21 @@ fn a_relay_cut_mid_transfer_resets_both_ends_of_forward_and_socks_streams() {
     socks.write_all(&[7u8; 50_000]).unwrap();
     read_exactly(&mut socks_far, 50_000);
 
+    // And an HTTP CONNECT stream past its 200 reply.
+    let mut http = connect(client.addrs[2]);
+    http.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.extend(read_exactly(&mut http, 1));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    let mut http_far = accepted.recv_timeout(IO_TIMEOUT).unwrap();
+    read_exactly(&mut http, 200_000);
+
     relay.cut();
+    assert_eq!(read_end(&mut http), Err(io::ErrorKind::ConnectionReset));
+    assert_eq!(read_end(&mut http_far), Err(io::ErrorKind::ConnectionReset));
     assert_eq!(read_end(&mut app), Err(io::ErrorKind::ConnectionReset));
     assert_eq!(read_end(&mut far), Err(io::ErrorKind::ConnectionReset));
     assert_eq!(read_end(&mut socks), Err(io::ErrorKind::ConnectionReset));
@@ -277,4 +292,37 @@ fn a_refused_forward_is_reset_and_socks_gets_its_failure_reply() {
     socks.write_all(&req).unwrap();
     let reply = read_exactly(&mut socks, 10);
     assert_eq!(reply[1], 5, "SOCKS5 'connection refused' reply");
+}
+
+#[test]
+fn a_busy_server_is_retried_at_first_contact() {
+    capture_logs();
+    let (dest, accepted) = destination(3);
+    let mut opts = server_opts(&["127.0.0.1:*"]);
+    opts.max_sessions = 1;
+    let server = RunningServer::start(opts);
+    let holder = RunningClient::start(client_opts(
+        server.addr,
+        vec![(loopback(), forward_to(dest))],
+    ));
+    let mut app = connect(holder.addrs[0]);
+    let _far = accepted.recv_timeout(IO_TIMEOUT).unwrap();
+    read_exactly(&mut app, 3);
+    // A second client (which exits on key errors at first contact) meets
+    // a busy server: it must keep retrying, not give up.
+    let second = RunningClient::start(client_opts(
+        server.addr,
+        vec![(loopback(), forward_to(dest))],
+    ));
+    let server_name = server.addr.to_string();
+    wait_log(&server_name, "busy", LOG_WAIT).expect("the second client was refused as busy");
+    drop(app);
+    holder.stop();
+    let mut app = connect(second.addrs[0]);
+    let _far = accepted.recv_timeout(IO_TIMEOUT).unwrap();
+    assert_eq!(
+        read_exactly(&mut app, 3),
+        [0, 1, 2],
+        "carried once the slot is free"
+    );
 }
