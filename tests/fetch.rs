@@ -180,6 +180,17 @@ fn non_2xx_answers_are_named_and_not_written() {
     assert!(!out.status.success());
     assert!(err.contains("origin answered HTTP 404 Not Found"), "{err}");
     assert_no_file(dir.path());
+    let out = fetch_process(
+        dir.path(),
+        &format!("http://{}/nope", origin.addr()),
+        server.addr,
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "the error body is not written to stdout either"
+    );
     let (out, _) = fetch_to(
         dir.path(),
         &format!("http://{}/redirect", origin.addr()),

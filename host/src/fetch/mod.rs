@@ -294,34 +294,29 @@ fn exchange(
         last: Instant::now(),
     };
     let req = request(url);
+    let mut body = Vec::new();
     let end = session.exchange(
         destination(&url.host, url.port),
         req.as_bytes(),
         &mut |data| {
             first_byte.get_or_insert_with(|| start.elapsed());
-            let mut write_err = None;
-            let fed = parser.feed(data, &mut |body| {
-                if write_err.is_none()
-                    && let Err(e) = out.write_all(body)
-                {
-                    write_err = Some(e);
-                }
-            });
-            if let Err(e) = fed {
+            // Decoded body bytes are held until the status is known to be
+            // 2xx: an error body is never written.
+            body.clear();
+            if let Err(e) = parser.feed(data, &mut |b| body.extend_from_slice(b)) {
                 failure = Some(FetchError::BadResponse(e));
-                return Flow::Done;
-            }
-            if let Some(e) = write_err {
-                failure = Some(FetchError::Output(e.to_string()));
                 return Flow::Done;
             }
             if let Some(head) = parser.head() {
                 if !(200..300).contains(&head.status) {
-                    // Not a body to keep: stop here, write nothing more.
                     failure = Some(FetchError::Status {
                         status_line: head.status_line.clone(),
                         location: head.location.clone(),
                     });
+                    return Flow::Done;
+                }
+                if let Err(e) = out.write_all(&body) {
+                    failure = Some(FetchError::Output(e.to_string()));
                     return Flow::Done;
                 }
                 progress.update(parser.body_len(), head.content_length);
