@@ -16,7 +16,9 @@
 //! connection whose reply is still pending gets the matching failure reply
 //! instead. Busy and rate-limit refusals (including a silent close before
 //! the ServerHello) are retried with backoff; only key errors can end the
-//! client at first contact.
+//! client at first contact. After the server's GOAWAY, new local
+//! connections wait and the session is closed as soon as its last stream
+//! ends, so they get a new session then.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -1088,7 +1090,11 @@ impl Client {
             match reply {
                 Some(reply) => {
                     if let Phase::Opening(id) = l.phase {
+                        // The server may still connect it: cancel it there.
                         self.streams.remove(&id);
+                        if let Tunnel::Up { conn, .. } = &mut self.tunnel {
+                            let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
+                        }
                     }
                     l.pipe.queue_local(&reply);
                     l.pipe.tunnel_fin = true;
