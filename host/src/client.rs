@@ -5,8 +5,20 @@
 //!
 //! The session is (re)established on demand: at start, and after it dies,
 //! with exponential backoff and jitter. Local connections that arrive while
-//! the tunnel is down wait (up to [`PENDING_LOCAL_TIMEOUT`]); streams that
-//! were live when it died are closed, so the local side sees the break.
+//! the tunnel is down wait (up to [`PENDING_LOCAL_TIMEOUT`]).
+//!
+//! Ends are mapped faithfully: only the server's authenticated FIN becomes
+//! `shutdown(Write)` on the local socket. A RESET, a lost or truncated
+//! session, a CLOSE while streams are open, an idle timeout, or a refusal
+//! of a `-L` stream end the local socket abortively (RST), so the
+//! application reads `ECONNRESET` rather than a clean EOF; the log says
+//! "aborted (reason)" with the byte counts. A SOCKS5 or HTTP-proxy
+//! connection whose reply is still pending gets the matching failure reply
+//! instead. Busy and rate-limit refusals (including a silent close before
+//! the ServerHello) are retried with backoff; only key errors can end the
+//! client at first contact. After the server's GOAWAY, new local
+//! connections wait and the session is closed as soon as its last stream
+//! ends, so they get a new session then.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -118,6 +130,15 @@ enum Phase {
     Closing,
 }
 
+/// How a local connection ends.
+enum End {
+    /// Both directions finished cleanly, or no stream was ever carried.
+    Clean,
+    /// Anything else: the local socket is reset (RST) and the stream, if
+    /// still live, is reset too. The text says why, for the log.
+    Abort(String),
+}
+
 /// A parsed proxy request: destination and the payload bytes after it.
 type ProxyTarget = (DestHost, u16, Vec<u8>);
 
@@ -153,6 +174,8 @@ enum Tunnel {
         conn: Box<HostConnection>,
         started: StdInstant,
         write_failed: bool,
+        /// The server sent GOAWAY: no new streams on this session.
+        going_away: bool,
     },
 }
 
@@ -443,6 +466,7 @@ impl Client {
                     conn,
                     started: StdInstant::now(),
                     write_failed: false,
+                    going_away: false,
                 };
             }
         }
@@ -540,25 +564,10 @@ impl Client {
                     }
                 }
                 Event::OpenFailed { id, code } => {
-                    let Some(t) = self.streams.remove(&id) else {
+                    let Some(&t) = self.streams.get(&id) else {
                         continue;
                     };
-                    if let Some(l) = self.locals.get_mut(&t) {
-                        info!("{}: stream {id} refused by server: {code}", l.peer);
-                        match &l.proto {
-                            Proto::Socks(_) => {
-                                l.pipe.queue_local(&socks5::reply(socks_code(code), None))
-                            }
-                            Proto::Http { .. } => l
-                                .pipe
-                                .queue_local(&http_status(code).response(&code.to_string())),
-                            Proto::Forward => {}
-                        }
-                        l.pipe.tunnel_fin = true;
-                        l.pipe.sock_eof = true;
-                        l.phase = Phase::Closing;
-                        self.touched_locals.insert(t);
-                    }
+                    self.refuse_local(t, code);
                 }
                 Event::Data { id, data } => {
                     let Some(&t) = self.streams.get(&id) else {
@@ -580,9 +589,8 @@ impl Client {
                     }
                 }
                 Event::Reset { id, code } => {
-                    if let Some(t) = self.streams.remove(&id) {
-                        debug!("stream {id} reset by server: {code}");
-                        self.drop_local(t);
+                    if let Some(&t) = self.streams.get(&id) {
+                        self.fail_local(t, format!("reset by the server: {code}"));
                     }
                 }
                 Event::Writable { id } => {
@@ -590,7 +598,14 @@ impl Client {
                         self.touched_locals.insert(t);
                     }
                 }
-                Event::GoAway { code } => info!("server is going away: {code}"),
+                Event::GoAway { code } => {
+                    info!(
+                        "server is going away: {code}; new connections wait for the next session"
+                    );
+                    if let Tunnel::Up { going_away, .. } = &mut self.tunnel {
+                        *going_away = true;
+                    }
+                }
                 Event::OpenRequest { id, .. } => {
                     // The core refuses OPEN from a server; unreachable.
                     debug!("ignoring open request {id} on the client");
@@ -604,14 +619,7 @@ impl Client {
     }
 
     fn on_tunnel_closed(&mut self, error: ConnectionError) {
-        let auth = matches!(
-            error,
-            ConnectionError::Handshake(
-                HandshakeError::PeerAlert(..)
-                    | HandshakeError::ServerAuthenticationFailed
-                    | HandshakeError::UnknownServerKey(_)
-            )
-        );
+        let auth = is_key_error(&error);
         let pinned = self.opts.core.server.id();
         let hint = match error {
             ConnectionError::Handshake(HandshakeError::PeerAlert(
@@ -636,6 +644,8 @@ impl Client {
                 "tunnel handshake with {} failed: {error}{hint}",
                 self.opts.server
             );
+        } else if matches!(error, ConnectionError::LocallyClosed(_)) {
+            info!("session to {} closed: {error}", self.opts.server);
         } else {
             warn!("tunnel to {} lost: {error}", self.opts.server);
         }
@@ -659,18 +669,13 @@ impl Client {
             }
             let _ = self.poll.registry().deregister(sock);
         }
-        // Every live stream is broken: tell the local side by closing it.
+        // Every live stream is broken: the local side must not mistake the
+        // break for a complete stream, so it is reset (or, with a proxy
+        // reply still pending, answered with a failure).
+        let reason = session_end_reason(&error);
         let broken: Vec<Token> = self.streams.drain().map(|(_, t)| t).collect();
         for t in broken {
-            self.drop_local(t);
-        }
-        // Connections that were still opening get to retry on the next session.
-        for l in self.locals.values_mut() {
-            if let Phase::Opening(_) = l.phase {
-                l.phase = Phase::Closing;
-                l.pipe.sock_eof = true;
-                l.pipe.tunnel_fin = true;
-            }
+            self.fail_local(t, reason.clone());
         }
         self.schedule_retry();
     }
@@ -782,15 +787,15 @@ impl Client {
                 // Early bytes beyond the initial credit are rare (a client
                 // pipelining a big body before the reply); keep them.
                 if off < early.len() {
-                    l.pipe.read_blocked = true;
+                    let excess = early.len() - off;
                     l.phase = Phase::Opening(id);
-                    warn!(
-                        "{}: {} early bytes exceed the initial window; dropping connection",
-                        l.peer,
-                        early.len() - off
+                    self.streams.insert(id, t);
+                    self.end_local(
+                        t,
+                        End::Abort(format!(
+                            "{excess} early bytes exceed the initial stream window"
+                        )),
                     );
-                    let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
-                    self.drop_local(t);
                     return;
                 }
                 l.phase = match l.proto {
@@ -806,9 +811,14 @@ impl Client {
             Err(hytun_core::StreamError::TooManyStreams | hytun_core::StreamError::Blocked) => {
                 // Retried when streams end / the buffer drains (service loop).
             }
+            Err(hytun_core::StreamError::GoingAway) => {
+                // The server sent GOAWAY: this session takes no new
+                // streams. The connection waits for the next session,
+                // which the service loop starts at once.
+            }
             Err(e) => {
-                warn!("{}: cannot open stream: {e}", l.peer);
-                self.drop_local(t);
+                let reason = format!("cannot open a stream: {e}");
+                self.fail_local(t, reason);
             }
         }
     }
@@ -843,14 +853,14 @@ impl Client {
             let n = match sock.read(&mut buf) {
                 Ok(0) => {
                     debug!("{}: closed during negotiation", l.peer);
-                    self.drop_local(t);
+                    self.end_local(t, End::Clean);
                     return;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.drop_local(t);
+                Err(e) => {
+                    self.end_local(t, End::Abort(format!("local read failed: {e}")));
                     return;
                 }
             };
@@ -922,18 +932,108 @@ impl Client {
         }
     }
 
-    fn drop_local(&mut self, t: Token) {
-        if let Some(mut l) = self.locals.remove(&t) {
-            if let Some(sock) = l.pipe.sock.as_mut() {
-                let _ = self.poll.registry().deregister(sock);
-            }
-            if let Phase::Streaming(id) | Phase::Opening(id) = l.phase {
+    /// Removes a local connection. A clean end closes the socket normally
+    /// (its FIN was already sent by the pipe); an abort resets the stream
+    /// if it is still live and closes the socket with RST.
+    fn end_local(&mut self, t: Token, end: End) {
+        let Some(mut l) = self.locals.remove(&t) else {
+            return;
+        };
+        if let Some(sock) = l.pipe.sock.as_mut() {
+            let _ = self.poll.registry().deregister(sock);
+        }
+        let id = match l.phase {
+            Phase::Streaming(id) | Phase::Opening(id) => {
                 self.streams.remove(&id);
-                info!(
-                    "{}: stream {id} closed ({} bytes sent, {} received)",
-                    l.peer, l.pipe.bytes_from_sock, l.pipe.bytes_to_sock
+                Some(id)
+            }
+            _ => None,
+        };
+        let (sent, received) = (l.pipe.bytes_from_sock, l.pipe.bytes_to_sock);
+        match (end, id) {
+            (End::Clean, Some(id)) => info!(
+                "{}: stream {id} closed ({sent} bytes sent, {received} received)",
+                l.peer
+            ),
+            (End::Clean, None) => debug!("{}: local connection closed", l.peer),
+            (End::Abort(reason), Some(id)) => {
+                if let Tunnel::Up { conn, .. } = &mut self.tunnel {
+                    // Fails harmlessly when the stream or session is gone.
+                    let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
+                }
+                l.pipe.abort();
+                warn!(
+                    "{}: stream {id} aborted ({reason}; {sent} bytes sent, {received} received)",
+                    l.peer
                 );
             }
+            (End::Abort(reason), None) => {
+                l.pipe.abort();
+                info!("{}: local connection aborted ({reason})", l.peer);
+            }
+        }
+        // Dropping `l` closes the socket (with RST after `abort`).
+    }
+
+    /// A failure of a local connection's stream. A SOCKS5 / HTTP CONNECT
+    /// client whose reply is still pending gets a failure reply and a
+    /// normal close; everything else is aborted.
+    fn fail_local(&mut self, t: Token, reason: String) {
+        let Some(l) = self.locals.get_mut(&t) else {
+            return;
+        };
+        let reply = match (&l.proto, &l.phase) {
+            (Proto::Socks(_), Phase::Opening(_) | Phase::WaitingTunnel { .. }) => {
+                Some(socks5::reply(Socks5Reply::GeneralFailure, None))
+            }
+            (Proto::Http { .. }, Phase::Opening(_) | Phase::WaitingTunnel { .. }) => {
+                Some(ProxyStatus::BadGateway.response(&reason))
+            }
+            _ => None,
+        };
+        match reply {
+            Some(reply) => {
+                if let Phase::Opening(id) = l.phase {
+                    self.streams.remove(&id);
+                    info!("{}: stream {id} failed before the reply: {reason}", l.peer);
+                }
+                l.pipe.queue_local(&reply);
+                l.pipe.tunnel_fin = true;
+                l.pipe.sock_eof = true;
+                l.phase = Phase::Closing;
+                l.deadline = None;
+                self.touched_locals.insert(t);
+            }
+            None => self.end_local(t, End::Abort(reason)),
+        }
+    }
+
+    /// The server refused a stream (OPEN_FAIL): a proxy client gets the
+    /// matching failure reply; a `-L` connection, whose application may
+    /// already have sent data, is reset.
+    fn refuse_local(&mut self, t: Token, code: StreamErrorCode) {
+        let Some(l) = self.locals.get_mut(&t) else {
+            return;
+        };
+        let reply = match &l.proto {
+            Proto::Socks(_) => Some(socks5::reply(socks_code(code), None)),
+            Proto::Http { .. } => Some(http_status(code).response(&code.to_string())),
+            Proto::Forward => None,
+        };
+        match reply {
+            Some(reply) => {
+                if let Phase::Opening(id) | Phase::Streaming(id) = l.phase {
+                    self.streams.remove(&id);
+                    info!("{}: stream {id} refused by server: {code}", l.peer);
+                }
+                l.pipe.queue_local(&reply);
+                l.pipe.tunnel_fin = true;
+                l.pipe.sock_eof = true;
+                l.phase = Phase::Closing;
+                l.deadline = None;
+                self.touched_locals.insert(t);
+            }
+            None => self.end_local(t, End::Abort(format!("refused by server: {code}"))),
         }
     }
 
@@ -971,25 +1071,41 @@ impl Client {
             .map(|(t, _)| *t)
             .collect();
         for t in expired {
-            if let Some(l) = self.locals.get_mut(&t) {
-                warn!(
-                    "{}: tunnel not available in time; closing local connection",
-                    l.peer
-                );
-                match &l.proto {
-                    Proto::Socks(_) if !matches!(l.phase, Phase::Negotiating) => l
-                        .pipe
-                        .queue_local(&socks5::reply(Socks5Reply::GeneralFailure, None)),
-                    Proto::Http { .. } if !matches!(l.phase, Phase::Negotiating) => l
-                        .pipe
-                        .queue_local(&ProxyStatus::GatewayTimeout.response("tunnel unavailable")),
-                    _ => {}
+            let Some(l) = self.locals.get_mut(&t) else {
+                continue;
+            };
+            warn!(
+                "{}: tunnel not available in time; closing local connection",
+                l.peer
+            );
+            let reply = match &l.proto {
+                Proto::Socks(_) if !matches!(l.phase, Phase::Negotiating) => {
+                    Some(socks5::reply(Socks5Reply::GeneralFailure, None))
                 }
-                l.pipe.tunnel_fin = true;
-                l.pipe.sock_eof = true;
-                l.phase = Phase::Closing;
-                l.deadline = None;
-                self.touched_locals.insert(t);
+                Proto::Http { .. } if !matches!(l.phase, Phase::Negotiating) => {
+                    Some(ProxyStatus::GatewayTimeout.response("tunnel unavailable"))
+                }
+                _ => None,
+            };
+            match reply {
+                Some(reply) => {
+                    if let Phase::Opening(id) = l.phase {
+                        // The server may still connect it: cancel it there.
+                        self.streams.remove(&id);
+                        if let Tunnel::Up { conn, .. } = &mut self.tunnel {
+                            let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
+                        }
+                    }
+                    l.pipe.queue_local(&reply);
+                    l.pipe.tunnel_fin = true;
+                    l.pipe.sock_eof = true;
+                    l.phase = Phase::Closing;
+                    l.deadline = None;
+                    self.touched_locals.insert(t);
+                }
+                // A `-L` application may have sent data already: no clean
+                // end for it.
+                None => self.end_local(t, End::Abort("tunnel not available in time".into())),
             }
         }
     }
@@ -1010,6 +1126,7 @@ impl Client {
             }
             // Locals still waiting for a stream slot.
             self.open_waiting();
+            self.retire_drained_session();
             let wrote = self.write_tunnel();
             let closed = matches!(&self.tunnel, Tunnel::Up { conn, .. } if conn.is_closed());
             if closed {
@@ -1039,17 +1156,13 @@ impl Client {
                 }
             }
             Err(e) => {
-                debug!("{}: local write failed: {e}", l.peer);
-                if let (Some(id), Tunnel::Up { conn, .. }) = (id, &mut self.tunnel) {
-                    let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
-                }
-                self.drop_local(t);
+                self.end_local(t, End::Abort(local_failure("write to", &e)));
                 return;
             }
         }
         if matches!(l.phase, Phase::Closing) {
             if l.pipe.buffered() == 0 {
-                self.drop_local(t);
+                self.end_local(t, End::Clean);
             }
             return;
         }
@@ -1058,15 +1171,30 @@ impl Client {
             match l.pipe.read_into(&mut **conn, id) {
                 Ok(ReadOutcome::Eof) | Ok(_) => {}
                 Err(e) => {
-                    debug!("{}: local read failed: {e}", l.peer);
-                    let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
-                    self.drop_local(t);
+                    self.end_local(t, End::Abort(local_failure("read from", &e)));
                     return;
                 }
             }
             if l.pipe.is_done() {
-                self.drop_local(t);
+                self.end_local(t, End::Clean);
             }
+        }
+    }
+
+    /// A session the server is retiring (GOAWAY) is closed as soon as its
+    /// last stream ends, so connections waiting for a stream get a new
+    /// session at once instead of waiting for the server's own CLOSE.
+    fn retire_drained_session(&mut self) {
+        if let Tunnel::Up {
+            conn, going_away, ..
+        } = &mut self.tunnel
+            && *going_away
+            && self.streams.is_empty()
+            && !conn.is_closed()
+        {
+            info!("last stream of the retiring session ended; closing it");
+            conn.close(CloseCode::Normal);
+            self.drain_events();
         }
     }
 
@@ -1104,6 +1232,20 @@ impl Client {
     }
 
     fn shutdown(&mut self) {
+        // Streams still open are cut, not complete: reset their sockets.
+        let live: Vec<Token> = self.locals.keys().copied().collect();
+        for t in live {
+            let clean = self
+                .locals
+                .get(&t)
+                .is_some_and(|l| matches!(l.phase, Phase::Negotiating | Phase::Closing));
+            let end = if clean {
+                End::Clean
+            } else {
+                End::Abort("client stopping".into())
+            };
+            self.end_local(t, end);
+        }
         if let Tunnel::Up { sock, conn, .. } = &mut self.tunnel {
             if !conn.is_closed() {
                 conn.close(CloseCode::Normal);
@@ -1113,6 +1255,44 @@ impl Client {
             let _ = sock.write(&pending);
         }
         info!("client stopped");
+    }
+}
+
+/// True for the handshake failures that retrying cannot fix: the server
+/// does not hold the pinned key, or does not authorize ours. Busy, rate
+/// limiting (a silent close before the ServerHello), timeouts and lost
+/// connections are retryable.
+fn is_key_error(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::Handshake(
+            HandshakeError::PeerAlert(AlertReason::UnknownServerKey | AlertReason::Unauthorized, _)
+                | HandshakeError::ServerAuthenticationFailed
+                | HandshakeError::UnknownServerKey(_)
+        )
+    )
+}
+
+/// Why the streams of a session that ended are aborted, for the log.
+fn session_end_reason(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::PeerClosed(code) => {
+            format!("server closed the session with the stream open: {code}")
+        }
+        ConnectionError::LocallyClosed(code) => {
+            format!("session closed with the stream open: {code}")
+        }
+        ConnectionError::Truncated => "tunnel lost: connection to the server cut".into(),
+        e => format!("tunnel lost: {e}"),
+    }
+}
+
+/// A local socket error as an abort reason.
+fn local_failure(what: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => "local application reset the connection".into(),
+        io::ErrorKind::BrokenPipe => "local application closed the connection".into(),
+        _ => format!("{what} the local application failed: {e}"),
     }
 }
 

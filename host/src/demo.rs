@@ -1,9 +1,9 @@
 //! `hytun demo`: the whole tunnel on loopback in one command.
 //!
 //! Generates throwaway keys on first use (in `keys/demo/` by default),
-//! starts a local origin web server, a `hytun` server and a client with a
-//! port forward to the origin, fetches a page through the tunnel, prints
-//! it and a summary, and shuts everything down.
+//! starts a local origin web server and a `hytun` server, fetches a page
+//! through the tunnel as `hytun fetch` does (one stream of one session),
+//! prints it and a summary, and shuts everything down.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

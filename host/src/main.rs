@@ -2,7 +2,6 @@
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -266,11 +265,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let url = HttpUrl::parse(&url)?;
             let opts = setup::client_options(client_flags(conn))?;
             let result = match &output {
-                Some(path) => {
-                    let mut f =
-                        File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    fetch::fetch(&url, opts, &mut f, true)?
-                }
+                Some(path) => fetch::fetch_to_file(&url, opts, path, true)?,
                 None => {
                     let stdout = io::stdout();
                     let mut lock = stdout.lock();
@@ -283,9 +278,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 result.body_len,
                 result.total.as_secs_f64() * 1e3
             );
-            if !(200..300).contains(&result.status) {
-                return Err(format!("server answered {}", result.status_line).into());
-            }
             Ok(())
         }
         Command::Demo { keys } => {

@@ -1,7 +1,9 @@
 //! A tiny HTTP/1.x origin server (one thread per connection) used by
 //! `hytun demo` and the end-to-end tests as the destination behind the
 //! tunnel. Paths: `/` (an HTML page), `/hello` (a short marker text),
-//! `/bytes/N` (N bytes of a fixed pattern). Anything else is 404.
+//! `/bytes/N` (N bytes of a fixed pattern), `/chunked/N` (the same bytes
+//! with chunked transfer coding, HTTP/1.1 requests only), `/redirect` (301 to
+//! `/hello`). Anything else is 404.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -116,6 +118,17 @@ fn serve(sock: TcpStream) {
             .filter(|n| *n <= MAX_BYTES)
         {
             send_pattern(&mut out, n, conn_hdr)
+        } else if let Some(n) = path
+            .strip_prefix("/chunked/")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n <= MAX_BYTES && line.contains("HTTP/1.1"))
+        {
+            send_chunked(&mut out, n, conn_hdr)
+        } else if path == "/redirect" {
+            let head = format!(
+                "HTTP/1.1 301 Moved Permanently\r\nLocation: /hello\r\nContent-Length: 9\r\nConnection: {conn_hdr}\r\n\r\nredirect\n"
+            );
+            out.write_all(head.as_bytes())
         } else {
             respond(
                 &mut out,
@@ -163,4 +176,24 @@ fn send_pattern(out: &mut TcpStream, n: u64, conn: &str) -> io::Result<()> {
         i += chunk as u64;
     }
     Ok(())
+}
+
+/// `/bytes/N` content with chunked transfer coding, in uneven chunks.
+fn send_chunked(out: &mut TcpStream, n: u64, conn: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: {conn}\r\n\r\n"
+    );
+    out.write_all(head.as_bytes())?;
+    let mut i = 0u64;
+    let mut size = 1u64;
+    while i < n {
+        let chunk = (n - i).min(size);
+        let mut msg = format!("{chunk:x}\r\n").into_bytes();
+        msg.extend((i..i + chunk).map(pattern_byte));
+        msg.extend_from_slice(b"\r\n");
+        out.write_all(&msg)?;
+        i += chunk;
+        size = (size * 3 + 7) % 40_000 + 1;
+    }
+    out.write_all(b"0\r\n\r\n")
 }

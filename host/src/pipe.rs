@@ -10,12 +10,18 @@
 //!   built (`stream_send_with`), only as far as the stream has credit and
 //!   the tunnel has transmit space; otherwise the pipe is marked blocked
 //!   and retried when room appears. EOF becomes a stream FIN.
+//! * ends: only the peer's authenticated FIN becomes `shutdown(Write)`.
+//!   Every other end (a RESET, a lost or closed session, a refusal after
+//!   data was accepted) calls [`Pipe::abort`], so closing the socket sends
+//!   RST and the application reads `ECONNRESET`, never a clean EOF.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::time::Duration;
 
 use hytun_core::{Connection, StreamError, StreamId};
 use mio::net::TcpStream;
+use socket2::SockRef;
 
 /// What a read pass from the socket ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +88,22 @@ impl Pipe {
     /// True when both directions are finished and nothing is buffered.
     pub fn is_done(&self) -> bool {
         self.sock_eof && self.shut_write && self.buffered() == 0
+    }
+
+    /// Makes the eventual close abortive: `SO_LINGER` 0, so dropping the
+    /// socket sends RST (the application reads `ECONNRESET`) instead of a
+    /// FIN that would look like a complete stream. Buffered bytes are
+    /// discarded. Call on every end other than a clean one in both
+    /// directions, then drop the pipe (after deregistering the socket).
+    pub fn abort(&mut self) {
+        self.to_sock = Vec::new();
+        self.to_sock_off = 0;
+        self.local_prefix = 0;
+        if let Some(sock) = self.sock.as_ref() {
+            // Fails only for a socket that is already gone; then the close
+            // has nothing left to report either way.
+            let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+        }
     }
 
     /// Queues local (non-tunnel) bytes ahead of tunnel data.
