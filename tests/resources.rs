@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ fn key(name: &str) -> String {
 /// `hytun server` on 127.0.0.1:`port` with the test keys and `extra` flags,
 /// optionally under a descriptor limit (soft and hard); returns once it
 /// listens.
-fn server(port: u16, allow: &str, extra: &[&str], nofile: Option<u32>) -> ChildGuard {
+fn server(port: u16, allow: &str, extra: &[&str], nofile: Option<u32>) -> ServerProc {
     let listen = format!("127.0.0.1:{port}");
     let mut args: Vec<String> = [
         "server",
@@ -82,7 +82,23 @@ fn server(port: u16, allow: &str, extra: &[&str], nofile: Option<u32>) -> ChildG
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hytun server");
-    let guard = ChildGuard(child);
+    let mut guard = ChildGuard(child);
+    // Drain the log as it comes: a full pipe would block the server.
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(mut err) = guard.0.stderr.take() {
+        let log = log.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+    }
     assert!(
         wait_listening(
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -90,7 +106,19 @@ fn server(port: u16, allow: &str, extra: &[&str], nofile: Option<u32>) -> ChildG
         ),
         "server did not start"
     );
-    guard
+    ServerProc { guard, log }
+}
+
+/// A running server process and its log so far.
+struct ServerProc {
+    guard: ChildGuard,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServerProc {
+    fn pid(&self) -> u32 {
+        self.guard.0.id()
+    }
 }
 
 /// `hytun client` forwarding 127.0.0.1:`local` to `dest` through the server.
@@ -163,14 +191,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn stderr_of(mut guard: ChildGuard) -> String {
-    let _ = guard.0.kill();
-    let _ = guard.0.wait();
-    let mut err = String::new();
-    if let Some(mut e) = guard.0.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    err
+/// Stops the server and returns everything it logged.
+fn stderr_of(mut srv: ServerProc) -> String {
+    let _ = srv.guard.0.kill();
+    let _ = srv.guard.0.wait();
+    thread::sleep(Duration::from_millis(100));
+    srv.log.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 /// A destination that accepts connections and never reads from them.
@@ -309,7 +335,7 @@ fn server_memory_stays_within_its_budget_while_clients_push_at_dead_upstreams() 
         ],
         None,
     );
-    let pid = srv.0.id();
+    let pid = srv.pid();
     // Two authorized sessions, each with 400 streams writing as fast as
     // the tunnel takes it toward a destination that never reads.
     let locals = [free_port(), free_port()];
@@ -441,4 +467,154 @@ fn a_second_server_on_the_same_address_exits_with_a_clear_error() {
         err.contains("address already in use (is another hytun server running?)"),
         "{err}"
     );
+}
+
+/// Runs one client session over `sock` with the core directly: handshake,
+/// then one stream that echoes `msg` through `echo`, then nothing. Returns
+/// once the echo came back in full.
+fn idle_session_after_one_exchange(
+    mut sock: TcpStream,
+    core: Arc<hytun_core::ClientConfig>,
+    echo: SocketAddr,
+    msg: &[u8],
+) -> TcpStream {
+    use hytun_core::{Destination, Event, Host, HostConnection, Instant as CoreInstant};
+    let t0 = Instant::now();
+    let now = || CoreInstant::from_millis(t0.elapsed().as_millis() as u64);
+    let mut rng = hytun_host::runtime::os_rng();
+    let mut conn = Box::new(HostConnection::client(core, now(), &mut rng));
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let ip = match echo.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => panic!("IPv4 echo expected"),
+    };
+    let mut stream = None;
+    let mut back = 0usize;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let out = conn.transmit_pending().to_vec();
+        if !out.is_empty() {
+            sock.write_all(&out).unwrap();
+            conn.transmit_done(out.len());
+        }
+        if back == msg.len() {
+            return sock;
+        }
+        let n = sock.read(&mut buf).expect("read from server");
+        assert!(n > 0, "server closed the session");
+        let mut off = 0;
+        while off < n {
+            off += conn.handle_input(&buf[off..n], now(), &mut rng);
+            let mut connected = false;
+            let mut consumed = Vec::new();
+            while let Some(ev) = conn.poll_event() {
+                match ev {
+                    Event::Connected => connected = true,
+                    Event::Data { id, data } => {
+                        back += data.len();
+                        consumed.push((id, data.len()));
+                    }
+                    Event::Closed { error } => panic!("session closed: {error}"),
+                    _ => {}
+                }
+            }
+            for (id, n) in consumed {
+                conn.stream_consumed(id, n);
+            }
+            if connected {
+                let id = conn
+                    .open_stream(Destination {
+                        host: Host::Ipv4(ip),
+                        port: echo.port(),
+                    })
+                    .unwrap();
+                stream = Some(id);
+            }
+            if let Some(id) = stream
+                && back == 0
+                && conn.stream_send(id, msg).unwrap_or(0) == msg.len()
+            {
+                let _ = conn.stream_finish(id);
+                stream = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_thousand_idle_sessions_cost_at_most_16_kib_each() {
+    const SESSIONS: usize = 1000;
+    // Room for this process's 1000 sockets.
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+    let echo = EchoServer::start().unwrap();
+    let port = free_port();
+    let srv = server(
+        port,
+        &format!("127.0.0.1:{}", echo.addr.port()),
+        &[
+            "--threads",
+            "1",
+            "--max-sessions",
+            "1100",
+            "--max-pending",
+            "1100",
+            "--handshake-rate",
+            "1000",
+            "--key-ops-rate",
+            "5000",
+        ],
+        None,
+    );
+    let pid = srv.pid();
+    let server_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let core = hytun_host::setup::client_options(hytun_host::setup::ClientFlags {
+        key: Some(keydir().join("client.key")),
+        server_key: Some(keydir().join("server.pub")),
+        ..Default::default()
+    })
+    .expect("client options")
+    .core;
+    // Warm-up: the first session allocates the loop's own buffers.
+    let warm = connect_from(Ipv4Addr::new(127, 0, 4, 1), server_addr).unwrap();
+    let warm = idle_session_after_one_exchange(warm, core.clone(), echo.addr, &[7u8; 1000]);
+    thread::sleep(Duration::from_millis(2500));
+    let baseline = rss_kib(pid);
+    // Sessions from 250 "hosts", four each, on four threads.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let core = core.clone();
+            let echo = echo.addr;
+            thread::spawn(move || {
+                (0..SESSIONS / 4)
+                    .map(|i| {
+                        let n = w * (SESSIONS / 4) + i;
+                        let src = Ipv4Addr::new(127, 0, 5 + (n / 250) as u8, (n % 250) as u8 + 1);
+                        let s = connect_from(src, server_addr).expect("connect");
+                        idle_session_after_one_exchange(s, core.clone(), echo, &[n as u8; 1000])
+                    })
+                    .collect::<Vec<TcpStream>>()
+            })
+        })
+        .collect();
+    let sessions: Vec<TcpStream> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("session worker"))
+        .collect();
+    assert_eq!(sessions.len(), SESSIONS);
+    // Quiet for longer than the server's idle-release delay.
+    thread::sleep(Duration::from_millis(2500));
+    let after = rss_kib(pid);
+    let per_session = after.saturating_sub(baseline) as f64 / SESSIONS as f64;
+    eprintln!(
+        "{SESSIONS} idle sessions: server RSS {baseline} KiB -> {after} KiB, {per_session:.1} KiB each"
+    );
+    assert!(
+        per_session <= 16.0,
+        "an idle session costs {per_session:.1} KiB"
+    );
+    drop(sessions);
+    drop(warm);
 }

@@ -244,7 +244,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if threads == 0 {
                 return Err("--threads must be at least 1".into());
             }
-            let server = Server::bind_group(opts, threads)?;
+            // Signals first: one that arrives once the socket listens must
+            // stop the server gracefully, not kill it.
+            let signals = hytun_host::server::stop_signals()?;
+            let mut server = Server::bind_group(opts, threads)?;
+            server.handle_signals(signals)?;
             server.run(true)?;
             Ok(())
         }

@@ -28,6 +28,8 @@ const SIGNALS: Token = Token(2);
 const FIRST_DYNAMIC: usize = 16;
 const READ_CHUNK: usize = 256 * 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// A session quiet this long gives its record buffers back.
+const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// One event loop of a server.
 pub struct EventLoop {
@@ -44,6 +46,8 @@ pub struct EventLoop {
     accept_paused_until: Option<StdInstant>,
     shutdown_deadline: Option<StdInstant>,
     scratch: Vec<u8>,
+    next_idle_sweep: StdInstant,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
 }
 
 /// Builds the [`Ctx`] a session borrows, from disjoint fields of the loop.
@@ -93,6 +97,8 @@ impl EventLoop {
             accept_paused_until: None,
             shutdown_deadline: None,
             scratch: vec![0; READ_CHUNK],
+            next_idle_sweep: StdInstant::now() + IDLE_RELEASE_AFTER,
+            signals: None,
         })
     }
 
@@ -109,6 +115,22 @@ impl EventLoop {
         );
     }
 
+    /// Takes over SIGINT and SIGTERM now (a graceful stop once the loop
+    /// runs), so a signal that arrives between binding and running is not
+    /// fatal.
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        self.use_signals(super::stop_signals()?)
+    }
+
+    /// Handles `s` (from [`super::stop_signals`]) in this loop.
+    pub fn use_signals(&mut self, mut s: signal_hook_mio::v1_0::Signals) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut s, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(s);
+        Ok(())
+    }
+
     /// A handle that stops this loop from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -117,18 +139,10 @@ impl EventLoop {
     /// Runs until stopped (by the handle, or SIGINT/SIGTERM when
     /// `handle_signals`). Returns after a graceful shutdown.
     pub fn run(mut self, handle_signals: bool) -> io::Result<()> {
-        let mut signals = if handle_signals {
-            let mut s = signal_hook_mio::v1_0::Signals::new([
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-            ])?;
-            self.poll
-                .registry()
-                .register(&mut s, SIGNALS, Interest::READABLE)?;
-            Some(s)
-        } else {
-            None
-        };
+        if handle_signals && self.signals.is_none() {
+            self.handle_signals()?;
+        }
+        let mut signals = self.signals.take();
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -189,6 +203,9 @@ impl EventLoop {
         }
         if let Some(t) = self.accept_paused_until {
             take(t);
+        }
+        if !self.sessions.is_empty() {
+            take(self.next_idle_sweep);
         }
         if self.shutdown_deadline.is_some() {
             take(now + Duration::from_millis(100));
@@ -329,6 +346,13 @@ impl EventLoop {
         if self.accept_paused_until.is_some_and(|t| std_now >= t) {
             self.accept_paused_until = None;
             self.accept_all();
+        }
+        if std_now >= self.next_idle_sweep {
+            self.next_idle_sweep = std_now + IDLE_RELEASE_AFTER;
+            let quiet_before = std_now - IDLE_RELEASE_AFTER;
+            for s in self.sessions.values_mut() {
+                s.release_if_idle(quiet_before);
+            }
         }
         let hello = self.shared.limits.hello_timeout;
         let stale: Vec<Token> = self

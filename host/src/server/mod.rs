@@ -291,6 +291,16 @@ impl Server {
         self.local_addr
     }
 
+    /// Lets the first loop handle `signals` (from [`stop_signals`], taken
+    /// before binding so that a signal right after the socket listens stops
+    /// the server gracefully instead of killing it).
+    pub fn handle_signals(&mut self, signals: signal_hook_mio::v1_0::Signals) -> io::Result<()> {
+        match self.loops.first_mut() {
+            Some(l) => l.use_signals(signals),
+            None => Ok(()),
+        }
+    }
+
     /// Handles that stop the loops from another thread.
     pub fn stop_handle(&self) -> GroupStop {
         GroupStop(self.loops.iter().map(EventLoop::stop_handle).collect())
@@ -328,6 +338,13 @@ impl Server {
         }
         result
     }
+}
+
+/// Takes over SIGINT and SIGTERM now: from here on they are delivered to
+/// the loop that [`Server::handle_signals`] gives them to, as a graceful
+/// stop.
+pub fn stop_signals() -> io::Result<signal_hook_mio::v1_0::Signals> {
+    signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
 }
 
 /// Stops every loop of a server.

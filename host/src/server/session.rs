@@ -135,6 +135,10 @@ pub struct Session {
     write_failed: bool,
     /// Bytes reserved from the server memory pool.
     charged: usize,
+    /// When tunnel bytes last moved either way.
+    last_io: StdInstant,
+    /// Buffers were given back and nothing moved since.
+    released: bool,
 }
 
 impl Session {
@@ -152,6 +156,8 @@ impl Session {
             closed: false,
             write_failed: false,
             charged: 0,
+            last_io: StdInstant::now(),
+            released: false,
         }
     }
 
@@ -278,7 +284,11 @@ impl Session {
                     self.drain_events(ctx);
                     return;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    self.last_io = StdInstant::now();
+                    self.released = false;
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -708,6 +718,12 @@ impl Session {
             }
             let more = self.upstreams.values().any(|u| u.pipe.read_blocked) && wrote > 0;
             if !more {
+                // A session without streams is idle until its next OPEN:
+                // give the buffers back now rather than after the idle
+                // delay, so thousands of such sessions hold almost nothing.
+                if self.established && self.upstreams.is_empty() {
+                    self.release_if_idle(StdInstant::now());
+                }
                 return true;
             }
         }
@@ -728,6 +744,8 @@ impl Session {
                 Ok(n) => {
                     total += n;
                     conn.transmit_done(n);
+                    self.last_io = StdInstant::now();
+                    self.released = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -739,6 +757,26 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Gives back the record buffers and empty tables of a session that
+    /// has been quiet since `quiet_before`; an idle session then holds a
+    /// few KiB. The next record takes them again.
+    pub fn release_if_idle(&mut self, quiet_before: StdInstant) {
+        if self.released || self.last_io > quiet_before {
+            return;
+        }
+        let Phase::Core(conn) = &mut self.phase else {
+            return;
+        };
+        conn.release_idle_buffers();
+        if self.upstreams.is_empty() {
+            self.upstreams = HashMap::new();
+        }
+        if self.to_flush.is_empty() {
+            self.to_flush = Vec::new();
+        }
+        self.released = true;
     }
 
     /// Starts a graceful shutdown: no new streams.
