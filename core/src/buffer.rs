@@ -1,12 +1,10 @@
-//! The connection's two byte buffers, both fixed-size and owned by the
-//! connection (inline arrays, or heap storage that is given back while
-//! idle with the `heap-buffers` feature, see [`crate::storage`]): [`TxBuffer`] collects outgoing handshake messages
+//! The connection's two byte buffers, both fixed-size arrays owned by the
+//! connection (no heap): [`TxBuffer`] collects outgoing handshake messages
 //! and records, and builds the open record's frames in place so sealing is
 //! in place too; [`RxBuffer`] assembles one incoming handshake message or
 //! record at a time.
 
 use crate::crypto::{CryptoError, RecordSealer};
-use crate::storage::Bytes;
 use crate::wire::WireError;
 use crate::wire::frame::{DATA_OVERHEAD, Frame, StreamId, emit_data_header};
 use crate::wire::record::{HEADER_LEN as RECORD_HEADER, OVERHEAD, TAG_LEN, header};
@@ -17,7 +15,7 @@ pub(crate) const KEY_UPDATE_RESERVE: usize = 2;
 /// Outgoing bytes: `[start, sealed)` ready to write, `[open, end)` the
 /// record under construction (header placeholder + plaintext frames).
 pub(crate) struct TxBuffer<const N: usize> {
-    buf: Bytes<N>,
+    buf: [u8; N],
     start: usize,
     end: usize,
     open: Option<usize>,
@@ -26,7 +24,7 @@ pub(crate) struct TxBuffer<const N: usize> {
 impl<const N: usize> TxBuffer<N> {
     pub(crate) const fn new() -> Self {
         TxBuffer {
-            buf: Bytes::new(),
+            buf: [0; N],
             start: 0,
             end: 0,
             open: None,
@@ -57,13 +55,6 @@ impl<const N: usize> TxBuffer<N> {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.start == self.end
-    }
-
-    /// Gives the storage back while nothing is buffered.
-    pub(crate) fn release_if_empty(&mut self) {
-        if self.is_empty() && self.open.is_none() {
-            self.buf.release();
-        }
     }
 
     pub(crate) fn has_open_record(&self) -> bool {
@@ -229,7 +220,7 @@ impl<const N: usize> TxBuffer<N> {
 /// One incoming unit (handshake message or record) being assembled, and —
 /// after a record is opened — the cursor over its frames.
 pub(crate) struct RxBuffer<const N: usize> {
-    pub(crate) buf: Bytes<N>,
+    pub(crate) buf: [u8; N],
     pub(crate) len: usize,
     /// `(next frame, end of plaintext)` while a record's frames are drained.
     pub(crate) frames: Option<(usize, usize)>,
@@ -238,7 +229,7 @@ pub(crate) struct RxBuffer<const N: usize> {
 impl<const N: usize> RxBuffer<N> {
     pub(crate) const fn new() -> Self {
         RxBuffer {
-            buf: Bytes::new(),
+            buf: [0; N],
             len: 0,
             frames: None,
         }
@@ -248,13 +239,6 @@ impl<const N: usize> RxBuffer<N> {
     pub(crate) fn clear(&mut self) {
         self.len = 0;
         self.frames = None;
-    }
-
-    /// Gives the storage back while nothing is being assembled.
-    pub(crate) fn release_if_empty(&mut self) {
-        if self.len == 0 && self.frames.is_none() {
-            self.buf.release();
-        }
     }
 
     /// Copies input until `self.len == target`; returns bytes taken.

@@ -31,7 +31,6 @@ use crate::handshake::{
     self, ClientExpectServerFinished, ClientExpectServerHello, Established,
     ServerExpectClientFinished,
 };
-use crate::storage::Table;
 use crate::stream::{EndState, OpenState, Stream};
 use crate::time::Instant;
 use crate::wire::frame::{
@@ -184,7 +183,7 @@ struct Inner<const TX: usize, const S: usize> {
     local_max_record: usize,
     keys: Option<Keys>,
     tx: TxBuffer<TX>,
-    streams: Table<Stream, S>,
+    streams: heapless::Vec<Stream, S>,
     dirty: heapless::Deque<StreamId, S>,
     next_stream_id: u32,
     highest_peer_stream: u32,
@@ -241,7 +240,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 local_max_record: 0,
                 keys: None,
                 tx: TxBuffer::new(),
-                streams: Table::new(),
+                streams: heapless::Vec::new(),
                 dirty: heapless::Deque::new(),
                 next_stream_id: 0,
                 highest_peer_stream: 0,
@@ -379,19 +378,6 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.inner.stats
-    }
-
-    /// Gives back the memory of buffers that hold nothing right now (the
-    /// transmit and receive buffers, an empty stream table). Effective with
-    /// the `heap-buffers` feature (hosts), a no-op with inline storage.
-    /// Call it when the session has been quiet for a while: the next
-    /// record allocates again.
-    pub fn release_idle_buffers(&mut self) {
-        self.inner.tx.release_if_empty();
-        self.inner.streams.release_if_empty();
-        if self.rx.frames.is_none() {
-            self.rx.release_if_empty();
-        }
     }
 
     /// Number of live streams.

@@ -38,7 +38,6 @@ pub mod connection;
 pub mod crypto;
 pub mod error;
 pub mod handshake;
-pub(crate) mod storage;
 pub(crate) mod stream;
 pub mod time;
 pub mod wire;
