@@ -17,7 +17,9 @@
 //!
 //! The three const parameters size the fixed buffers: `TX` bytes of
 //! outgoing data, `RX` bytes for one incoming record (at least
-//! [`MIN_RX_BUFFER`]) and `S` stream slots.
+//! [`MIN_RX_BUFFER`]) and `S` stream slots. The fourth, a
+//! [`Memory`](crate::memory::Memory), says where they live: inline arrays
+//! (the default, no heap) or heap storage released when idle.
 //!
 //! Receive windows are adaptive. Each stream starts at
 //! `SessionConfig::stream_window`; once it is open in both senses (server:
@@ -43,6 +45,7 @@ use crate::handshake::{
     self, ClientExpectServerFinished, ClientExpectServerHello, Established,
     ServerExpectClientFinished,
 };
+use crate::memory::{ByteStore, Heap, Inline, Memory, VecStore};
 use crate::stream::{EndState, OpenState, Stream};
 use crate::time::Instant;
 use crate::wire::frame::{
@@ -199,15 +202,15 @@ struct Keys {
 
 /// All of the connection except the receive buffer, so frame handling can
 /// borrow the record being read and mutate this at the same time.
-struct Inner<const TX: usize, const S: usize> {
+struct Inner<const TX: usize, const S: usize, M: Memory> {
     /// `None` until started.
     role: Option<Role>,
     state: State,
     session: SessionConfig,
     local_max_record: usize,
     keys: Option<Keys>,
-    tx: TxBuffer<TX>,
-    streams: heapless::Vec<Stream, S>,
+    tx: TxBuffer<M::Bytes<TX>>,
+    streams: M::Vec<Stream, S>,
     dirty: heapless::Deque<StreamId, S>,
     next_stream_id: u32,
     highest_peer_stream: u32,
@@ -236,15 +239,18 @@ struct Inner<const TX: usize, const S: usize> {
 
 /// One hytun session (client or server side). See the module docs for the
 /// driving contract.
-pub struct Connection<const TX: usize, const RX: usize, const S: usize> {
-    rx: RxBuffer<RX>,
-    inner: Inner<TX, S>,
+pub struct Connection<const TX: usize, const RX: usize, const S: usize, M: Memory = Inline> {
+    rx: RxBuffer<M::Bytes<RX>>,
+    inner: Inner<TX, S, M>,
 }
 
-/// Sizes for desktop hosts: 16 KiB records, 1024 streams.
-pub type HostConnection = Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize + OVERHEAD }, 1024>;
+/// Sizes for desktop hosts: 16 KiB records, 1024 streams, buffers and
+/// stream table on the heap so an idle session can give them back
+/// ([`Connection::release_idle_buffers`]).
+pub type HostConnection =
+    Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize + OVERHEAD }, 1024, Heap>;
 
-impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
+impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX, RX, S, M> {
     const SIZES_OK: () = {
         assert!(RX >= MIN_RX_BUFFER, "RX must hold a 1 KiB record");
         assert!(
@@ -269,7 +275,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 local_max_record: 0,
                 keys: None,
                 tx: TxBuffer::new(),
-                streams: heapless::Vec::new(),
+                streams: <M::Vec<Stream, S> as VecStore<Stream>>::EMPTY,
                 dirty: heapless::Deque::new(),
                 next_stream_id: 0,
                 highest_peer_stream: 0,
@@ -842,9 +848,32 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     pub fn rtt(&self) -> Option<Duration> {
         self.inner.srtt
     }
+
+    // ------------------------------------------------------------ memory --
+
+    /// Gives back the storage of every buffer that holds nothing now: the
+    /// transmit buffer once written out, the receive buffer between
+    /// records, the stream table once no stream is live. With
+    /// [`Heap`](crate::memory::Heap) memory this frees it (it is taken
+    /// again on next use); with [`Inline`] it does nothing. Call it when
+    /// the session goes quiet, e.g. after a poll round in which
+    /// [`Self::transmit_pending`] was fully written.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.tx.release_if_empty();
+        self.rx.release_if_empty();
+        if self.inner.streams.is_empty() {
+            self.inner.streams.release();
+        }
+    }
+
+    /// Heap bytes held now by the buffers and the stream table (always 0
+    /// with [`Inline`] memory).
+    pub fn heap_bytes(&self) -> usize {
+        self.inner.tx.heap_bytes() + self.rx.heap_bytes() + self.inner.streams.heap_bytes()
+    }
 }
 
-impl<const TX: usize, const S: usize> Inner<TX, S> {
+impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
     fn find(&self, id: StreamId) -> Option<usize> {
         self.streams.binary_search_by_key(&id, |s| s.id).ok()
     }
@@ -1565,7 +1594,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 );
                 seal(&mut self.tx)?;
             }
-            let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
+            let mut no_seal = |_: &mut TxBuffer<M::Bytes<TX>>| Ok(());
             if !self
                 .tx
                 .push_frame(&Frame::Close { code }, max_plain, 0, &mut no_seal)?
@@ -1584,13 +1613,13 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 /// The sealing step shared by every append: adds KEY_UPDATE as the last
 /// frame when the key is due (or an update was requested), seals, and
 /// switches the key after the record.
-fn seal_with<'a, const TX: usize>(
+fn seal_with<'a, B: ByteStore>(
     sealer: &'a mut RecordSealer,
     stats: &'a mut Stats,
     requested: &'a mut Option<bool>,
     update_after: u64,
-) -> impl FnMut(&mut TxBuffer<TX>) -> Result<(), CryptoError> + 'a {
-    move |tx: &mut TxBuffer<TX>| {
+) -> impl FnMut(&mut TxBuffer<B>) -> Result<(), CryptoError> + 'a {
+    move |tx: &mut TxBuffer<B>| {
         if !tx.has_open_record() {
             return Ok(());
         }
