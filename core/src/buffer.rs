@@ -1,10 +1,12 @@
-//! The connection's two byte buffers, both fixed-size arrays owned by the
-//! connection (no heap): [`TxBuffer`] collects outgoing handshake messages
-//! and records, and builds the open record's frames in place so sealing is
-//! in place too; [`RxBuffer`] assembles one incoming handshake message or
-//! record at a time.
+//! The connection's two byte buffers, of fixed capacity, kept where the
+//! connection's [`Memory`](crate::memory::Memory) choice says (inline
+//! arrays, or heap taken on use and released when idle): [`TxBuffer`]
+//! collects outgoing handshake messages and records, and builds the open
+//! record's frames in place so sealing is in place too; [`RxBuffer`]
+//! assembles one incoming handshake message or record at a time.
 
 use crate::crypto::{CryptoError, RecordSealer};
+use crate::memory::ByteStore;
 use crate::wire::WireError;
 use crate::wire::frame::{DATA_OVERHEAD, Frame, StreamId, emit_data_header};
 use crate::wire::record::{HEADER_LEN as RECORD_HEADER, OVERHEAD, TAG_LEN, header};
@@ -14,17 +16,19 @@ pub(crate) const KEY_UPDATE_RESERVE: usize = 2;
 
 /// Outgoing bytes: `[start, sealed)` ready to write, `[open, end)` the
 /// record under construction (header placeholder + plaintext frames).
-pub(crate) struct TxBuffer<const N: usize> {
-    buf: [u8; N],
+pub(crate) struct TxBuffer<B: ByteStore> {
+    buf: B,
     start: usize,
     end: usize,
     open: Option<usize>,
 }
 
-impl<const N: usize> TxBuffer<N> {
+impl<B: ByteStore> TxBuffer<B> {
+    const N: usize = B::LEN;
+
     pub(crate) const fn new() -> Self {
         TxBuffer {
-            buf: [0; N],
+            buf: B::EMPTY,
             start: 0,
             end: 0,
             open: None,
@@ -61,6 +65,20 @@ impl<const N: usize> TxBuffer<N> {
         self.open.is_some()
     }
 
+    /// Gives the storage back when nothing is buffered (heap storage is
+    /// taken again on the next write).
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.start == self.end && self.open.is_none() {
+            self.start = 0;
+            self.end = 0;
+            self.buf.release();
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.buf.heap_bytes()
+    }
+
     fn compact(&mut self) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -79,7 +97,7 @@ impl<const N: usize> TxBuffer<N> {
     }
 
     pub(crate) fn commit_raw(&mut self, n: usize) {
-        self.end = (self.end + n).min(N);
+        self.end = (self.end + n).min(Self::N);
     }
 
     /// Plaintext bytes in the open record (0 if none).
@@ -90,7 +108,7 @@ impl<const N: usize> TxBuffer<N> {
     /// How many plaintext bytes can still be appended, opening a new record
     /// if needed, while leaving `reserve` bytes of the buffer unused.
     pub(crate) fn room(&self, max_plain: usize, reserve: usize) -> usize {
-        let free = (N - self.end + self.start).saturating_sub(reserve);
+        let free = (Self::N - self.end + self.start).saturating_sub(reserve);
         let limit = max_plain - KEY_UPDATE_RESERVE;
         if self.open.is_some() {
             let in_record = limit.saturating_sub(self.open_len());
@@ -184,7 +202,7 @@ impl<const N: usize> TxBuffer<N> {
     /// Appends a frame in the space kept for KEY_UPDATE (used right before
     /// sealing, so it is always the record's last frame).
     pub(crate) fn push_final_frame(&mut self, frame: &Frame<'_>) -> bool {
-        if self.open.is_none() || N - self.end < frame.encoded_len() + TAG_LEN {
+        if self.open.is_none() || Self::N - self.end < frame.encoded_len() + TAG_LEN {
             return false;
         }
         match frame.emit(&mut self.buf[self.end..]) {
@@ -219,17 +237,17 @@ impl<const N: usize> TxBuffer<N> {
 
 /// One incoming unit (handshake message or record) being assembled, and —
 /// after a record is opened — the cursor over its frames.
-pub(crate) struct RxBuffer<const N: usize> {
-    pub(crate) buf: [u8; N],
+pub(crate) struct RxBuffer<B: ByteStore> {
+    pub(crate) buf: B,
     pub(crate) len: usize,
     /// `(next frame, end of plaintext)` while a record's frames are drained.
     pub(crate) frames: Option<(usize, usize)>,
 }
 
-impl<const N: usize> RxBuffer<N> {
+impl<B: ByteStore> RxBuffer<B> {
     pub(crate) const fn new() -> Self {
         RxBuffer {
-            buf: [0; N],
+            buf: B::EMPTY,
             len: 0,
             frames: None,
         }
@@ -241,9 +259,24 @@ impl<const N: usize> RxBuffer<N> {
         self.frames = None;
     }
 
+    /// Gives the storage back when no unit is being assembled or read.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.len == 0 && self.frames.is_none() {
+            self.buf.release();
+        }
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.buf.heap_bytes()
+    }
+
     /// Copies input until `self.len == target`; returns bytes taken.
     pub(crate) fn fill_to(&mut self, target: usize, input: &[u8]) -> usize {
         let take = target.saturating_sub(self.len).min(input.len());
+        if take == 0 {
+            // Touching the store would allocate released heap storage.
+            return 0;
+        }
         self.buf[self.len..self.len + take].copy_from_slice(&input[..take]);
         self.len += take;
         take

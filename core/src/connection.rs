@@ -17,7 +17,21 @@
 //!
 //! The three const parameters size the fixed buffers: `TX` bytes of
 //! outgoing data, `RX` bytes for one incoming record (at least
-//! [`MIN_RX_BUFFER`]) and `S` stream slots.
+//! [`MIN_RX_BUFFER`]) and `S` stream slots. The fourth, a
+//! [`Memory`](crate::memory::Memory), says where they live: inline arrays
+//! (the default, no heap) or heap storage released when idle.
+//!
+//! Receive windows are adaptive. Each stream starts at
+//! `SessionConfig::stream_window`; once it is open in both senses (server:
+//! accepted; client: OPEN_OK received) the window tuner may grow it toward
+//! the path's bandwidth-delay product, up to
+//! `SessionConfig::max_stream_window`. The tuner samples the round trip
+//! with a PING sent when DATA arrives and no sample is running, and counts
+//! the bytes the driver consumed on each stream until the PONG: a stream
+//! that consumed at least 2/3 of its window in one round trip is limited
+//! by it, and its window becomes twice what it consumed. Growth never takes
+//! the connection past [`Connection::set_receive_budget`]; over budget, the
+//! connection withholds returned credit until it fits again.
 
 use alloc::sync::Arc;
 
@@ -31,6 +45,7 @@ use crate::handshake::{
     self, ClientExpectServerFinished, ClientExpectServerHello, Established,
     ServerExpectClientFinished,
 };
+use crate::memory::{ByteStore, Heap, Inline, Memory, VecStore};
 use crate::stream::{EndState, OpenState, Stream};
 use crate::time::Instant;
 use crate::wire::frame::{
@@ -41,6 +56,7 @@ use crate::wire::handshake::{
     Suite,
 };
 use crate::wire::record::{self, HEADER_LEN as RECORD_HEADER, OVERHEAD, TAG_LEN};
+use core::time::Duration;
 
 /// Smallest receive buffer: one 1 KiB record plus its framing.
 pub const MIN_RX_BUFFER: usize = MIN_RECORD_LIMIT as usize + OVERHEAD;
@@ -163,6 +179,17 @@ enum State {
     Failed,
 }
 
+/// The window tuner's round-trip sample.
+#[derive(Clone, Copy)]
+enum RttSample {
+    /// No sample running.
+    Idle,
+    /// Started at this time; its PING is waiting to be written.
+    Queued(Instant),
+    /// Its PING carries `opaque`; started at `start`.
+    InFlight { opaque: u64, start: Instant },
+}
+
 struct Keys {
     sealer: RecordSealer,
     opener: RecordOpener,
@@ -175,15 +202,15 @@ struct Keys {
 
 /// All of the connection except the receive buffer, so frame handling can
 /// borrow the record being read and mutate this at the same time.
-struct Inner<const TX: usize, const S: usize> {
+struct Inner<const TX: usize, const S: usize, M: Memory> {
     /// `None` until started.
     role: Option<Role>,
     state: State,
     session: SessionConfig,
     local_max_record: usize,
     keys: Option<Keys>,
-    tx: TxBuffer<TX>,
-    streams: heapless::Vec<Stream, S>,
+    tx: TxBuffer<M::Bytes<TX>>,
+    streams: M::Vec<Stream, S>,
     dirty: heapless::Deque<StreamId, S>,
     next_stream_id: u32,
     highest_peer_stream: u32,
@@ -197,6 +224,11 @@ struct Inner<const TX: usize, const S: usize> {
     pending_close: Option<CloseCode>,
     /// A key update to do at the next seal: `Some(request_peer)`.
     key_update_requested: Option<bool>,
+    /// Most receive credit outstanding over all streams (flow control).
+    receive_budget: usize,
+    rtt_sample: RttSample,
+    /// Smoothed round-trip time from the tuner's samples.
+    srtt: Option<Duration>,
     sent_goaway: bool,
     peer_going_away: bool,
     connected_event: bool,
@@ -207,15 +239,18 @@ struct Inner<const TX: usize, const S: usize> {
 
 /// One hytun session (client or server side). See the module docs for the
 /// driving contract.
-pub struct Connection<const TX: usize, const RX: usize, const S: usize> {
-    rx: RxBuffer<RX>,
-    inner: Inner<TX, S>,
+pub struct Connection<const TX: usize, const RX: usize, const S: usize, M: Memory = Inline> {
+    rx: RxBuffer<M::Bytes<RX>>,
+    inner: Inner<TX, S, M>,
 }
 
-/// Sizes for desktop hosts: 16 KiB records, 1024 streams.
-pub type HostConnection = Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize + OVERHEAD }, 1024>;
+/// Sizes for desktop hosts: 16 KiB records, 1024 streams, buffers and
+/// stream table on the heap so an idle session can give them back
+/// ([`Connection::release_idle_buffers`]).
+pub type HostConnection =
+    Connection<{ 64 * 1024 }, { MAX_RECORD_LIMIT as usize + OVERHEAD }, 1024, Heap>;
 
-impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
+impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX, RX, S, M> {
     const SIZES_OK: () = {
         assert!(RX >= MIN_RX_BUFFER, "RX must hold a 1 KiB record");
         assert!(
@@ -240,7 +275,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 local_max_record: 0,
                 keys: None,
                 tx: TxBuffer::new(),
-                streams: heapless::Vec::new(),
+                streams: <M::Vec<Stream, S> as VecStore<Stream>>::EMPTY,
                 dirty: heapless::Deque::new(),
                 next_stream_id: 0,
                 highest_peer_stream: 0,
@@ -253,6 +288,9 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
                 pending_goaway: None,
                 pending_close: None,
                 key_update_requested: None,
+                receive_budget: usize::MAX,
+                rtt_sample: RttSample::Idle,
+                srtt: None,
                 sent_goaway: false,
                 peer_going_away: false,
                 connected_event: false,
@@ -269,6 +307,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let () = Self::SIZES_OK;
         // Zero would deadlock every stream (or be rejected by the peer).
         session.stream_window = session.stream_window.max(1);
+        session.max_stream_window = session.max_stream_window.max(session.stream_window);
         session.max_streams = session.max_streams.max(1);
         let i = &mut self.inner;
         i.local_max_record = usize::from(session.max_record)
@@ -292,6 +331,8 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         i.pending_goaway = None;
         i.pending_close = None;
         i.key_update_requested = None;
+        i.rtt_sample = RttSample::Idle;
+        i.srtt = None;
         i.sent_goaway = false;
         i.peer_going_away = false;
         i.connected_event = false;
@@ -674,7 +715,7 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
         let room =
             i.tx.room(keys.peer_max_record, CONTROL_RESERVE)
                 .saturating_sub(crate::wire::frame::DATA_OVERHEAD);
-        (s.send_credit.min(room as u64)) as usize
+        usize::try_from(s.send_credit).map_or(room, |c| c.min(room))
     }
 
     /// Sends stream data; returns how much was taken (0 when out of credit
@@ -741,29 +782,215 @@ impl<const TX: usize, const RX: usize, const S: usize> Connection<TX, RX, S> {
     }
 
     /// Reports that `n` bytes of received data were delivered; returns
-    /// credit to the peer. Unknown (finished) streams are ignored.
+    /// credit to the peer. Unknown (finished) streams are ignored, and `n`
+    /// is capped at what [`Event::Data`] handed out and was not yet
+    /// reported.
     pub fn stream_consumed(&mut self, id: StreamId, n: usize) {
         let i = &mut self.inner;
         let Some(idx) = i.find(id) else { return };
-        let threshold = i.window_threshold();
         let s = &mut i.streams[idx];
+        let n = u32::try_from(n).unwrap_or(u32::MAX).min(s.unconsumed);
+        s.unconsumed -= n;
+        s.sample_consumed = s.sample_consumed.saturating_add(n);
         if s.remote != EndState::Open {
             return;
         }
-        s.credit_to_return += n as u64;
-        if s.credit_to_return >= threshold {
+        s.credit_to_return = s.credit_to_return.saturating_add(n);
+        i.trim_to_budget(idx);
+        let s = &i.streams[idx];
+        if s.credit_to_return >= s.credit_threshold() {
             i.mark_dirty(idx);
         }
     }
+
+    // ------------------------------------------------------ flow control --
+
+    /// Caps the receive credit this connection may have outstanding,
+    /// summed over its streams (see [`Self::receive_outstanding`]). The
+    /// window tuner never grows past it. When lowered below what is
+    /// committed, the connection withholds returned credit until it fits,
+    /// cutting each stream no lower than its initial window
+    /// (`SessionConfig::stream_window`) — new streams always get that,
+    /// so the driver bounds the floor with `max_streams`. Default:
+    /// unlimited. Kept across [`Self::start_server`] / [`Self::start_client`].
+    pub fn set_receive_budget(&mut self, bytes: usize) {
+        let i = &mut self.inner;
+        i.receive_budget = bytes;
+        for idx in 0..i.streams.len() {
+            i.trim_to_budget(idx);
+        }
+    }
+
+    /// The budget set by [`Self::set_receive_budget`].
+    pub fn receive_budget(&self) -> usize {
+        self.inner.receive_budget
+    }
+
+    /// Receive credit outstanding over all streams: granted to the peer
+    /// and not yet reported consumed with [`Self::stream_consumed`] (bytes
+    /// in flight plus bytes delivered but not yet consumed). This is the
+    /// most stream payload the peer can make the driver hold.
+    pub fn receive_outstanding(&self) -> usize {
+        let sum: u64 = self
+            .inner
+            .streams
+            .iter()
+            .map(Stream::recv_outstanding)
+            .sum();
+        usize::try_from(sum).unwrap_or(usize::MAX)
+    }
+
+    /// A stream's current receive window (for logs and tests).
+    pub fn stream_receive_window(&self, id: StreamId) -> Option<u32> {
+        let i = &self.inner;
+        i.find(id).map(|idx| i.streams[idx].recv_window)
+    }
+
+    /// The smoothed round-trip time measured by the window tuner, once it
+    /// has a sample.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.inner.srtt
+    }
+
+    // ------------------------------------------------------------ memory --
+
+    /// Gives back the storage of every buffer that holds nothing now: the
+    /// transmit buffer once written out, the receive buffer between
+    /// records, the stream table once no stream is live. With
+    /// [`Heap`](crate::memory::Heap) memory this frees it (it is taken
+    /// again on next use); with [`Inline`] it does nothing. Call it when
+    /// the session goes quiet, e.g. after a poll round in which
+    /// [`Self::transmit_pending`] was fully written.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.tx.release_if_empty();
+        self.rx.release_if_empty();
+        if self.inner.streams.is_empty() {
+            self.inner.streams.release();
+        }
+    }
+
+    /// Heap bytes held now by the buffers and the stream table (always 0
+    /// with [`Inline`] memory).
+    pub fn heap_bytes(&self) -> usize {
+        self.inner.tx.heap_bytes() + self.rx.heap_bytes() + self.inner.streams.heap_bytes()
+    }
 }
 
-impl<const TX: usize, const S: usize> Inner<TX, S> {
+impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
     fn find(&self, id: StreamId) -> Option<usize> {
         self.streams.binary_search_by_key(&id, |s| s.id).ok()
     }
 
-    fn window_threshold(&self) -> u64 {
-        u64::from(self.session.stream_window / 4).max(1)
+    /// Receive memory committed over all streams (windows of streams the
+    /// peer still sends on, unconsumed bytes of the others).
+    fn recv_committed(&self) -> u64 {
+        self.streams.iter().map(Stream::recv_committed).sum()
+    }
+
+    /// Over budget: withholds credit this stream was about to return,
+    /// shrinking its window (not below the initial window) until the
+    /// connection fits again.
+    fn trim_to_budget(&mut self, idx: usize) {
+        if self.receive_budget == usize::MAX {
+            return;
+        }
+        let committed = self.recv_committed();
+        let budget = self.receive_budget as u64;
+        if committed <= budget {
+            return;
+        }
+        let floor = self.session.stream_window;
+        let s = &mut self.streams[idx];
+        if s.remote != EndState::Open {
+            return;
+        }
+        let excess = u32::try_from(committed - budget).unwrap_or(u32::MAX);
+        let cut = excess
+            .min(s.recv_window.saturating_sub(floor))
+            .min(s.credit_to_return);
+        s.recv_window -= cut;
+        s.credit_to_return -= cut;
+    }
+
+    /// Starts a round-trip sample when DATA arrives on a stream whose
+    /// window may still grow: queues a PING and zeroes every stream's
+    /// consumed-bytes count. The time is that of the input being read.
+    fn maybe_start_rtt_sample(&mut self, idx: usize) {
+        let max = self.session.max_stream_window;
+        let s = &self.streams[idx];
+        if !matches!(self.rtt_sample, RttSample::Idle)
+            || max <= self.session.stream_window
+            || !s.can_grow()
+            || s.recv_window >= max
+        {
+            return;
+        }
+        for st in self.streams.iter_mut() {
+            st.sample_consumed = 0;
+        }
+        self.rtt_sample = RttSample::Queued(self.last_rx);
+        self.pending_ping = true;
+    }
+
+    /// A sample whose PING is still unwritten is dropped (with the PING,
+    /// unless the keepalive wants it too) once no stream can grow any more,
+    /// e.g. when the DATA that started it was followed by FIN.
+    fn drop_stale_rtt_sample(&mut self) {
+        if matches!(self.rtt_sample, RttSample::Queued(_))
+            && !self.streams.iter().any(Stream::can_grow)
+        {
+            self.rtt_sample = RttSample::Idle;
+            if !self.ping_outstanding {
+                self.pending_ping = false;
+            }
+        }
+    }
+
+    /// A PONG arrived: completes the running sample if it echoes its PING
+    /// or a later one (PONGs may be coalesced), then grows windows.
+    fn complete_rtt_sample(&mut self, opaque: u64) {
+        let RttSample::InFlight {
+            opaque: sent,
+            start,
+        } = self.rtt_sample
+        else {
+            return;
+        };
+        if opaque < sent || opaque > self.ping_counter {
+            return;
+        }
+        self.rtt_sample = RttSample::Idle;
+        let rtt = self.last_rx.saturating_since(start);
+        self.srtt = Some(match self.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+        self.grow_windows();
+    }
+
+    /// The BDP rule: a stream that consumed at least 2/3 of its window in
+    /// the sampled round trip is window-limited; its window becomes twice
+    /// what it consumed, capped by `max_stream_window` and the budget.
+    fn grow_windows(&mut self) {
+        let max = u64::from(self.session.max_stream_window);
+        let mut headroom = (self.receive_budget as u64).saturating_sub(self.recv_committed());
+        for idx in 0..self.streams.len() {
+            let s = &mut self.streams[idx];
+            let consumed = u64::from(core::mem::take(&mut s.sample_consumed));
+            let window = u64::from(s.recv_window);
+            if !s.can_grow() || consumed * 3 < window * 2 {
+                continue;
+            }
+            let grow = (consumed * 2).min(max).saturating_sub(window).min(headroom);
+            if grow == 0 {
+                continue;
+            }
+            headroom -= grow;
+            // `window + grow` ≤ max_stream_window, a u32.
+            s.recv_window += grow as u32;
+            s.credit_to_return = s.credit_to_return.saturating_add(grow as u32);
+            self.mark_dirty(idx);
+        }
     }
 
     fn mark_dirty(&mut self, idx: usize) {
@@ -999,12 +1226,17 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     }
                     _ => return Err(ProtocolViolation::DataAfterFin.into()),
                 }
-                let len = data.len() as u64;
+                // A DATA payload is at most 65535 bytes.
+                let len = data.len() as u32;
                 if len > s.recv_credit {
                     return Err(ProtocolViolation::FlowControl.into());
                 }
                 s.recv_credit -= len;
-                self.stats.payload_received += len;
+                // len ≤ recv_credit, and their sum with `unconsumed` is the
+                // window, a u32.
+                s.unconsumed += len;
+                self.stats.payload_received += u64::from(len);
+                self.maybe_start_rtt_sample(idx);
                 Ok(Some(Event::Data { id, data }))
             }
             Frame::Window { id, increment } => {
@@ -1012,10 +1244,10 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     return Ok(None);
                 };
                 let s = &mut self.streams[idx];
-                s.send_credit += u64::from(increment);
-                if s.send_credit > u64::from(u32::MAX) {
-                    return Err(ProtocolViolation::WindowOverflow.into());
-                }
+                s.send_credit = s
+                    .send_credit
+                    .checked_add(increment)
+                    .ok_or(ProtocolViolation::WindowOverflow)?;
                 if s.blocked_on_credit && s.can_send() {
                     s.blocked_on_credit = false;
                     return Ok(Some(Event::Writable { id }));
@@ -1063,8 +1295,9 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 self.pending_pong = Some(opaque);
                 Ok(None)
             }
-            Frame::Pong { .. } => {
+            Frame::Pong { opaque } => {
                 self.ping_outstanding = false;
+                self.complete_rtt_sample(opaque);
                 Ok(None)
             }
             Frame::GoAway { code } => {
@@ -1191,7 +1424,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 self.streams[idx].blocked_on_credit = true;
                 break;
             }
-            let want = (max - total).min(credit.min(usize::MAX as u64) as usize);
+            let want = usize::try_from(credit).map_or(max - total, |c| c.min(max - total));
             let Some(keys) = self.keys.as_mut() else {
                 break;
             };
@@ -1223,7 +1456,8 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 break;
             }
             total += n;
-            self.streams[idx].send_credit -= n as u64;
+            // n ≤ want ≤ credit, a u32.
+            self.streams[idx].send_credit -= n as u32;
         }
         self.stats.payload_sent += total as u64;
         Ok(total)
@@ -1246,8 +1480,8 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 
     /// Writes the frames a stream owes; `Ok(false)` if out of room.
     fn flush_stream(&mut self, idx: usize) -> Result<bool, CryptoError> {
-        let threshold = self.window_threshold();
         let s = self.streams[idx].clone();
+        let threshold = s.credit_threshold();
         let id = s.id;
         if let Some(reply) = s.reply_to_send {
             let frame = match reply {
@@ -1263,13 +1497,14 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
             && s.remote == EndState::Open
             && (s.credit_to_return >= threshold || s.local == EndState::Pending)
         {
-            let inc = s.credit_to_return.min(u64::from(u32::MAX)) as u32;
+            let inc = s.credit_to_return;
             if !self.push_control(&Frame::Window { id, increment: inc })? {
                 return Ok(false);
             }
             let st = &mut self.streams[idx];
-            st.credit_to_return -= u64::from(inc);
-            st.recv_credit += u64::from(inc);
+            st.credit_to_return -= inc;
+            // recv_credit + inc ≤ recv_window, a u32.
+            st.recv_credit = st.recv_credit.saturating_add(inc);
         }
         if let Some(code) = s.reset_to_send {
             if !self.push_control(&Frame::Reset { id, code })? {
@@ -1325,7 +1560,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
         if self.error.is_some() || self.tx.has_open_record() {
             return Ok(());
         }
-        let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
+        let mut no_seal = |_: &mut TxBuffer<M::Bytes<TX>>| Ok(());
         let frame = Frame::KeyUpdate { request_peer };
         if !self
             .tx
@@ -1350,6 +1585,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 }
                 self.pending_pong = None;
             }
+            self.drop_stale_rtt_sample();
             if self.pending_ping {
                 self.ping_counter += 1;
                 if !self.push_control(&Frame::Ping {
@@ -1358,6 +1594,12 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                     return Ok(());
                 }
                 self.pending_ping = false;
+                if let RttSample::Queued(start) = self.rtt_sample {
+                    self.rtt_sample = RttSample::InFlight {
+                        opaque: self.ping_counter,
+                        start,
+                    };
+                }
             }
             if let Some(code) = self.pending_goaway {
                 if !self.push_control(&Frame::GoAway { code })? {
@@ -1399,7 +1641,7 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
                 );
                 seal(&mut self.tx)?;
             }
-            let mut no_seal = |_: &mut TxBuffer<TX>| Ok(());
+            let mut no_seal = |_: &mut TxBuffer<M::Bytes<TX>>| Ok(());
             if !self
                 .tx
                 .push_frame(&Frame::Close { code }, max_plain, 0, &mut no_seal)?
@@ -1418,13 +1660,13 @@ impl<const TX: usize, const S: usize> Inner<TX, S> {
 /// The sealing step shared by every append: adds KEY_UPDATE as the last
 /// frame when the key is due (or an update was requested), seals, and
 /// switches the key after the record.
-fn seal_with<'a, const TX: usize>(
+fn seal_with<'a, B: ByteStore>(
     sealer: &'a mut RecordSealer,
     stats: &'a mut Stats,
     requested: &'a mut Option<bool>,
     update_after: u64,
-) -> impl FnMut(&mut TxBuffer<TX>) -> Result<(), CryptoError> + 'a {
-    move |tx: &mut TxBuffer<TX>| {
+) -> impl FnMut(&mut TxBuffer<B>) -> Result<(), CryptoError> + 'a {
+    move |tx: &mut TxBuffer<B>| {
         if !tx.has_open_record() {
             return Ok(());
         }

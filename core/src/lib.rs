@@ -7,16 +7,18 @@
 //! `no_std`, no `unsafe`, no clock and no OS RNG: the driver (the `mio`
 //! host or the firmware) feeds bytes, time and randomness in and takes bytes
 //! and events out; see [`connection`] for the driving contract. Heap use is
-//! limited to the RSA operations and the shared configuration (`Arc`); all
-//! buffers are fixed-size arrays sized by the connection's const
-//! parameters.
+//! limited to the RSA operations and the shared configuration (`Arc`),
+//! plus, only when a driver chooses [`memory::Heap`], the connection's
+//! buffers; by default all buffers are fixed-size arrays sized by the
+//! connection's const parameters.
 //!
 //! Layers, bottom up (cf. smoltcp's `wire`/`socket` split):
 //! * [`wire`] — parse/emit of handshake messages, record headers, frames;
 //! * [`crypto`] — RSA identities, key schedule, record sealing;
 //! * [`handshake`] — the handshake states;
 //! * [`stream`] — per-stream flow-control bookkeeping;
-//! * [`connection`] — the session state machine tying them together.
+//! * [`connection`] — the session state machine tying them together;
+//! * [`memory`] — where a connection keeps its buffers (inline or heap).
 //!
 //! The wire protocol is specified in `docs/PROTOCOL.md`.
 
@@ -38,6 +40,7 @@ pub mod connection;
 pub mod crypto;
 pub mod error;
 pub mod handshake;
+pub mod memory;
 pub(crate) mod stream;
 pub mod time;
 pub mod wire;

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
+use hytun_core::memory::Memory;
 use hytun_core::{Connection, StreamError, StreamId};
 use mio::net::TcpStream;
 use socket2::SockRef;
@@ -158,9 +159,9 @@ impl Pipe {
     }
 
     /// Reads from the socket into the stream while credit and space last.
-    pub fn read_into<const TX: usize, const RX: usize, const S: usize>(
+    pub fn read_into<const TX: usize, const RX: usize, const S: usize, M: Memory>(
         &mut self,
-        conn: &mut Connection<TX, RX, S>,
+        conn: &mut Connection<TX, RX, S, M>,
         id: StreamId,
     ) -> io::Result<ReadOutcome> {
         let Some(sock) = self.sock.as_mut() else {

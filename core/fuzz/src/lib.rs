@@ -86,6 +86,7 @@ pub type SmallConn = Connection<2048, { 1024 + 18 }, 4>;
 pub const TIGHT: SessionConfig = SessionConfig {
     max_record: 1024,
     stream_window: 3000,
+    max_stream_window: 3000,
     max_streams: 4,
     keepalive_interval: Duration::from_secs(15),
     idle_timeout: Duration::from_secs(45),

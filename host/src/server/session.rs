@@ -34,6 +34,10 @@ use crate::runtime::{Clock, os_rng};
 /// state and pipe bookkeeping).
 pub const STREAM_OVERHEAD: usize = 1024;
 
+/// The first growth allowance a session asks for beyond its streams'
+/// initial windows; later steps double what is in use.
+const GROWTH_STEP: usize = 256 * 1024;
+
 /// The refusal code for a spent budget.
 pub const RESOURCE_EXHAUSTED: StreamErrorCode = StreamErrorCode::ResourceExhausted;
 
@@ -133,8 +137,12 @@ pub struct Session {
     pub established: bool,
     closed: bool,
     write_failed: bool,
-    /// Bytes reserved from the server memory pool.
+    /// Bytes reserved from the server memory pool (fixed state, each
+    /// stream's initial window and bookkeeping, and `growth`).
     charged: usize,
+    /// The part of `charged` that lets stream windows grow past their
+    /// initial size (the core's receive budget beyond the initial windows).
+    growth: usize,
     /// When tunnel bytes last moved either way.
     last_io: StdInstant,
     /// Buffers were given back and nothing moved since.
@@ -156,6 +164,7 @@ impl Session {
             closed: false,
             write_failed: false,
             charged: 0,
+            growth: 0,
             last_io: StdInstant::now(),
             released: false,
         }
@@ -265,6 +274,7 @@ impl Session {
             }
         }
         self.phase = Phase::Core(conn);
+        self.rebalance_memory(ctx.shared);
         self.drain_events(ctx);
         // More of the client's flight may be waiting already.
         self.read_tunnel(ctx);
@@ -460,6 +470,43 @@ impl Session {
             }
             DestHost::Domain(_) => {}
         }
+    }
+
+    /// Lets stream windows grow only as far as the session and server
+    /// budgets allow: the core may hold `initial windows + growth` of
+    /// receive credit, and `growth` is taken from the server pool in steps
+    /// (at most doubling per pass), given back when windows shrink or
+    /// streams end. When the pool is spent windows simply stop growing.
+    fn rebalance_memory(&mut self, shared: &Shared) {
+        let Phase::Core(conn) = &mut self.phase else {
+            return;
+        };
+        let initial = self.upstreams.len() * shared.core.session.stream_window as usize;
+        let grown = conn.receive_outstanding().saturating_sub(initial);
+        let others = self.charged - self.growth;
+        let room = shared.limits.session_memory.saturating_sub(others);
+        // Only connected streams can grow: an idle session reserves nothing.
+        let step = if self.upstreams.values().any(Upstream::is_connected) {
+            GROWTH_STEP
+        } else {
+            0
+        };
+        let want = grown
+            .saturating_mul(2)
+            .saturating_add(step)
+            .min(room)
+            .max(grown.min(self.growth));
+        if want > self.growth {
+            let got = shared.memory.take_up_to(want - self.growth);
+            self.growth += got;
+            self.charged += got;
+        } else if want < self.growth {
+            let back = self.growth - want;
+            self.growth -= back;
+            self.charged -= back;
+            shared.memory.give_back(back);
+        }
+        conn.set_receive_budget(initial + self.growth);
     }
 
     fn stream_cost(&self, shared: &Shared) -> usize {
@@ -718,6 +765,7 @@ impl Session {
             }
             let more = self.upstreams.values().any(|u| u.pipe.read_blocked) && wrote > 0;
             if !more {
+                self.rebalance_memory(ctx.shared);
                 // A session without streams is idle until its next OPEN:
                 // give the buffers back now rather than after the idle
                 // delay, so thousands of such sessions hold almost nothing.
