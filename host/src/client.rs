@@ -1311,6 +1311,9 @@ fn http_status(code: StreamErrorCode) -> ProxyStatus {
     match code {
         StreamErrorCode::NotAllowed => ProxyStatus::Forbidden,
         StreamErrorCode::TimedOut => ProxyStatus::GatewayTimeout,
+        StreamErrorCode::ResourceExhausted | StreamErrorCode::SessionClosing => {
+            ProxyStatus::Unavailable
+        }
         _ => ProxyStatus::BadGateway,
     }
 }

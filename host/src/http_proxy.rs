@@ -277,6 +277,8 @@ pub enum ProxyStatus {
     HeadTooLarge,
     /// 502 Bad Gateway (connection refused or destination unreachable).
     BadGateway,
+    /// 503 Service Unavailable (the server is out of a resource; retry).
+    Unavailable,
     /// 504 Gateway Timeout.
     GatewayTimeout,
     /// 505 HTTP Version Not Supported.
@@ -294,6 +296,7 @@ impl ProxyStatus {
             Self::MethodNotAllowed => 405,
             Self::HeadTooLarge => 431,
             Self::BadGateway => 502,
+            Self::Unavailable => 503,
             Self::GatewayTimeout => 504,
             Self::VersionNotSupported => 505,
         }
@@ -309,6 +312,7 @@ impl ProxyStatus {
             Self::MethodNotAllowed => "Method Not Allowed",
             Self::HeadTooLarge => "Request Header Fields Too Large",
             Self::BadGateway => "Bad Gateway",
+            Self::Unavailable => "Service Unavailable",
             Self::GatewayTimeout => "Gateway Timeout",
             Self::VersionNotSupported => "HTTP Version Not Supported",
         }
