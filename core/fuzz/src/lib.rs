@@ -282,7 +282,6 @@ pub fn drain<const TX: usize, const RX: usize, const S: usize>(
 
 /// Feeds `input` completely (draining events between calls, as the
 /// connection requires). Panics if the connection stops taking bytes.
-#[allow(clippy::too_many_arguments)]
 pub fn feed<const TX: usize, const RX: usize, const S: usize>(
     conn: &mut Connection<TX, RX, S>,
     input: &[u8],

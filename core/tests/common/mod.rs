@@ -129,19 +129,24 @@ impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        from: &mut Connection<TX, RX, S>,
-        to: &mut Connection<TX, RX, S>,
-        dir: Dir,
-        tamper: &mut Option<Tamper>,
-        log: &mut Vec<u8>,
-        now: Instant,
-        rng: &mut TestRng,
-        consumes: bool,
-        chunk: usize,
-        events: &mut Vec<Ev>,
-    ) -> bool {
+    /// Moves what one side has to send into the other (in `chunk`-sized
+    /// pieces, through the tamper hook); false if there was nothing.
+    fn deliver(&mut self, dir: Dir, events: &mut Vec<Ev>) -> bool {
+        let (from, to, log, consumes) = match dir {
+            Dir::ClientToServer => (
+                &mut self.client,
+                &mut self.server,
+                &mut self.wire_c2s,
+                self.server_consumes,
+            ),
+            Dir::ServerToClient => (
+                &mut self.server,
+                &mut self.client,
+                &mut self.wire_s2c,
+                self.client_consumes,
+            ),
+        };
+        let (tamper, now, rng, chunk) = (&mut self.tamper, self.now, &mut self.rng, self.chunk);
         let pending = from.transmit_pending();
         if pending.is_empty() {
             return false;
@@ -188,30 +193,8 @@ impl<const TX: usize, const RX: usize, const S: usize> Pair<TX, RX, S> {
             sev.push(own(ev));
         }
         for _ in 0..100_000 {
-            let a = Self::deliver(
-                &mut self.client,
-                &mut self.server,
-                Dir::ClientToServer,
-                &mut self.tamper,
-                &mut self.wire_c2s,
-                self.now,
-                &mut self.rng,
-                self.server_consumes,
-                self.chunk,
-                &mut sev,
-            );
-            let b = Self::deliver(
-                &mut self.server,
-                &mut self.client,
-                Dir::ServerToClient,
-                &mut self.tamper,
-                &mut self.wire_s2c,
-                self.now,
-                &mut self.rng,
-                self.client_consumes,
-                self.chunk,
-                &mut cev,
-            );
+            let a = self.deliver(Dir::ClientToServer, &mut sev);
+            let b = self.deliver(Dir::ServerToClient, &mut cev);
             if !a && !b {
                 return (cev, sev);
             }
