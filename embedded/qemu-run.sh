@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# qemu-run.sh — boot a hytun firmware ELF under qemu-system-arm and decode
-# its defmt log.
+# qemu-run.sh — boot a hytun firmware ELF under qemu-system-arm (Cortex-M
+# boards) or qemu-system-riscv32 (`virt`) and decode its defmt log.
 #
 # Usage:  qemu-run.sh [BOARD] ELF
-#   BOARD  QEMU machine (mps2-an385 or lm3s6965evb). Optional: without it the
-#          machine is read from the ELF's `_hytun_qemu_machine_*` symbol
-#          (written by build.rs), which is how `cargo run` calls this script.
+#   BOARD  QEMU machine (mps2-an385, lm3s6965evb or virt). Optional: without
+#          it the machine is read from the ELF's `_hytun_qemu_machine_*`
+#          symbol (written by build.rs), which is how `cargo run` calls this
+#          script.
 #
 # Environment:
 #   HYTUN_UART_PORT     TCP port on 127.0.0.1 that UART0 connects to (QEMU is
@@ -20,13 +21,15 @@
 #                       directory and leave the seed file to the caller (needed
 #                       when the firmware was built with another HYTUN_SEED_PATH).
 #   DEFMT_PRINT         defmt-print binary (default: `defmt-print` on PATH).
+#   NM                  nm for the ELF (default: arm-none-eabi-nm for an ARM
+#                       ELF, riscv64-unknown-elf-nm for a RISC-V one).
 #
 # Exit status: QEMU's, i.e. the firmware's semihosting exit code (see
 # src/error.rs), 124 on timeout, 1 for QEMU's own errors, 2 for usage errors.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 [BOARD] ELF   (BOARD: mps2-an385 | lm3s6965evb)" >&2
+    echo "usage: $0 [BOARD] ELF   (BOARD: mps2-an385 | lm3s6965evb | virt)" >&2
     exit 2
 }
 
@@ -39,17 +42,24 @@ esac
 elf=$(realpath -- "$elf")
 
 if [[ -z $board ]]; then
-    nm=${NM:-arm-none-eabi-nm}
+    # e_machine (ELF header offset 18): 0x28 ARM, 0xf3 RISC-V.
+    case $(od -An -tx1 -j18 -N1 -- "$elf" | tr -d ' ') in
+        f3) nm=${NM:-riscv64-unknown-elf-nm} ;;
+        *) nm=${NM:-arm-none-eabi-nm} ;;
+    esac
     marker=$("$nm" -- "$elf" | sed -n 's/^.* _hytun_qemu_machine_\([a-z0-9_]*\)$/\1/p')
     case $marker in
         mps2_an385) board=mps2-an385 ;;
         lm3s6965evb) board=lm3s6965evb ;;
+        virt) board=virt ;;
         *) echo "qemu-run.sh: cannot tell the board of $elf (no _hytun_qemu_machine_* symbol); pass it as the first argument" >&2
            exit 2 ;;
     esac
 fi
 case $board in
-    mps2-an385 | lm3s6965evb) ;;
+    mps2-an385 | lm3s6965evb) qemu=(qemu-system-arm -M "$board" -cpu cortex-m3) ;;
+    # -bios none: no OpenSBI; the ELF (linked at 0x8000_0000) starts in M-mode.
+    virt) qemu=(qemu-system-riscv32 -M virt -bios none) ;;
     *) echo "qemu-run.sh: unsupported board '$board'" >&2; usage ;;
 esac
 
@@ -80,8 +90,7 @@ if [[ ${HYTUN_FRESH_SEED:-1} == 1 ]]; then
     head -c 32 /dev/urandom >"$workdir/hytun-seed.bin"
 fi
 
-qemu=(qemu-system-arm -M "$board" -cpu cortex-m3
-      -display none -monitor none
+qemu+=(-display none -monitor none
       -semihosting-config enable=on,target=native
       "${serial[@]}" "${icount[@]}"
       -kernel "$elf")

@@ -21,6 +21,11 @@ step "install: apt packages"
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
+command -v qemu-system-riscv32 >/dev/null || missing+=(qemu-system-misc)
+command -v riscv64-unknown-elf-size >/dev/null || missing+=(binutils-riscv64-unknown-elf)
+# esptool comes from PyPI into a venv (Debian's pip refuses system-wide
+# installs); Debian ships ensurepip, which venv needs, in python3-venv.
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -38,6 +43,12 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 fi
 command -v defmt-print >/dev/null || cargo install defmt-print --locked
+ESPTOOL_VENV=$ROOT/target/esptool-venv
+if ! "$ESPTOOL_VENV/bin/esptool" version >/dev/null 2>&1; then
+  rm -rf "$ESPTOOL_VENV"
+  python3 -m venv "$ESPTOOL_VENV"
+  "$ESPTOOL_VENV/bin/pip" install -q --disable-pip-version-check esptool==5.6.0
+fi
 if [ "$FUZZ_SECONDS" != 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fi
@@ -58,12 +69,15 @@ cargo test --workspace
 step "core tests with the default (pure-Rust) AES-GCM provider only"
 cargo test -p hytun-core
 
-step "ESP32-C6 firmware image builds (build only: no emulator exists)"
+step "ESP32-C6 firmware builds and converts to a flashable image (no emulator exists)"
 esp_keys=$(mktemp -d)
 cargo run -q --bin hytun -- keygen --bits 2048 --out "$esp_keys" --name device >/dev/null
 cargo run -q --bin hytun -- keygen --bits 2048 --out "$esp_keys" --name server >/dev/null
 (cd embedded/esp32c6 && HYTUN_DEVICE_KEY="$esp_keys/device.key" HYTUN_SERVER_PUB="$esp_keys/server.pub" \
   HYTUN_ORIGIN_PORT=8080 cargo build --release)
+ESPTOOL="$ESPTOOL_VENV/bin/esptool" bash embedded/esp32c6/image.sh \
+  embedded/esp32c6/target/riscv32imac-unknown-none-elf/release/hytun-firmware-esp32c6 \
+  "$esp_keys/hytun-esp32c6.bin"
 rm -rf "$esp_keys"
 
 if [ "$FUZZ_SECONDS" != 0 ]; then

@@ -1,7 +1,11 @@
-//! The firmware end to end: the Cortex-M tunnel client (`embedded/`) runs
-//! under QEMU with its UART0 connected straight to a real `hytun server`
-//! on loopback, opens a stream to an HTTP origin behind the server and
-//! checks the page it gets back.
+//! The firmware end to end: the tunnel client (`embedded/`) runs under QEMU
+//! with its UART0 connected straight to a real `hytun server` on loopback,
+//! opens a stream to an HTTP origin behind the server and checks the page
+//! it gets back. The same application runs on two Cortex-M boards
+//! (`mps2-an385`, `lm3s6965evb`) and on RISC-V (`virt` of
+//! `qemu-system-riscv32`, RV32IMAC: the ESP32-C6's ISA); every case below
+//! (page fetch, unauthorized key, 16 KiB body) runs on `mps2-an385` and on
+//! `virt`, the page fetch also on `lm3s6965evb`.
 //!
 //! ```text
 //! QEMU (firmware) --UART0 = TCP--> hytun server --TCP--> origin (127.0.0.1)
@@ -11,9 +15,11 @@
 //! key, the server's default 3072-bit key), builds the firmware with them
 //! (`cargo build --release` in `embedded/`), boots it with
 //! `embedded/qemu-run.sh` under `-icount shift=0` and asserts on its exit
-//! code and decoded defmt log. Needs `qemu-system-arm`, `defmt-print` and
-//! the `thumbv7m-none-eabi` target (`scripts/test-all.sh` installs them);
-//! `HYTUN_SKIP_QEMU=1` skips with a loud SKIP line.
+//! code and decoded defmt log. Needs `qemu-system-arm`,
+//! `qemu-system-riscv32` (Debian `qemu-system-misc`), `defmt-print`, the
+//! binutils of both targets and the `thumbv7m-none-eabi` and
+//! `riscv32imac-unknown-none-elf` Rust targets (`scripts/test-all.sh`
+//! installs them); `HYTUN_SKIP_QEMU=1` skips with a loud SKIP line.
 
 use std::path::{Path, PathBuf};
 
@@ -126,7 +132,7 @@ fn assert_fetched(board: Board, run: &QemuRun) {
 }
 
 fn fetch_hello_on(board: Board, test: &str) {
-    if !qemu::ready(test) {
+    if !qemu::ready(test, board) {
         return;
     }
     assert!(
@@ -175,18 +181,24 @@ fn firmware_fetches_a_page_through_the_tunnel_on_lm3s6965evb() {
 }
 
 #[test]
-fn firmware_with_an_unauthorized_key_fails_the_handshake() {
-    if !qemu::ready("firmware_with_an_unauthorized_key_fails_the_handshake") {
+fn firmware_fetches_a_page_through_the_tunnel_on_riscv32_virt() {
+    fetch_hello_on(
+        Board::RiscvVirt,
+        "firmware_fetches_a_page_through_the_tunnel_on_riscv32_virt",
+    );
+}
+
+fn unauthorized_key_on(board: Board, test: &str) {
+    if !qemu::ready(test, board) {
         return;
     }
     let fx = Fixture::start();
-    let board = Board::Mps2An385;
     let elf = fx.build(board, "rogue", fx.origin.addr().port(), "/hello", MARKER);
     let run = fx.run(board, &elf);
     assert_eq!(
         run.code,
         Some(EXIT_HANDSHAKE_FAILED),
-        "an unauthorized device key must end with the handshake-failure code:\n{run}"
+        "an unauthorized device key must end with the handshake-failure code on {board}:\n{run}"
     );
     assert_contains(&run, "handshake failed");
     // The server's alert reason, as the core's Display and defmt Format.
@@ -196,14 +208,28 @@ fn firmware_with_an_unauthorized_key_fails_the_handshake() {
 }
 
 #[test]
-fn firmware_receives_16_kib_intact_and_reports_the_cost_per_kib() {
-    if !qemu::ready("firmware_receives_16_kib_intact_and_reports_the_cost_per_kib") {
+fn firmware_with_an_unauthorized_key_fails_the_handshake() {
+    unauthorized_key_on(
+        Board::Mps2An385,
+        "firmware_with_an_unauthorized_key_fails_the_handshake",
+    );
+}
+
+#[test]
+fn firmware_with_an_unauthorized_key_fails_the_handshake_on_riscv32_virt() {
+    unauthorized_key_on(
+        Board::RiscvVirt,
+        "firmware_with_an_unauthorized_key_fails_the_handshake_on_riscv32_virt",
+    );
+}
+
+fn bulk_on(board: Board, test: &str) {
+    if !qemu::ready(test, board) {
         return;
     }
     const LEN: usize = 16 * 1024;
     let fx = Fixture::start();
     let text = TextOrigin::start(text_body(LEN, MARKER)).expect("text origin");
-    let board = Board::Mps2An385;
     // The marker is the body's last line: found only if every record
     // (16 of them, with WINDOW updates in between) arrived.
     let elf = fx.build(board, "device", text.addr.port(), "/bulk", MARKER);
@@ -214,5 +240,21 @@ fn firmware_receives_16_kib_intact_and_reports_the_cost_per_kib() {
         "SUMMARY bulk {board}: {LEN} B in {:.1} s wall; transfer_instructions_per_kib={:?}",
         run.wall.as_secs_f64(),
         run.number("transfer_instructions_per_kib")
+    );
+}
+
+#[test]
+fn firmware_receives_16_kib_intact_and_reports_the_cost_per_kib() {
+    bulk_on(
+        Board::Mps2An385,
+        "firmware_receives_16_kib_intact_and_reports_the_cost_per_kib",
+    );
+}
+
+#[test]
+fn firmware_receives_16_kib_intact_on_riscv32_virt() {
+    bulk_on(
+        Board::RiscvVirt,
+        "firmware_receives_16_kib_intact_on_riscv32_virt",
     );
 }

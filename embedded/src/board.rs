@@ -1,6 +1,6 @@
 //! Board support: one module per QEMU machine, selected by a cargo feature.
 //!
-//! Each board provides its QEMU machine name, its SysTick clock, the heap size (a static in
+//! Each board provides its QEMU machine name, its timer clock, the heap size (a static in
 //! `.bss`, so it counts against static RAM), the UART0 base address and the
 //! [`Uart`] driver type. [`uart0`] hands out UART0 at most once, which is what
 //! makes the drivers' exclusive-ownership requirement hold. The linker
@@ -8,12 +8,27 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-#[cfg(all(feature = "board-an385", feature = "board-lm3s6965"))]
+#[cfg(any(
+    all(feature = "board-an385", feature = "board-lm3s6965"),
+    all(feature = "board-an385", feature = "board-virt"),
+    all(feature = "board-lm3s6965", feature = "board-virt"),
+))]
 compile_error!(
     "enable exactly one board feature (use --no-default-features --features board-lm3s6965)"
 );
-#[cfg(not(any(feature = "board-an385", feature = "board-lm3s6965")))]
-compile_error!("enable one board feature: board-an385 or board-lm3s6965");
+#[cfg(not(any(
+    feature = "board-an385",
+    feature = "board-lm3s6965",
+    feature = "board-virt"
+)))]
+compile_error!("enable one board feature: board-an385, board-lm3s6965 or board-virt");
+#[cfg(all(feature = "board-virt", not(target_arch = "riscv32")))]
+compile_error!("board-virt is RISC-V: build with --target riscv32imac-unknown-none-elf");
+#[cfg(all(
+    any(feature = "board-an385", feature = "board-lm3s6965"),
+    not(target_arch = "arm")
+))]
+compile_error!("the Cortex-M boards build with --target thumbv7m-none-eabi");
 
 #[cfg(feature = "board-an385")]
 mod imp {
@@ -68,7 +83,39 @@ mod imp {
     }
 }
 
-pub use imp::{HEAP_SIZE, QEMU_MACHINE, SYSTICK_HZ, UART0_BASE, Uart};
+#[cfg(feature = "board-virt")]
+mod imp {
+    use crate::uart::{Ns16550Port, Ns16550Uart, Serial};
+
+    /// QEMU `-M` machine name (`qemu-system-riscv32`).
+    pub const QEMU_MACHINE: &str = "virt";
+    /// Heap size in bytes: the ESP32-C6 image's heap, so the measured peak
+    /// carries over to the real part.
+    pub const HEAP_SIZE: usize = 32 * 1024;
+    /// Frequency of the CLINT's `mtime` counter in QEMU's `virt`, in Hz.
+    pub const MTIME_HZ: u32 = 10_000_000;
+    /// Address of the CLINT's 64-bit `mtime` register.
+    pub const MTIME_ADDR: usize = 0x0200_bff8;
+    /// Base address of the NS16550A UART0 (byte-wide registers).
+    pub const UART0_BASE: usize = 0x1000_0000;
+    /// The UART driver of this board.
+    pub type Uart = Ns16550Uart;
+
+    /// # Safety
+    ///
+    /// Must be called at most once.
+    pub(super) unsafe fn make_uart0() -> Uart {
+        // SAFETY: UART0_BASE is the 16550 UART0 of QEMU's `virt` machine and
+        // the caller guarantees this is its only driver instance.
+        Serial::new(unsafe { Ns16550Port::new(UART0_BASE) })
+    }
+}
+
+#[cfg(target_arch = "arm")]
+pub use imp::SYSTICK_HZ;
+pub use imp::{HEAP_SIZE, QEMU_MACHINE, UART0_BASE, Uart};
+#[cfg(target_arch = "riscv32")]
+pub use imp::{MTIME_ADDR, MTIME_HZ};
 
 static UART0_TAKEN: AtomicBool = AtomicBool::new(false);
 

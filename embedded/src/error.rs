@@ -1,7 +1,8 @@
 //! Firmware failure reasons and the process exit codes they map to.
 //!
 //! Under QEMU the firmware ends with a semihosting `SYS_EXIT_EXTENDED` call,
-//! so the code below becomes `qemu-system-arm`'s exit status (and, through
+//! so the code below becomes `qemu-system-arm`'s (or `qemu-system-riscv32`'s)
+//! exit status (and, through
 //! `qemu-run.sh`, the status of `cargo run`). Every failure has its own code
 //! so a test harness can tell them apart without parsing the defmt log.
 //!
@@ -25,7 +26,7 @@
 //! |   37 | a stream call was refused locally (`StreamError`, e.g. peer going away) |
 //! |   38 | the exchange did not complete within 60 s of `Connected` (origin or server stalled) |
 //! |  101 | Rust panic (including heap exhaustion: look for `heap exhausted`)      |
-//! |  102 | HardFault                                                              |
+//! |  102 | CPU fault: HardFault (Cortex-M), an exception such as an illegal instruction or access fault (RISC-V, `mcause` logged) |
 //! |  103 | unexpected exception or interrupt                                      |
 //! |  124 | *not from the firmware*: `qemu-run.sh` timeout (`HYTUN_QEMU_TIMEOUT`)  |
 
@@ -69,7 +70,7 @@ pub enum FirmwareError {
 
 /// Exit code of a Rust panic (see the module table).
 pub const EXIT_PANIC: i32 = 101;
-/// Exit code of a HardFault.
+/// Exit code of a CPU fault (HardFault; a RISC-V exception).
 pub const EXIT_HARD_FAULT: i32 = 102;
 /// Exit code of an unexpected exception or interrupt.
 pub const EXIT_UNEXPECTED_EXCEPTION: i32 = 103;

@@ -1,15 +1,20 @@
-//! hytun client firmware for Cortex-M (QEMU `mps2-an385` / `lm3s6965evb`).
+//! hytun client firmware for Cortex-M (QEMU `mps2-an385` / `lm3s6965evb`)
+//! and RISC-V (QEMU `virt`, RV32IMAC: the ESP32-C6's ISA).
 //!
-//! Boot sequence: heap init, read and delete the host seed file (emulation
-//! only, see [`seed`]), instantiate the [`drbg::Drbg`], start the SysTick
-//! [`clock`], take UART0, then hand everything to [`app::run`], the hytun
-//! tunnel client. Afterwards the stack and heap high-water
+//! Boot sequence: (RISC-V: paint the stack), heap init, read and delete the
+//! host seed file (emulation only, see [`seed`]), instantiate the
+//! [`drbg::Drbg`], start the [`clock`] (SysTick on Cortex-M, the CLINT's
+//! `mtime` on RISC-V), take UART0, then hand everything to [`app::run`], the
+//! hytun tunnel client. Afterwards the stack and heap high-water
 //! marks are logged as `mem: stack_peak=.. heap_peak=..` and the firmware
 //! exits through semihosting with 0, or with the failure's exit code (table
-//! in [`error`]). Logging is defmt over semihosting: QEMU writes the frames
+//! in [`error`]). Logging is defmt over semihosting (`defmt-semihosting` on
+//! Cortex-M, the logger in `riscv.rs` on RISC-V): QEMU writes the frames
 //! to its stdout, `qemu-run.sh` decodes them with `defmt-print`. Panics,
-//! HardFaults and stray exceptions log and exit with 101/102/103 instead of
-//! hanging until the runner's timeout.
+//! CPU faults and stray exceptions log and exit with 101/102/103 instead of
+//! hanging until the runner's timeout. Board specifics live in [`board`]
+//! (one module per machine) and [`uart`]; the application is the same on
+//! every board.
 
 #![no_std]
 #![no_main]
@@ -20,13 +25,20 @@ extern crate alloc;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use cortex_m_rt::{ExceptionFrame, entry, exception};
+#[cfg(target_arch = "arm")]
+use cortex_m_rt::{ExceptionFrame, exception};
 // Links the `critical-section` implementation for single-core Cortex-M.
+#[cfg(target_arch = "arm")]
 use cortex_m as _;
+#[cfg(target_arch = "arm")]
 use defmt_semihosting as _;
 
 mod app;
 mod board;
+#[cfg(target_arch = "arm")]
+mod clock;
+#[cfg(target_arch = "riscv32")]
+#[path = "mtime.rs"]
 mod clock;
 mod drbg;
 mod error;
@@ -34,6 +46,8 @@ mod heap;
 mod http;
 mod keys;
 mod origin;
+#[cfg(target_arch = "riscv32")]
+mod riscv;
 mod seed;
 mod stack;
 mod uart;
@@ -43,8 +57,11 @@ use error::FirmwareError;
 /// Firmware version, logged at boot.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
+    #[cfg(target_arch = "riscv32")]
+    stack::paint();
     heap::init();
     defmt::info!(
         "hytun-firmware {=str} on {=str} (UART0 at {=usize:#x}): heap {=usize} B, stack region {=usize} B",
@@ -90,8 +107,11 @@ fn boot_and_run() -> Result<app::Report, FirmwareError> {
     let mut rng = drbg::Drbg::from_seed(&seed);
     drop(seed);
 
-    let core = cortex_m::Peripherals::take().ok_or(FirmwareError::BoardTaken)?;
-    clock::start(core.SYST);
+    #[cfg(target_arch = "arm")]
+    {
+        let core = cortex_m::Peripherals::take().ok_or(FirmwareError::BoardTaken)?;
+        clock::start(core.SYST);
+    }
     let mut uart = board::uart0().ok_or(FirmwareError::BoardTaken)?;
     app::run(&mut uart, &mut rng, &keys::PROVISIONED)
 }
@@ -107,13 +127,13 @@ fn log_memory() {
 }
 
 /// Ends the QEMU process with `code` (semihosting `SYS_EXIT_EXTENDED`).
-fn exit(code: i32) -> ! {
+pub(crate) fn exit(code: i32) -> ! {
     semihosting::process::exit(code)
 }
 
 /// Set by the first panic or fault; a second one exits without logging
 /// (the defmt logger may be the thing that failed).
-static DYING: AtomicBool = AtomicBool::new(false);
+pub(crate) static DYING: AtomicBool = AtomicBool::new(false);
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
@@ -140,6 +160,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     exit(error::EXIT_PANIC)
 }
 
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     if !DYING.swap(true, Ordering::AcqRel) {
@@ -152,6 +173,7 @@ unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     exit(error::EXIT_HARD_FAULT)
 }
 
+#[cfg(target_arch = "arm")]
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
     if !DYING.swap(true, Ordering::AcqRel) {

@@ -15,6 +15,13 @@
 //!   Init: disable, 8N1 with FIFOs enabled, enable TX+RX. Baud rate and the
 //!   SYSCTL clock gate are not programmed: QEMU ignores them; real LM3S6965
 //!   silicon would need both.
+//! * [`Ns16550Port`] (`board-virt`): the NS16550A of QEMU's RISC-V `virt`
+//!   machine, byte-wide registers: `RBR`/`THR` +0, `IER` +1, `FCR` +2,
+//!   `LCR` +3, `LSR` +5 (bit0 data ready, bit1 overrun, bit2 parity, bit3
+//!   framing, bit4 break, bit5 THR empty, bit6 transmitter empty). Init:
+//!   interrupts off, 8N1, FIFOs enabled and cleared; no divisor (QEMU
+//!   ignores the baud rate). Reading `LSR` clears its error bits, so the
+//!   port keeps them until `poll_rx` reports them.
 //!
 //! `read` blocks until at least one byte arrives, then returns every byte
 //! that is already available without waiting for more; `write` blocks until
@@ -27,10 +34,10 @@ use embedded_io::{ErrorKind, ErrorType, Read, ReadReady, Write, WriteReady};
 
 /// A receive error reported by the UART hardware.
 #[cfg_attr(
-    not(feature = "board-lm3s6965"),
+    not(any(feature = "board-lm3s6965", feature = "board-virt")),
     allow(
         dead_code,
-        reason = "only the PL011 reports framing, parity and break errors"
+        reason = "only the PL011 and the 16550 report framing, parity and break errors"
     )
 )]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, defmt::Format)]
@@ -180,21 +187,39 @@ impl Mmio {
     ///
     /// `base` must be the base address of a peripheral whose registers at
     /// every offset later passed to `read`/`write` are valid, 4-byte aligned
-    /// 32-bit MMIO registers, and the caller must be the only user of that
+    /// 32-bit MMIO registers (for `read8`/`write8`: 8-bit registers), and the caller must be the only user of that
     /// peripheral for the lifetime of the returned value.
     const unsafe fn new(base: usize) -> Self {
         Self { base }
     }
 
+    #[cfg(target_arch = "arm")]
     fn read(&self, offset: usize) -> u32 {
         // SAFETY: `new`'s contract makes `base + offset` a valid, aligned,
         // exclusively owned MMIO register; volatile keeps the access.
         unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
     }
 
+    #[cfg(target_arch = "arm")]
     fn write(&self, offset: usize, value: u32) {
         // SAFETY: as in `read`.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+    }
+
+    /// Byte-wide read, for peripherals with 8-bit registers.
+    #[cfg(feature = "board-virt")]
+    fn read8(&self, offset: usize) -> u8 {
+        // SAFETY: `new`'s contract makes `base + offset` a valid, exclusively
+        // owned MMIO register (the 16550's are bytes, so any address is
+        // aligned); volatile keeps the access.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) }
+    }
+
+    /// Byte-wide write, for peripherals with 8-bit registers.
+    #[cfg(feature = "board-virt")]
+    fn write8(&self, offset: usize, value: u8) {
+        // SAFETY: as in `read8`.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
     }
 }
 
@@ -375,6 +400,115 @@ mod pl011 {
 
         fn tx_idle(&self) -> bool {
             self.regs.read(FR) & FR_BUSY == 0
+        }
+    }
+}
+
+#[cfg(feature = "board-virt")]
+pub use ns16550::{Ns16550Port, Ns16550Uart};
+
+#[cfg(feature = "board-virt")]
+mod ns16550 {
+    use core::cell::Cell;
+
+    use super::{Mmio, Serial, UartError, UartPort};
+
+    const RBR_THR: usize = 0;
+    const IER: usize = 1;
+    const FCR: usize = 2;
+    const LCR: usize = 3;
+    const LSR: usize = 5;
+
+    const FCR_ENABLE: u8 = 1 << 0;
+    const FCR_CLEAR_RX: u8 = 1 << 1;
+    const FCR_CLEAR_TX: u8 = 1 << 2;
+    const LCR_8N1: u8 = 0b11;
+    const LSR_DR: u8 = 1 << 0;
+    const LSR_OE: u8 = 1 << 1;
+    const LSR_PE: u8 = 1 << 2;
+    const LSR_FE: u8 = 1 << 3;
+    const LSR_BI: u8 = 1 << 4;
+    const LSR_THRE: u8 = 1 << 5;
+    const LSR_TEMT: u8 = 1 << 6;
+    const LSR_ERRORS: u8 = LSR_OE | LSR_PE | LSR_FE | LSR_BI;
+
+    /// The NS16550A UART of QEMU's `virt` machine.
+    pub struct Ns16550Port {
+        regs: Mmio,
+        /// Error bits seen in `LSR` (which clears them on read) and not yet
+        /// reported by `poll_rx`.
+        errors: Cell<u8>,
+    }
+
+    /// Blocking `embedded_io` driver for the NS16550A.
+    pub type Ns16550Uart = Serial<Ns16550Port>;
+
+    impl Ns16550Port {
+        /// Initialises the UART at `base`: no interrupts, 8N1, FIFOs on.
+        ///
+        /// # Safety
+        ///
+        /// `base` must be the base address of an NS16550-compatible UART with
+        /// byte-spaced registers and the returned value must be its only user.
+        pub unsafe fn new(base: usize) -> Self {
+            // SAFETY: forwarded from this function's contract.
+            let regs = unsafe { Mmio::new(base) };
+            regs.write8(IER, 0);
+            regs.write8(LCR, LCR_8N1);
+            regs.write8(FCR, FCR_ENABLE | FCR_CLEAR_RX | FCR_CLEAR_TX);
+            Self {
+                regs,
+                errors: Cell::new(0),
+            }
+        }
+
+        /// Reads `LSR`, keeping its (read-to-clear) error bits.
+        fn lsr(&self) -> u8 {
+            let lsr = self.regs.read8(LSR);
+            self.errors.set(self.errors.get() | (lsr & LSR_ERRORS));
+            lsr
+        }
+    }
+
+    impl UartPort for Ns16550Port {
+        fn poll_rx(&mut self) -> Option<Result<u8, UartError>> {
+            let lsr = self.lsr();
+            let errors = self.errors.replace(0);
+            if errors != 0 {
+                return Some(Err(if errors & LSR_OE != 0 {
+                    UartError::Overrun
+                } else if errors & LSR_BI != 0 {
+                    UartError::Break
+                } else if errors & LSR_PE != 0 {
+                    UartError::Parity
+                } else {
+                    UartError::Framing
+                }));
+            }
+            if lsr & LSR_DR == 0 {
+                return None;
+            }
+            Some(Ok(self.regs.read8(RBR_THR)))
+        }
+
+        fn try_tx(&mut self, byte: u8) -> bool {
+            if !self.tx_ready() {
+                return false;
+            }
+            self.regs.write8(RBR_THR, byte);
+            true
+        }
+
+        fn tx_ready(&self) -> bool {
+            self.lsr() & LSR_THRE != 0
+        }
+
+        fn rx_ready(&self) -> bool {
+            self.lsr() & LSR_DR != 0 || self.errors.get() != 0
+        }
+
+        fn tx_idle(&self) -> bool {
+            self.lsr() & LSR_TEMT != 0
         }
     }
 }

@@ -3,10 +3,11 @@
 //! is read from its log, QEMU runs with a hard deadline, and a tiny text
 //! origin for bulk transfers.
 //!
-//! The firmware is its own cargo workspace built for `thumbv7m-none-eabi`;
-//! it is built here with `cargo build --release` in `embedded/` (target dir
-//! `embedded/target`), one build at a time because every build writes the
-//! same ELF path, which is then copied into the test's temp dir.
+//! The firmware is its own cargo workspace built for `thumbv7m-none-eabi`
+//! (Cortex-M boards) or `riscv32imac-unknown-none-elf` (QEMU `virt`); it is
+//! built here with `cargo build --release` in `embedded/` (target dir
+//! `embedded/target`), one build at a time because every build of a target
+//! writes the same ELF path, which is then copied into the test's temp dir.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -36,6 +37,9 @@ pub enum Board {
     Mps2An385,
     /// `lm3s6965evb` (feature `board-lm3s6965`).
     Lm3s6965Evb,
+    /// `virt` of `qemu-system-riscv32` (feature `board-virt`): RV32IMAC,
+    /// the ESP32-C6's instruction set.
+    RiscvVirt,
 }
 
 impl Board {
@@ -44,6 +48,7 @@ impl Board {
         match self {
             Board::Mps2An385 => "mps2-an385",
             Board::Lm3s6965Evb => "lm3s6965evb",
+            Board::RiscvVirt => "virt",
         }
     }
 
@@ -51,6 +56,33 @@ impl Board {
         match self {
             Board::Mps2An385 => "board-an385",
             Board::Lm3s6965Evb => "board-lm3s6965",
+            Board::RiscvVirt => "board-virt",
+        }
+    }
+
+    /// The Rust target the board's firmware is built for.
+    pub fn target(self) -> &'static str {
+        match self {
+            Board::Mps2An385 | Board::Lm3s6965Evb => "thumbv7m-none-eabi",
+            Board::RiscvVirt => "riscv32imac-unknown-none-elf",
+        }
+    }
+
+    /// The QEMU system emulator and the Debian package that has it.
+    fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Board::Mps2An385 | Board::Lm3s6965Evb => ("qemu-system-arm", "qemu-system-arm"),
+            Board::RiscvVirt => ("qemu-system-riscv32", "qemu-system-misc"),
+        }
+    }
+
+    /// The `size` the size scripts use and the Debian package that has it.
+    fn size_tool(self) -> (&'static str, &'static str) {
+        match self {
+            Board::Mps2An385 | Board::Lm3s6965Evb => {
+                ("arm-none-eabi-size", "binutils-arm-none-eabi")
+            }
+            Board::RiscvVirt => ("riscv64-unknown-elf-size", "binutils-riscv64-unknown-elf"),
         }
     }
 }
@@ -66,10 +98,10 @@ pub fn embedded_dir() -> PathBuf {
     workspace_root().join("embedded")
 }
 
-/// Whether the QEMU tests can run. `false` (after a loud SKIP line) only
-/// when `HYTUN_SKIP_QEMU=1`; a missing tool otherwise fails the test with
-/// the command that installs it.
-pub fn ready(test: &str) -> bool {
+/// Whether the QEMU tests for `board` can run. `false` (after a loud SKIP
+/// line) only when `HYTUN_SKIP_QEMU=1`; a missing tool otherwise fails the
+/// test with the command that installs it.
+pub fn ready(test: &str, board: Board) -> bool {
     if std::env::var(SKIP_VAR).is_ok_and(|v| v == "1") {
         // Straight to the stream, not `eprintln!`: the test harness would
         // capture (and hide) the output of a passing test.
@@ -79,7 +111,7 @@ pub fn ready(test: &str) -> bool {
         );
         return false;
     }
-    let missing = missing_prerequisites();
+    let missing = missing_prerequisites(board);
     assert!(
         missing.is_empty(),
         "the QEMU firmware tests need tools that are missing:\n  - {}\n\
@@ -99,12 +131,17 @@ fn runs(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Tools the firmware tests need and do not find, each with its install
-/// command.
-pub fn missing_prerequisites() -> Vec<String> {
+/// Tools the firmware tests on `board` need and do not find, each with its
+/// install command.
+pub fn missing_prerequisites(board: Board) -> Vec<String> {
     let mut missing = Vec::new();
-    if !runs("qemu-system-arm", &["--version"]) {
-        missing.push("qemu-system-arm (apt-get install qemu-system-arm)".to_string());
+    let (qemu, qemu_package) = board.qemu();
+    if !runs(qemu, &["--version"]) {
+        missing.push(format!("{qemu} (apt-get install {qemu_package})"));
+    }
+    let (size, size_package) = board.size_tool();
+    if !runs(size, &["--version"]) {
+        missing.push(format!("{size} (apt-get install {size_package})"));
     }
     let defmt_print = std::env::var("DEFMT_PRINT").unwrap_or_else(|_| "defmt-print".into());
     if !runs(&defmt_print, &["--version"]) {
@@ -112,8 +149,9 @@ pub fn missing_prerequisites() -> Vec<String> {
             "{defmt_print} (cargo install defmt-print --locked)"
         ));
     }
+    let target = board.target();
     let libdir = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", "thumbv7m-none-eabi"])
+        .args(["--print", "target-libdir", "--target", target])
         .stderr(Stdio::null())
         .output()
         .ok()
@@ -126,9 +164,7 @@ pub fn missing_prerequisites() -> Vec<String> {
                 .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
         });
     if !has_core {
-        missing.push(
-            "Rust target thumbv7m-none-eabi (rustup target add thumbv7m-none-eabi)".to_string(),
-        );
+        missing.push(format!("Rust target {target} (rustup target add {target})"));
     }
     missing
 }
@@ -273,6 +309,8 @@ pub fn build_firmware(board: Board, vars: &[(&str, OsString)], out: &Path) -> Du
         .args([
             "build",
             "--release",
+            "--target",
+            board.target(),
             "--no-default-features",
             "--features",
             board.feature(),
@@ -291,7 +329,9 @@ pub fn build_firmware(board: Board, vars: &[(&str, OsString)], out: &Path) -> Du
         "firmware build for {board} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let elf = target_dir.join("thumbv7m-none-eabi/release/hytun-firmware");
+    let elf = target_dir
+        .join(board.target())
+        .join("release/hytun-firmware");
     std::fs::copy(&elf, out)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", elf.display(), out.display()));
     took
