@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian machine (apt packages, rustup
-# targets/components, defmt-print, cargo-fuzz) and runs ALL tests:
+# targets/components, defmt-print, cargo-fuzz, esptool) and runs ALL tests:
 # formatting, lints, the no_std build of the core for thumbv7m, the unit /
-# in-memory / loopback end-to-end tests, the QEMU firmware test on two
-# boards, the firmware size check, and a short fuzz smoke run.
+# in-memory / loopback end-to-end and resource tests, the QEMU firmware
+# tests on two Cortex-M boards and RISC-V virt with their size checks, the
+# ESP32-C6 image (esptool elf2image + image-info), and a short fuzz smoke
+# run.
 #
 # Usage: bash scripts/test-all.sh        (as root, or with sudo available)
 # Knobs: FUZZ_SECONDS=10 (per fuzz target; 0 skips the fuzz smoke run)
