@@ -82,15 +82,14 @@ hs_scenario() {
   local HW="$W/handshakes" port=${HS_PORT:-24300} secs=${HS_SECS:-5}
   local frac=${HS_LOAD_FRACTION:-0.5} wdur=${WRK_DUR:-5}
   rm -rf "$HW"; mkdir -p "$HW/logs"
-  local pids=()
-  # shellcheck disable=SC2317
-  cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-  trap cleanup EXIT
+  # Global, so the EXIT trap still sees the pids after this function.
+  HS_PIDS=()
+  trap 'for p in "${HS_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 
   log "openssl speed rsa2048 rsa3072 (${OSSL_SECS:-3} s each)"
   openssl speed -seconds "${OSSL_SECS:-3}" rsa2048 rsa3072 > "$HW/openssl.txt" 2>/dev/null
   # The origin the latency stream fetches (1 KiB keep-alive responses).
-  "$hb" http --listen "127.0.0.1:$((port + 9))" > "$HW/logs/http.log" 2>&1 & pids+=($!)
+  "$hb" http --listen "127.0.0.1:$((port + 9))" > "$HW/logs/http.log" 2>&1 & HS_PIDS+=($!)
 
   {
     echo "## Handshakes ($LABEL, $(nproc) CPUs)"
@@ -109,7 +108,7 @@ hs_scenario() {
     "$hytun" server --listen "127.0.0.1:$sp" --key "$K/server.key" \
       --authorized-keys "$K/authorized_keys" --allow '127.0.0.1:*' --threads 1 \
       --handshake-rate 1000000 --max-sessions 4096 > "$HW/logs/server-$bits.log" 2>&1 &
-    local spid=$!; pids+=("$spid")
+    local spid=$!; HS_PIDS+=("$spid")
     wait_port "$sp"
 
     log "RSA-$bits: full handshake load, ${secs} s"
@@ -121,7 +120,7 @@ hs_scenario() {
     ossl_ms=$(awk -v b="$bits" '$1 == "rsa" && $2 == b && $3 == "bits" { v = $4; sub(/s$/, "", v); printf "%.3f", v * 1000 }' "$HW/openssl.txt")
 
     "$hytun" client --server "127.0.0.1:$sp" --key "$K/id.key" --server-key "$K/server.pub" \
-      -L "127.0.0.1:$fp:127.0.0.1:$((port + 9))" > "$HW/logs/client-$bits.log" 2>&1 & pids+=($!)
+      -L "127.0.0.1:$fp:127.0.0.1:$((port + 9))" > "$HW/logs/client-$bits.log" 2>&1 & HS_PIDS+=($!)
     wait_port "$fp"
     sleep 0.5
     log "RSA-$bits: wrk -c1 through the tunnel, idle server"
