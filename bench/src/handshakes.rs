@@ -11,6 +11,10 @@
 //! client side of each handshake costs about as much as the server side
 //! (both do an RSA private-key operation), so on a small machine the
 //! clients compete with the server for CPU.
+//!
+//! With a `rate`, new sessions are paced to that many per second (spread
+//! over the threads) instead of as fast as possible: a steady background
+//! load for latency measurements of other traffic on the same server.
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -59,6 +63,9 @@ pub(crate) struct HsOptions {
     pub(crate) duration: Duration,
     /// The server's pid, for its CPU time over the window.
     pub(crate) server_pid: Option<u32>,
+    /// Handshakes per second to start (all threads together); `None` = as
+    /// fast as the server completes them.
+    pub(crate) rate: Option<f64>,
 }
 
 /// What was measured.
@@ -91,6 +98,13 @@ impl HsResult {
         self.server_load()
             .filter(|l| *l > 0.0)
             .map(|l| self.per_sec() / l)
+    }
+
+    /// Server CPU milliseconds per completed handshake.
+    pub(crate) fn server_cpu_ms_per_handshake(&self) -> Option<f64> {
+        self.server_cpu_s
+            .filter(|_| self.completed > 0)
+            .map(|c| c * 1000.0 / self.completed as f64)
     }
 }
 
@@ -127,8 +141,13 @@ pub(crate) fn run(opts: &HsOptions) -> Result<HsResult, String> {
     for _ in 0..opts.threads.max(1) {
         let (config, counters, stop) = (config.clone(), counters.clone(), stop.clone());
         let (server, in_flight) = (opts.server, opts.in_flight.max(1));
+        // Each thread starts its share of the paced rate.
+        let interval = opts
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(opts.threads.max(1) as f64 / r));
         workers.push(thread::spawn(move || {
-            worker(server, in_flight, &config, &counters, &stop)
+            worker(server, in_flight, interval, &config, &counters, &stop)
         }));
     }
     thread::sleep(opts.warmup);
@@ -272,6 +291,7 @@ fn drive(s: &mut Session, buf: &mut [u8], clock: StdInstant, rng: &mut OsRng) ->
 fn worker(
     server: SocketAddr,
     in_flight: usize,
+    interval: Option<Duration>,
     config: &Arc<ClientConfig>,
     counters: &Counters,
     stop: &AtomicBool,
@@ -282,19 +302,36 @@ fn worker(
     let clock = StdInstant::now();
     let mut buf = vec![0u8; 16 * 1024];
     let mut slots: Vec<Option<Session>> = (0..in_flight).map(|_| None).collect();
+    let mut next_start = StdInstant::now();
     while !stop.load(Ordering::Relaxed) {
         for (i, slot) in slots.iter_mut().enumerate() {
-            if slot.is_none() {
-                match start(&poll, Token(i), server, config, clock, &mut rng) {
-                    Ok(s) => *slot = Some(s),
-                    Err(_) => {
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
-                        thread::sleep(Duration::from_millis(10));
-                    }
+            if slot.is_some() {
+                continue;
+            }
+            if let Some(iv) = interval {
+                let now = StdInstant::now();
+                if now < next_start {
+                    break;
+                }
+                // Paced: starts missed while every slot was busy are not
+                // made up in a burst later.
+                next_start = (next_start + iv).max(now);
+            }
+            match start(&poll, Token(i), server, config, clock, &mut rng) {
+                Ok(s) => *slot = Some(s),
+                Err(_) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(10));
                 }
             }
         }
-        poll.poll(&mut events, Some(Duration::from_millis(100)))?;
+        let wait = match interval {
+            Some(_) => next_start
+                .saturating_duration_since(StdInstant::now())
+                .min(Duration::from_millis(100)),
+            None => Duration::from_millis(100),
+        };
+        poll.poll(&mut events, Some(wait))?;
         for ev in events.iter() {
             let i = ev.token().0;
             let Some(s) = slots.get_mut(i).and_then(Option::as_mut) else {

@@ -232,6 +232,10 @@ struct HsArgs {
     /// Server pid, for handshakes per server core
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Pace new sessions to this many per second (default: as fast as
+    /// the server completes them)
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 /// The hytun binary: the given path or `hytun` next to this binary.
@@ -341,6 +345,7 @@ fn run_cmd(cmd: Cmd) -> Result<(), String> {
                 warmup: Duration::from_millis(500),
                 duration: Duration::from_secs_f64(a.secs),
                 server_pid: a.server_pid,
+                rate: a.rate,
             })?;
             println!(
                 "handshakes {} in {:.2} s = {:.1}/s, failed {}",
@@ -351,6 +356,9 @@ fn run_cmd(cmd: Cmd) -> Result<(), String> {
             );
             if let (Some(load), Some(pc)) = (r.server_load(), r.per_core()) {
                 println!("server CPU {load:.2} cores -> {pc:.1} handshakes/s per core");
+            }
+            if let Some(ms) = r.server_cpu_ms_per_handshake() {
+                println!("server CPU per handshake {ms:.3} ms");
             }
             Ok(())
         }

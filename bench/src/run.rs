@@ -281,6 +281,7 @@ fn measure_tool(
             warmup: Duration::from_millis(500),
             duration: Duration::from_secs_f64(opts.hs_secs),
             server_pid: exit.first().copied(),
+            rate: None,
         };
         match handshakes::run(&hs) {
             Ok(r) => {

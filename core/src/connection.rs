@@ -11,6 +11,16 @@
 //! 4. calls [`Connection::handle_timeout`] at [`Connection::poll_timeout`],
 //! 5. reports transport EOF with [`Connection::handle_eof`].
 //!
+//! By default each side's RSA private-key operation runs inside
+//! `handle_input` (with its RNG for blinding). A driver that wants it off
+//! its event loop calls [`Connection::defer_private_key_ops`]; then, when a
+//! handshake message needs the operation, `handle_input` stops right after
+//! that message, [`Connection::take_private_key_op`] returns the
+//! [`PrivateKeyOp`] to run (on any thread), and the driver hands its result
+//! to [`Connection::complete_private_key_op`] and resumes feeding the bytes
+//! not consumed yet. In between, the connection consumes no input and has
+//! nothing to transmit; only timers run.
+//!
 //! Every fatal condition — bad input, a timeout, the peer's CLOSE, a local
 //! `close` — ends in exactly one [`Event::Closed`]; after it the driver
 //! flushes what is pending (a CLOSE or an alert) and drops the transport.
@@ -39,11 +49,13 @@ use rand_core::CryptoRng;
 
 use crate::buffer::{RxBuffer, TxBuffer};
 use crate::config::{ClientConfig, ServerConfig, SessionConfig};
-use crate::crypto::{CryptoError, KeyId, RecordOpener, RecordSealer};
+use crate::crypto::{
+    CryptoError, DecryptedSecret, KeyId, PrivateKeyOp, RecordOpener, RecordSealer,
+};
 use crate::error::{ConnectionError, HandshakeError, ProtocolViolation, StreamError, TimeoutKind};
 use crate::handshake::{
-    self, ClientExpectServerFinished, ClientExpectServerHello, Established,
-    ServerExpectClientFinished,
+    self, ClientAwaitPrivateKey, ClientExpectServerFinished, ClientExpectServerHello, Established,
+    ServerAwaitPrivateKey, ServerExpectClientFinished,
 };
 use crate::memory::{ByteStore, Heap, Inline, Memory, VecStore};
 use crate::stream::{EndState, OpenState, Stream};
@@ -172,8 +184,10 @@ enum Role {
 enum State {
     Unstarted,
     ClientExpectServerHello(ClientExpectServerHello),
+    ClientAwaitPrivateKey(ClientAwaitPrivateKey),
     ClientExpectServerFinished(ClientExpectServerFinished),
     ServerExpectClientHello,
+    ServerAwaitPrivateKey(ServerAwaitPrivateKey),
     ServerExpectClientFinished(ServerExpectClientFinished),
     Established,
     Failed,
@@ -206,6 +220,11 @@ struct Inner<const TX: usize, const S: usize, M: Memory> {
     /// `None` until started.
     role: Option<Role>,
     state: State,
+    /// Hand private-key operations to the driver instead of running them
+    /// in `handle_input` (a driver property: kept across restarts).
+    defer_private_key: bool,
+    /// The operation an `Await` state waits for, until the driver takes it.
+    private_key_op: Option<PrivateKeyOp>,
     session: SessionConfig,
     local_max_record: usize,
     keys: Option<Keys>,
@@ -271,6 +290,8 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
             inner: Inner {
                 role: None,
                 state: State::Unstarted,
+                defer_private_key: false,
+                private_key_op: None,
                 session: SessionConfig::UNSET,
                 local_max_record: 0,
                 keys: None,
@@ -315,6 +336,7 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
             .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
         i.role = Some(role);
         i.state = state;
+        i.private_key_op = None;
         i.session = session;
         i.keys = None;
         i.tx.clear();
@@ -391,6 +413,63 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         );
     }
 
+    /// Makes the handshake hand its RSA private-key operation to the driver
+    /// instead of running it inside `handle_input` (see the module docs).
+    /// Call before the handshake reaches that step; the setting survives
+    /// `start_client`/`start_server`.
+    pub fn defer_private_key_ops(&mut self, defer: bool) {
+        self.inner.defer_private_key = defer;
+    }
+
+    /// True while the handshake waits for a private-key operation's result
+    /// ([`Self::complete_private_key_op`]).
+    pub fn awaits_private_key_op(&self) -> bool {
+        self.inner.error.is_none()
+            && matches!(
+                self.inner.state,
+                State::ClientAwaitPrivateKey(_) | State::ServerAwaitPrivateKey(_)
+            )
+    }
+
+    /// The private-key operation to run, once, after `handle_input` stopped
+    /// at a step that needs it (deferred mode only).
+    pub fn take_private_key_op(&mut self) -> Option<PrivateKeyOp> {
+        if self.inner.error.is_some() {
+            return None;
+        }
+        self.inner.private_key_op.take()
+    }
+
+    /// Continues the handshake with the result of the operation from
+    /// [`Self::take_private_key_op`]: the server queues its `ServerHello`
+    /// and Finished, the client becomes ready for the server's Finished.
+    /// Then feed the input not consumed yet. Ignored if the connection is
+    /// not waiting for a result (e.g. it timed out or was closed meanwhile).
+    pub fn complete_private_key_op(&mut self, result: DecryptedSecret) {
+        let i = &mut self.inner;
+        if i.error.is_some() {
+            return;
+        }
+        let state = core::mem::replace(&mut i.state, State::Failed);
+        match state {
+            State::ClientAwaitPrivateKey(st) => {
+                i.state = State::ClientExpectServerFinished(st.finish(result));
+            }
+            State::ServerAwaitPrivateKey(st) => match st.finish(result, i.tx.raw_tail()) {
+                Ok((n, next)) => {
+                    i.tx.commit_raw(n);
+                    i.state = State::ServerExpectClientFinished(next);
+                }
+                Err(rej) => {
+                    // The ServerHello alone must not go out.
+                    i.tx.clear();
+                    i.fail(rej.error.into());
+                }
+            },
+            other => i.state = other,
+        }
+    }
+
     /// True once both Finished messages verified (and until closed).
     pub fn is_established(&self) -> bool {
         matches!(self.inner.state, State::Established) && self.inner.error.is_none()
@@ -452,7 +531,7 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         if self.inner.error.is_some() {
             return input.len();
         }
-        if self.rx.frames.is_some() {
+        if self.rx.frames.is_some() || self.awaits_private_key_op() {
             return 0;
         }
         if !input.is_empty() {
@@ -460,6 +539,9 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         }
         let mut used = 0;
         loop {
+            if self.awaits_private_key_op() {
+                return used;
+            }
             let handshaking = !matches!(self.inner.state, State::Established);
             let header_len = if handshaking {
                 HS_HEADER
@@ -572,6 +654,10 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
 
     /// Bytes to write to the transport now (seals the record being built).
     pub fn transmit_pending(&mut self) -> &[u8] {
+        // A server's ServerHello waits for its Finished (one flight).
+        if self.awaits_private_key_op() {
+            return &[];
+        }
         self.inner.flush();
         self.inner.tx.sealed()
     }
@@ -584,6 +670,9 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
 
     /// True if bytes are waiting (or would be produced by a flush).
     pub fn wants_transmit(&self) -> bool {
+        if self.awaits_private_key_op() {
+            return false;
+        }
         !self.inner.tx.is_empty()
             || !self.inner.dirty.is_empty()
             || self.inner.pending_pong.is_some()
@@ -1031,6 +1120,11 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         }
         self.error = Some(error);
         self.closed_event = true;
+        self.private_key_op = None;
+        if matches!(self.state, State::ServerAwaitPrivateKey(_)) {
+            // The ServerHello waiting for its Finished must not go out.
+            self.tx.clear();
+        }
         self.dirty.clear();
         self.pending_ping = false;
         let send_close = self.keys.is_some()
@@ -1064,9 +1158,17 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
     fn handle_handshake_message<R: CryptoRng + ?Sized>(&mut self, whole: &[u8], rng: &mut R) {
         let state = core::mem::replace(&mut self.state, State::Failed);
         let result: Result<State, ConnectionError> = match (state, self.role.as_ref()) {
-            (State::ClientExpectServerHello(st), Some(Role::Client(cfg))) => st
-                .handle(cfg, whole, rng)
-                .map(State::ClientExpectServerFinished),
+            (State::ClientExpectServerHello(st), Some(Role::Client(cfg))) => {
+                if self.defer_private_key {
+                    st.begin(cfg, whole).map(|(next, op)| {
+                        self.private_key_op = Some(op);
+                        State::ClientAwaitPrivateKey(next)
+                    })
+                } else {
+                    st.handle(cfg, whole, rng)
+                        .map(State::ClientExpectServerFinished)
+                }
+            }
             (State::ClientExpectServerFinished(st), Some(Role::Client(_))) => {
                 match st.handle(whole, self.tx.raw_tail()) {
                     Ok((n, est)) => {
@@ -1081,17 +1183,26 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
                 let cfg = cfg.clone();
                 let max_streams = usize::from(self.session.max_streams).min(S) as u16;
                 let max_record = self.local_max_record as u16;
-                match handshake::handle_client_hello(
-                    &cfg,
-                    max_record,
-                    max_streams,
-                    whole,
-                    rng,
-                    self.tx.raw_tail(),
-                ) {
+                let out = self.tx.raw_tail();
+                let started =
+                    handshake::server_hello(&cfg, max_record, max_streams, whole, rng, out);
+                let result = match started {
+                    Ok((sh_len, next, op)) if self.defer_private_key => {
+                        self.private_key_op = Some(op);
+                        Ok((sh_len, State::ServerAwaitPrivateKey(next)))
+                    }
+                    Ok((sh_len, next, op)) => {
+                        next.finish(op.run(rng), &mut out[sh_len..])
+                            .map(|(fin_len, next)| {
+                                (sh_len + fin_len, State::ServerExpectClientFinished(next))
+                            })
+                    }
+                    Err(rej) => Err(rej),
+                };
+                match result {
                     Ok((n, next)) => {
                         self.tx.commit_raw(n);
-                        Ok(State::ServerExpectClientFinished(next))
+                        Ok(next)
                     }
                     Err(rej) => {
                         if let Some((reason, key)) = rej.alert {

@@ -11,7 +11,14 @@
 //! Each state is a value consumed by its transition (`ClientExpectServerHello`
 //! → `ClientExpectServerFinished` → [`Established`]; the server goes
 //! `handle_client_hello` → `ServerExpectClientFinished` → [`Established`]),
-//! so a state can never be used twice. The states take whole encoded
+//! so a state can never be used twice.
+//!
+//! The one expensive step of each side, the RSA private-key operation, can
+//! be split off: [`ClientExpectServerHello::begin`] and [`server_hello`]
+//! return a [`PrivateKeyOp`] and an "await" state ([`ClientAwaitPrivateKey`],
+//! [`ServerAwaitPrivateKey`]) whose `finish` takes the operation's result.
+//! The one-call transitions (`handle`, `handle_client_hello`) are exactly
+//! `begin`, `run`, `finish` in a row. The states take whole encoded
 //! messages (header included) because the transcript hashes whole messages.
 //! Nothing here touches buffers beyond the output slice it is given.
 
@@ -23,7 +30,9 @@ use zeroize::Zeroizing;
 use crate::config::{ClientConfig, ServerConfig, SessionConfig};
 use crate::crypto::identity::{LABEL_CLIENT_SECRET, LABEL_SERVER_SECRET};
 use crate::crypto::schedule::{self, HandshakeSecrets, Secret};
-use crate::crypto::{CryptoError, KeyId, RecordOpener, RecordSealer};
+use crate::crypto::{
+    CryptoError, DecryptedSecret, KeyId, PrivateKeyOp, RecordOpener, RecordSealer,
+};
 use crate::error::{ConnectionError, HandshakeError};
 use crate::wire::handshake::{
     Alert, AlertReason, ClientHello, Finished, HEADER_LEN, ServerHello, Suite, TYPE_ALERT,
@@ -180,13 +189,26 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
 }
 
 impl ClientExpectServerHello {
-    /// Handles the server's reply (`whole` includes the header).
+    /// Handles the server's reply (`whole` includes the header), doing the
+    /// private-key operation inline with `rng` for blinding.
     pub fn handle<R: CryptoRng + ?Sized>(
-        mut self,
+        self,
         config: &ClientConfig,
         whole: &[u8],
         rng: &mut R,
     ) -> Result<ClientExpectServerFinished, ConnectionError> {
+        let (next, op) = self.begin(config, whole)?;
+        Ok(next.finish(op.run(rng)))
+    }
+
+    /// First half of [`Self::handle`]: checks the `ServerHello` and returns
+    /// the private-key operation it needs, for the driver to run (inline
+    /// or elsewhere) and hand to [`ClientAwaitPrivateKey::finish`].
+    pub fn begin(
+        mut self,
+        config: &ClientConfig,
+        whole: &[u8],
+    ) -> Result<(ClientAwaitPrivateKey, PrivateKeyOp), ConnectionError> {
         match whole[0] {
             TYPE_SERVER_HELLO => {}
             TYPE_ALERT => return Err(parse_alert(whole).into()),
@@ -200,22 +222,55 @@ impl ClientExpectServerHello {
             .filter(|s| config.suites.contains(s))
             .ok_or(HandshakeError::NoCommonSuite)?;
         let shared = x25519(&self.ephemeral, sh.key_share)?;
-        let server_secret =
-            config
-                .identity
-                .decrypt_secret(rng, LABEL_SERVER_SECRET, sh.encrypted_secret);
+        let op = config
+            .identity
+            .defer_decrypt(LABEL_SERVER_SECRET, sh.encrypted_secret);
         self.transcript.update(whole);
+        Ok((
+            ClientAwaitPrivateKey {
+                shared,
+                client_secret: self.client_secret,
+                transcript: self.transcript,
+                suite,
+                peer_max_record: sh.max_record,
+                stream_window: sh.stream_window,
+                max_streams: sh.max_streams.min(config.session.max_streams),
+                peer_key: config.server.id(),
+            },
+            op,
+        ))
+    }
+}
+
+/// Client state after a valid `ServerHello`, waiting for the decryption of
+/// the server's secret.
+pub struct ClientAwaitPrivateKey {
+    shared: Secret,
+    client_secret: Secret,
+    transcript: Sha256,
+    suite: Suite,
+    peer_max_record: u16,
+    stream_window: u32,
+    max_streams: u16,
+    peer_key: KeyId,
+}
+
+impl ClientAwaitPrivateKey {
+    /// Completes the `ServerHello` step with the result of the operation
+    /// [`ClientExpectServerHello::begin`] returned.
+    pub fn finish(self, server_secret: DecryptedSecret) -> ClientExpectServerFinished {
+        let server_secret = server_secret.into_secret();
         let th1 = hash_of(&self.transcript);
-        let secrets = schedule::derive(&self.client_secret, &server_secret, &shared, &th1);
-        Ok(ClientExpectServerFinished {
+        let secrets = schedule::derive(&self.client_secret, &server_secret, &self.shared, &th1);
+        ClientExpectServerFinished {
             secrets,
             transcript: self.transcript,
-            suite,
-            peer_max_record: sh.max_record,
-            stream_window: sh.stream_window,
-            max_streams: sh.max_streams.min(config.session.max_streams),
-            peer_key: config.server.id(),
-        })
+            suite: self.suite,
+            peer_max_record: self.peer_max_record,
+            stream_window: self.stream_window,
+            max_streams: self.max_streams,
+            peer_key: self.peer_key,
+        }
     }
 }
 
@@ -310,7 +365,8 @@ fn precheck<'a>(
 }
 
 /// Handles a `ClientHello` (`whole` includes the header): writes
-/// `ServerHello` and the server's Finished into `out`.
+/// `ServerHello` and the server's Finished into `out`, doing the
+/// private-key operation inline with `rng` for blinding.
 pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     config: &ServerConfig,
     max_record: u16,
@@ -319,6 +375,25 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     rng: &mut R,
     out: &mut [u8],
 ) -> Result<(usize, ServerExpectClientFinished), Rejection> {
+    let (sh_len, next, op) = server_hello(config, max_record, max_streams, whole, rng, out)?;
+    let (fin_len, next) = next.finish(op.run(rng), &mut out[sh_len..])?;
+    Ok((sh_len + fin_len, next))
+}
+
+/// First half of [`handle_client_hello`]: checks the `ClientHello`, writes
+/// the `ServerHello` into `out` and returns its length, the next state and
+/// the private-key operation the server's Finished needs. The driver runs
+/// the operation (inline or elsewhere) and passes its result to
+/// [`ServerAwaitPrivateKey::finish`]. All randomness of the server's
+/// handshake is drawn here, before the private-key operation.
+pub fn server_hello<R: CryptoRng + ?Sized>(
+    config: &ServerConfig,
+    max_record: u16,
+    max_streams: u16,
+    whole: &[u8],
+    rng: &mut R,
+    out: &mut [u8],
+) -> Result<(usize, ServerAwaitPrivateKey, PrivateKeyOp), Rejection> {
     if whole[0] != TYPE_CLIENT_HELLO {
         return Err(Rejection {
             error: HandshakeError::UnexpectedMessage,
@@ -337,12 +412,6 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     eph_bytes.as_mut().fill(0);
     let share = X25519Public::from(&ephemeral);
     let shared = x25519(&ephemeral, ch.key_share)?;
-    // client_secret = RSA-OAEP-Decrypt(server_key, ct) or the implicit
-    // rejection value; never an early error (docs/PROTOCOL.md §4.3).
-    let client_secret =
-        config
-            .identity
-            .decrypt_secret(rng, LABEL_CLIENT_SECRET, ch.encrypted_secret);
     let random = random32(rng);
     let server_secret = random32(rng);
     let encrypted = client_key
@@ -364,26 +433,71 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     let mut transcript = Sha256::new();
     transcript.update(whole);
     transcript.update(&out[..sh_len]);
-    let th1 = hash_of(&transcript);
-    let secrets = schedule::derive(&client_secret, &server_secret, &shared, &th1);
-    let mac = schedule::finished_mac(&secrets.server_finished, &th1);
-    let fin_len = Finished { mac: &mac }
-        .emit(&mut out[sh_len..])
-        .map_err(|_| Rejection::from(HandshakeError::Crypto(CryptoError::BadKey)))?;
-    transcript.update(&out[sh_len..sh_len + fin_len]);
-    let th2 = hash_of(&transcript);
+    // client_secret = RSA-OAEP-Decrypt(server_key, ct) or the implicit
+    // rejection value; never an early error (docs/PROTOCOL.md §4.3).
+    let op = config
+        .identity
+        .defer_decrypt(LABEL_CLIENT_SECRET, ch.encrypted_secret);
     Ok((
-        sh_len + fin_len,
-        ServerExpectClientFinished {
-            secrets,
-            th2,
+        sh_len,
+        ServerAwaitPrivateKey {
+            shared,
+            server_secret,
+            transcript,
             suite,
             peer_max_record: ch.max_record,
             session: config.session,
             max_streams,
             peer_key: client_key.id(),
         },
+        op,
     ))
+}
+
+/// Server state after writing `ServerHello`, waiting for the decryption of
+/// the client's secret before it can write its Finished.
+pub struct ServerAwaitPrivateKey {
+    shared: Secret,
+    server_secret: Secret,
+    transcript: Sha256,
+    suite: Suite,
+    peer_max_record: u16,
+    session: SessionConfig,
+    max_streams: u16,
+    peer_key: KeyId,
+}
+
+impl ServerAwaitPrivateKey {
+    /// Completes the `ClientHello` step with the result of the operation
+    /// [`server_hello`] returned: writes the server's Finished into `out`
+    /// (the bytes right after the `ServerHello`).
+    pub fn finish(
+        mut self,
+        client_secret: DecryptedSecret,
+        out: &mut [u8],
+    ) -> Result<(usize, ServerExpectClientFinished), Rejection> {
+        let client_secret = client_secret.into_secret();
+        let th1 = hash_of(&self.transcript);
+        let secrets = schedule::derive(&client_secret, &self.server_secret, &self.shared, &th1);
+        let mac = schedule::finished_mac(&secrets.server_finished, &th1);
+        let fin_len = Finished { mac: &mac }
+            .emit(out)
+            .map_err(|_| Rejection::from(HandshakeError::Crypto(CryptoError::BadKey)))?;
+        self.transcript.update(&out[..fin_len]);
+        let th2 = hash_of(&self.transcript);
+        Ok((
+            fin_len,
+            ServerExpectClientFinished {
+                secrets,
+                th2,
+                suite: self.suite,
+                peer_max_record: self.peer_max_record,
+                session: self.session,
+                max_streams: self.max_streams,
+                peer_key: self.peer_key,
+            },
+        ))
+    }
 }
 
 impl ServerExpectClientFinished {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod fetch;
 pub mod http_proxy;
+pub mod keywork;
 pub mod origin;
 pub mod pipe;
 pub mod ratelimit;

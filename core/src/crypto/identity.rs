@@ -8,6 +8,8 @@
 //! with `HMAC-SHA256(rejection_key, label || ciphertext)` instead, so the
 //! failure only shows as a Finished mismatch later (`docs/PROTOCOL.md` §4.3).
 
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use hmac::Mac;
@@ -16,9 +18,11 @@ use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
 use rsa::{Oaep, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
 use sha2::{Digest, Sha256};
+use subtle::ConditionallySelectable;
 use zeroize::Zeroizing;
 
 use super::CryptoError;
+use super::provider::{PrivateKeyProvider, RsaBackend, SECRET_LEN};
 
 /// OAEP label of the client → server secret.
 pub const LABEL_CLIENT_SECRET: &[u8] = b"hytun/1 client secret";
@@ -121,11 +125,51 @@ impl PublicIdentity {
     }
 }
 
-/// This side's own key pair, plus the key used for implicit rejection.
-pub struct PrivateIdentity {
-    key: RsaPrivateKey,
-    public: PublicIdentity,
+/// The private half of an identity shared with pending operations: the
+/// provider that does RSA and the implicit-rejection key.
+struct KeyInner {
+    provider: Box<dyn PrivateKeyProvider>,
     rejection_key: Zeroizing<[u8; 32]>,
+}
+
+impl KeyInner {
+    /// RSA-OAEP decryption with implicit rejection (`docs/PROTOCOL.md` §4.3),
+    /// the same for every provider.
+    fn decrypt_secret<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        label: &[u8],
+        ciphertext: &[u8],
+    ) -> Zeroizing<[u8; 32]> {
+        // implicit = HMAC-SHA256(rejection_key, label || ciphertext), computed
+        // unconditionally so both paths do the same work.
+        let mut mac = super::schedule::hmac_sha256(self.rejection_key.as_ref());
+        mac.update(label);
+        mac.update(ciphertext);
+        let mut out = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+        // The length is public (it is on the wire); everything after it is
+        // chosen without a branch on the decryption result.
+        if ciphertext.len() == self.provider.modulus_len() {
+            let mut plain = Zeroizing::new([0u8; SECRET_LEN]);
+            let mut rng = rng;
+            let ok = self
+                .provider
+                .decrypt_secret(&mut rng, label, ciphertext, &mut plain);
+            for (o, p) in out.iter_mut().zip(plain.iter()) {
+                o.conditional_assign(p, ok);
+            }
+        }
+        out
+    }
+}
+
+/// This side's own key pair, plus the key used for implicit rejection.
+///
+/// Cloning is cheap (the key is shared) and keeps the same rejection key.
+#[derive(Clone)]
+pub struct PrivateIdentity {
+    inner: Arc<KeyInner>,
+    public: PublicIdentity,
 }
 
 impl core::fmt::Debug for PrivateIdentity {
@@ -137,23 +181,49 @@ impl core::fmt::Debug for PrivateIdentity {
 }
 
 impl PrivateIdentity {
-    /// Wraps a parsed private key (2048..=4096 bits). The rejection key is
-    /// drawn from `rng` once per identity.
+    /// Wraps a parsed private key (2048..=4096 bits) with the default
+    /// provider ([`RsaBackend::DEFAULT`]). The rejection key is drawn from
+    /// `rng` once per identity.
     pub fn new<R: CryptoRng + ?Sized>(
         key: RsaPrivateKey,
         rng: &mut R,
     ) -> Result<Self, CryptoError> {
+        Self::with_backend(key, RsaBackend::DEFAULT, rng)
+    }
+
+    /// Like [`Self::new`] with a chosen built-in provider.
+    pub fn with_backend<R: CryptoRng + ?Sized>(
+        key: RsaPrivateKey,
+        backend: RsaBackend,
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
         let public = PublicIdentity::new(key.to_public_key())?;
+        Self::from_provider(backend.provider(key)?, public, rng)
+    }
+
+    /// An identity whose private-key operation is done by `provider`, for
+    /// the key whose public half is `public`. The rejection key is drawn
+    /// from `rng`.
+    pub fn from_provider<R: CryptoRng + ?Sized>(
+        provider: Box<dyn PrivateKeyProvider>,
+        public: PublicIdentity,
+        rng: &mut R,
+    ) -> Result<Self, CryptoError> {
+        if provider.modulus_len() != public.ciphertext_len() {
+            return Err(CryptoError::BadKey);
+        }
         let mut rejection_key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(rejection_key.as_mut());
         Ok(PrivateIdentity {
-            key,
+            inner: Arc::new(KeyInner {
+                provider,
+                rejection_key,
+            }),
             public,
-            rejection_key,
         })
     }
 
-    /// Parses a PKCS#8 DER private key.
+    /// Parses a PKCS#8 DER private key (default provider).
     pub fn from_pkcs8_der<R: CryptoRng + ?Sized>(
         der: &[u8],
         rng: &mut R,
@@ -177,26 +247,69 @@ impl PrivateIdentity {
         label: &'static [u8],
         ciphertext: &[u8],
     ) -> Zeroizing<[u8; 32]> {
-        // implicit = HMAC-SHA256(rejection_key, label || ciphertext), computed
-        // unconditionally so both paths do the same work.
-        let mut mac = super::schedule::hmac_sha256(self.rejection_key.as_ref());
-        mac.update(label);
-        mac.update(ciphertext);
-        let mut out = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
-        let decrypted = if ciphertext.len() == self.public.ciphertext_len() {
-            self.key
-                .decrypt_blinded(rng, Oaep::<Sha256>::new_with_label(label), ciphertext)
-                .ok()
-                .map(Zeroizing::new)
-        } else {
-            None
-        };
-        if let Some(plain) = decrypted
-            && plain.len() == 32
-        {
-            out.copy_from_slice(&plain);
+        self.inner.decrypt_secret(rng, label, ciphertext)
+    }
+
+    /// Packages the decryption of `ciphertext` under `label` as a
+    /// self-contained operation that can run later or on another thread
+    /// ([`PrivateKeyOp::run`] gives the same result as
+    /// [`Self::decrypt_secret`]).
+    pub fn defer_decrypt(&self, label: &'static [u8], ciphertext: &[u8]) -> PrivateKeyOp {
+        PrivateKeyOp {
+            key: self.inner.clone(),
+            label,
+            ciphertext: ciphertext.to_vec(),
         }
-        out
+    }
+}
+
+/// A private-key operation a handshake waits for: the decryption of the
+/// peer's encrypted secret, with implicit rejection. `Send + 'static`, so a
+/// driver can hand it to a worker thread; it owns a reference to the key
+/// and a copy of the ciphertext.
+#[derive(Clone)]
+pub struct PrivateKeyOp {
+    key: Arc<KeyInner>,
+    label: &'static [u8],
+    ciphertext: Vec<u8>,
+}
+
+impl core::fmt::Debug for PrivateKeyOp {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PrivateKeyOp")
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateKeyOp {
+    /// Runs the operation (the expensive part: one RSA private-key
+    /// operation). `rng` is used for blinding by providers that take it.
+    pub fn run<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> DecryptedSecret {
+        DecryptedSecret(self.key.decrypt_secret(rng, self.label, &self.ciphertext))
+    }
+}
+
+/// The result of a [`PrivateKeyOp`]: the peer's secret or the implicit
+/// rejection value — deliberately indistinguishable. Only
+/// [`PrivateKeyOp::run`] makes one.
+pub struct DecryptedSecret(Zeroizing<[u8; 32]>);
+
+impl core::fmt::Debug for DecryptedSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("DecryptedSecret(..)")
+    }
+}
+
+impl DecryptedSecret {
+    /// Constant-time comparison, for tests that check a result computed
+    /// elsewhere against one computed inline (the bytes stay private).
+    pub fn matches(&self, other: &DecryptedSecret) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+
+    pub(crate) fn into_secret(self) -> Zeroizing<[u8; 32]> {
+        self.0
     }
 }
 

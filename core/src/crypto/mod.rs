@@ -3,19 +3,24 @@
 //! * [`identity`] — long-term RSA keys: key ids (SHA-256 of the SPKI DER),
 //!   RSA-OAEP encryption of handshake secrets with implicit rejection.
 //! * [`schedule`] — the HKDF-SHA256 key schedule and the Finished MACs.
+//! * [`provider`] — [`PrivateKeyProvider`]: who performs the RSA private-key
+//!   operation (the `rsa` crate by default; AWS-LC with the `aws-lc`
+//!   feature).
 //! * [`aead`] — [`RecordSealer`] and [`RecordOpener`]: AES-GCM with
 //!   sequence-number nonces and key update.
 //!
-//! Every RSA private-key operation goes through the blinded
-//! `decrypt_blinded` call of the `rsa` crate with the caller's RNG (never
-//! the unblinded `decrypt`); see `docs/PROTOCOL.md` §10.9 for why.
+//! Every RSA private-key operation is blinded: the `rsa` provider calls
+//! `decrypt_blinded` with the caller's RNG (never the unblinded `decrypt`),
+//! AWS-LC blinds with its own RNG; see `docs/PROTOCOL.md` §10.9 for why.
 
 pub mod aead;
 pub mod identity;
+pub mod provider;
 pub mod schedule;
 
 pub use aead::{RecordOpener, RecordSealer};
-pub use identity::{KeyId, PrivateIdentity, PublicIdentity};
+pub use identity::{DecryptedSecret, KeyId, PrivateIdentity, PrivateKeyOp, PublicIdentity};
+pub use provider::{PrivateKeyProvider, RsaBackend};
 
 use core::fmt;
 

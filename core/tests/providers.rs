@@ -1,0 +1,500 @@
+//! RSA private-key providers and deferred private-key operations.
+//!
+//! * Every built-in provider ([`RsaBackend::ALL`]: the `rsa` crate, plus
+//!   AWS-LC with `--features aws-lc`) gives the same result as the
+//!   specification for valid and invalid ciphertexts (implicit rejection,
+//!   `docs/PROTOCOL.md` §4.3, recomputed here with the `hmac` crate), and
+//!   every pairing of client and server providers writes the same session
+//!   bytes, including when the client's encrypted secret is corrupted.
+//! * A connection in deferred mode (`defer_private_key_ops`) hands its
+//!   private-key operation out, consumes no input and sends nothing while
+//!   it waits, and writes exactly the bytes of the inline mode once the
+//!   result comes back — also when the operation ran on another thread.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hmac::{KeyInit, Mac};
+use hytun_core::crypto::identity::{LABEL_CLIENT_SECRET, LABEL_SERVER_SECRET};
+use hytun_core::crypto::{DecryptedSecret, PrivateKeyOp, RsaBackend};
+use hytun_core::{
+    ClientConfig, ConnectionError, Destination, HandshakeError, Host, Instant, PrivateIdentity,
+    ServerConfig, SessionConfig, TimeoutKind,
+};
+use rand_core::Rng;
+use rsa::Oaep;
+use rsa::pkcs8::DecodePrivateKey;
+use sha2::Sha256;
+
+fn identity(name: &str, backend: RsaBackend, rng: &mut TestRng) -> PrivateIdentity {
+    let key = rsa::PrivateKey::from_pkcs8_der(&vector(&format!("{name}.key.der"))).unwrap();
+    PrivateIdentity::with_backend(key, backend, rng).unwrap()
+}
+
+/// `HMAC-SHA256(rejection_key, label || ciphertext)`, computed apart from
+/// the core.
+fn implicit(rejection_key: &[u8; 32], label: &[u8], ct: &[u8]) -> [u8; 32] {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(rejection_key).unwrap();
+    mac.update(label);
+    mac.update(ct);
+    mac.finalize().into_bytes().into()
+}
+
+/// RSA-OAEP-SHA256 encryption of arbitrary plaintext with the `rsa` crate.
+fn encrypt(name: &str, label: &[u8], plain: &[u8], rng: &mut TestRng) -> Vec<u8> {
+    let key = public(name);
+    key.key()
+        .encrypt(rng, Oaep::<Sha256>::new_with_label(label), plain)
+        .unwrap()
+}
+
+#[test]
+fn every_provider_follows_the_implicit_rejection_rule() {
+    for (name, k) in [("server", 256usize), ("server3072", 384)] {
+        // The rejection key is the first 32 bytes the identity's RNG gives.
+        let mut rk = [0u8; 32];
+        TestRng::new("keys").fill_bytes(&mut rk);
+        let mut enc_rng = TestRng::new("ciphertexts");
+        let secret = [0x5a; 32];
+        let valid = encrypt(name, LABEL_CLIENT_SECRET, &secret, &mut enc_rng);
+        let cases: Vec<(&str, &'static [u8], Vec<u8>)> = vec![
+            ("wrong label", LABEL_CLIENT_SECRET, {
+                encrypt(name, LABEL_SERVER_SECRET, &secret, &mut enc_rng)
+            }),
+            ("31-byte plaintext", LABEL_CLIENT_SECRET, {
+                encrypt(name, LABEL_CLIENT_SECRET, &[1; 31], &mut enc_rng)
+            }),
+            ("33-byte plaintext", LABEL_CLIENT_SECRET, {
+                encrypt(name, LABEL_CLIENT_SECRET, &[1; 33], &mut enc_rng)
+            }),
+            ("empty plaintext", LABEL_CLIENT_SECRET, {
+                encrypt(name, LABEL_CLIENT_SECRET, &[], &mut enc_rng)
+            }),
+            ("integer >= n", LABEL_CLIENT_SECRET, vec![0xff; k]),
+            ("zero", LABEL_CLIENT_SECRET, vec![0; k]),
+            ("flipped bit", LABEL_CLIENT_SECRET, {
+                let mut c = valid.clone();
+                c[k / 2] ^= 1;
+                c
+            }),
+            ("one byte short", LABEL_CLIENT_SECRET, valid[1..].to_vec()),
+            ("one byte long", LABEL_CLIENT_SECRET, {
+                let mut c = valid.clone();
+                c.push(0);
+                c
+            }),
+            (
+                "valid, other direction's label",
+                LABEL_SERVER_SECRET,
+                valid.clone(),
+            ),
+        ];
+        for &backend in RsaBackend::ALL {
+            let id = identity(name, backend, &mut TestRng::new("keys"));
+            let mut rng = TestRng::new("blinding");
+            let got = id.decrypt_secret(&mut rng, LABEL_CLIENT_SECRET, &valid);
+            assert_eq!(*got, secret, "{backend} {name}: valid ciphertext");
+            for (what, label, ct) in &cases {
+                let got = id.decrypt_secret(&mut rng, label, ct);
+                assert_eq!(
+                    *got,
+                    implicit(&rk, label, ct),
+                    "{backend} {name}: {what} must give the implicit value"
+                );
+            }
+            // The deferred form gives the same results.
+            let op = id.defer_decrypt(LABEL_CLIENT_SECRET, &valid);
+            let inline = id.defer_decrypt(LABEL_CLIENT_SECRET, &valid);
+            assert!(op.run(&mut rng).matches(&inline.run(&mut rng)));
+            let bad = id.defer_decrypt(LABEL_CLIENT_SECRET, &cases[0].2);
+            assert!(!bad.run(&mut rng).matches(&op.run(&mut rng)));
+        }
+    }
+}
+
+#[test]
+fn a_provider_must_match_the_public_key() {
+    let mut rng = TestRng::new("keys");
+    let key = rsa::PrivateKey::from_pkcs8_der(&vector("server.key.der")).unwrap();
+    let provider = RsaBackend::RustCrypto.provider(key).unwrap();
+    // A 3072-bit public key with a 2048-bit provider.
+    let err = PrivateIdentity::from_provider(provider, public("server3072"), &mut rng);
+    assert!(err.is_err());
+    let key = rsa::PrivateKey::from_pkcs8_der(&vector("server.key.der")).unwrap();
+    let provider = RsaBackend::DEFAULT.provider(key).unwrap();
+    let id = PrivateIdentity::from_provider(provider, public("server"), &mut rng).unwrap();
+    assert_eq!(id.public().id(), public("server").id());
+}
+
+// ------------------------------------------------------------ sessions --
+
+fn configs(client: RsaBackend, server: RsaBackend) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+    // Same order of RNG draws as `common::default_pair`.
+    let mut rng = TestRng::new("keys");
+    let c = ClientConfig::new(
+        identity("client", client, &mut rng),
+        public("server"),
+        SessionConfig::HOST,
+    );
+    let s = ServerConfig::new(
+        identity("server", server, &mut rng),
+        vec![public("client")],
+        SessionConfig::HOST,
+    );
+    (Arc::new(c), Arc::new(s))
+}
+
+/// How a side runs its private-key operation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Inline,
+    /// Deferred, run on the test thread with its own RNG.
+    Deferred,
+    /// Deferred, run on a fresh thread.
+    Thread,
+}
+
+struct Side {
+    conn: Conn,
+    inbox: Vec<u8>,
+    events: Vec<Ev>,
+    mode: Mode,
+    ops: usize,
+}
+
+impl Side {
+    fn new(conn: Conn, mode: Mode) -> Side {
+        let mut side = Side {
+            conn,
+            inbox: Vec::new(),
+            events: Vec::new(),
+            mode,
+            ops: 0,
+        };
+        side.conn.defer_private_key_ops(mode != Mode::Inline);
+        side
+    }
+
+    /// Runs a pending operation, if any; true if it did.
+    fn work(&mut self) -> bool {
+        let Some(op) = self.conn.take_private_key_op() else {
+            return false;
+        };
+        assert!(self.conn.awaits_private_key_op());
+        assert!(self.conn.take_private_key_op().is_none(), "taken twice");
+        let result = run_op(op, self.mode);
+        self.conn.complete_private_key_op(result);
+        self.ops += 1;
+        true
+    }
+
+    fn feed(&mut self, now: Instant, rng: &mut TestRng) -> bool {
+        let mut progress = false;
+        loop {
+            let n = self.conn.handle_input(&self.inbox, now, rng);
+            self.inbox.drain(..n);
+            let mut evs = false;
+            while let Some(ev) = self.conn.poll_event() {
+                self.events.push(own(ev));
+                evs = true;
+            }
+            progress |= n > 0 || evs;
+            if n == 0 && !evs {
+                return progress;
+            }
+        }
+    }
+}
+
+fn run_op(op: PrivateKeyOp, mode: Mode) -> DecryptedSecret {
+    match mode {
+        Mode::Inline | Mode::Deferred => op.run(&mut TestRng::new("worker")),
+        Mode::Thread => std::thread::spawn(move || op.run(&mut TestRng::new("thread")))
+            .join()
+            .unwrap(),
+    }
+}
+
+fn move_bytes(
+    from: &mut Side,
+    to: &mut Side,
+    log: &mut Vec<u8>,
+    tamper: &dyn Fn(&mut [u8]),
+) -> bool {
+    let pending = from.conn.transmit_pending();
+    if pending.is_empty() {
+        return false;
+    }
+    let mut bytes = pending.to_vec();
+    let n = bytes.len();
+    from.conn.transmit_done(n);
+    log.extend_from_slice(&bytes);
+    tamper(&mut bytes);
+    to.inbox.extend_from_slice(&bytes);
+    true
+}
+
+/// A session: handshake, then one stream opened and a few bytes each way.
+struct Session {
+    c2s: Vec<u8>,
+    s2c: Vec<u8>,
+    client: Side,
+    server: Side,
+}
+
+fn session(
+    backends: (RsaBackend, RsaBackend),
+    modes: (Mode, Mode),
+    tamper_c2s: &dyn Fn(&mut [u8]),
+) -> Session {
+    let (ccfg, scfg) = configs(backends.0, backends.1);
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    let mut s = Session {
+        c2s: Vec::new(),
+        s2c: Vec::new(),
+        client: Side::new(Conn::client(ccfg, now, &mut rng), modes.0),
+        server: Side::new(Conn::server(scfg, now), modes.1),
+    };
+    let mut opened = false;
+    for _ in 0..1000 {
+        let mut progress = move_bytes(&mut s.client, &mut s.server, &mut s.c2s, tamper_c2s);
+        progress |= move_bytes(&mut s.server, &mut s.client, &mut s.s2c, &|_| {});
+        progress |= s.server.feed(now, &mut rng);
+        progress |= s.server.work();
+        progress |= s.client.feed(now, &mut rng);
+        progress |= s.client.work();
+        if !opened && s.client.conn.is_established() {
+            let id = s
+                .client
+                .conn
+                .open_stream(Destination {
+                    host: Host::Domain("origin.test"),
+                    port: 80,
+                })
+                .unwrap();
+            s.client.conn.stream_send(id, b"ping").unwrap();
+            opened = true;
+            progress = true;
+        }
+        if !progress {
+            return s;
+        }
+    }
+    panic!("session did not settle");
+}
+
+#[test]
+fn every_pairing_of_providers_writes_the_same_bytes() {
+    let reference = session(
+        (RsaBackend::RustCrypto, RsaBackend::RustCrypto),
+        (Mode::Inline, Mode::Inline),
+        &|_| {},
+    );
+    assert_eq!(reference.client.events, vec![Ev::Connected]);
+    assert_eq!(reference.server.events[0], Ev::Connected);
+    assert!(matches!(reference.server.events[1], Ev::OpenRequest(..)));
+    for &c in RsaBackend::ALL {
+        for &s in RsaBackend::ALL {
+            let got = session((c, s), (Mode::Inline, Mode::Inline), &|_| {});
+            assert_eq!(got.c2s, reference.c2s, "client {c}, server {s}: c2s");
+            assert_eq!(got.s2c, reference.s2c, "client {c}, server {s}: s2c");
+            assert_eq!(got.server.events, reference.server.events);
+        }
+    }
+}
+
+#[test]
+fn corrupted_client_secret_gives_the_same_bytes_with_every_provider() {
+    // Flip a bit inside the RSA ciphertext at the end of the ClientHello
+    // (its last 256 bytes; the ClientHello is the first message).
+    let flip = |b: &mut [u8]| {
+        if b.len() >= 399 && b[0] == 0x01 {
+            b[399 - 100] ^= 0x04;
+        }
+    };
+    let mut flights = Vec::new();
+    for &backend in RsaBackend::ALL {
+        for mode in [Mode::Inline, Mode::Deferred] {
+            let s = session(
+                (RsaBackend::RustCrypto, backend),
+                (Mode::Inline, mode),
+                &flip,
+            );
+            // The server answers exactly as for a valid ciphertext: a full
+            // ServerHello + Finished; the client then fails on the
+            // Finished, and the server never sees a session.
+            assert_eq!(s.s2c.len(), 335 + 35, "{backend} {mode:?}");
+            assert_eq!(
+                s.client.events,
+                vec![Ev::Closed(ConnectionError::Handshake(
+                    HandshakeError::ServerAuthenticationFailed
+                ))]
+            );
+            assert!(!s.server.conn.is_established());
+            flights.push((backend, mode, s.s2c));
+        }
+    }
+    for (backend, mode, f) in &flights {
+        assert_eq!(f, &flights[0].2, "{backend} {mode:?} differs");
+    }
+}
+
+#[test]
+fn deferred_operations_write_the_same_bytes_as_inline() {
+    let reference = session(
+        (RsaBackend::DEFAULT, RsaBackend::DEFAULT),
+        (Mode::Inline, Mode::Inline),
+        &|_| {},
+    );
+    for modes in [
+        (Mode::Deferred, Mode::Deferred),
+        (Mode::Inline, Mode::Thread),
+        (Mode::Thread, Mode::Inline),
+        (Mode::Thread, Mode::Thread),
+    ] {
+        for &backend in RsaBackend::ALL {
+            let s = session((backend, backend), modes, &|_| {});
+            assert_eq!(s.c2s, reference.c2s, "{modes:?} {backend}: c2s");
+            assert_eq!(s.s2c, reference.s2c, "{modes:?} {backend}: s2c");
+            assert_eq!(s.client.events, reference.client.events);
+            assert_eq!(s.server.events, reference.server.events);
+            assert_eq!(s.client.ops, usize::from(modes.0 != Mode::Inline));
+            assert_eq!(s.server.ops, usize::from(modes.1 != Mode::Inline));
+        }
+    }
+}
+
+/// A server that has read a ClientHello in deferred mode, and that hello.
+fn awaiting_server() -> (Side, Vec<u8>, TestRng) {
+    let (ccfg, scfg) = configs(RsaBackend::DEFAULT, RsaBackend::DEFAULT);
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    let mut client = Conn::client(ccfg, now, &mut rng);
+    let hello = client.transmit_pending().to_vec();
+    let mut server = Side::new(Conn::server(scfg, now), Mode::Deferred);
+    // The hello plus trailing bytes: the server stops right after the hello.
+    let mut input = hello.clone();
+    input.extend_from_slice(&[0x03, 0x00, 0x20]);
+    let n = server.conn.handle_input(&input, now, &mut rng);
+    assert_eq!(n, hello.len());
+    assert!(server.conn.awaits_private_key_op());
+    (server, hello, rng)
+}
+
+#[test]
+fn a_waiting_server_consumes_nothing_and_sends_nothing() {
+    let (mut server, _, mut rng) = awaiting_server();
+    let now = Instant::from_millis(1_001);
+    assert_eq!(
+        server.conn.handle_input(&[0x03, 0x00, 0x20], now, &mut rng),
+        0
+    );
+    assert!(!server.conn.wants_transmit());
+    assert!(server.conn.transmit_pending().is_empty());
+    assert!(server.conn.poll_event().is_none());
+    assert!(server.work());
+    assert!(!server.conn.awaits_private_key_op());
+    assert_eq!(server.conn.transmit_pending().len(), 335 + 35);
+}
+
+#[test]
+fn handshake_timeout_while_waiting_drops_the_server_hello() {
+    let (mut server, _, _) = awaiting_server();
+    let op = server.conn.take_private_key_op().unwrap();
+    server
+        .conn
+        .handle_timeout(Instant::from_millis(1_000 + 10_000));
+    assert!(server.conn.is_closed());
+    assert!(!server.conn.awaits_private_key_op());
+    assert_eq!(
+        server.conn.error(),
+        Some(ConnectionError::Timeout(TimeoutKind::Handshake))
+    );
+    // Nothing goes out: not the lone ServerHello, not an alert.
+    assert!(server.conn.transmit_pending().is_empty());
+    // A late result is ignored.
+    server
+        .conn
+        .complete_private_key_op(op.run(&mut TestRng::new("late")));
+    assert!(server.conn.transmit_pending().is_empty());
+    assert!(server.conn.take_private_key_op().is_none());
+}
+
+#[test]
+fn a_result_without_a_waiting_handshake_is_ignored() {
+    let (mut server, hello, _) = awaiting_server();
+    let op = server.conn.take_private_key_op().unwrap();
+    let spare = op.clone();
+    server
+        .conn
+        .complete_private_key_op(op.run(&mut TestRng::new("w")));
+    let flight = server.conn.transmit_pending().to_vec();
+    assert_eq!(flight.len(), 335 + 35);
+    // A second result (a duplicate delivery) changes nothing.
+    server
+        .conn
+        .complete_private_key_op(spare.run(&mut TestRng::new("w")));
+    assert_eq!(server.conn.transmit_pending(), &flight[..]);
+    assert!(hello.len() > 256);
+}
+
+#[test]
+fn a_waiting_client_keeps_the_server_finished_for_later() {
+    let (ccfg, scfg) = configs(RsaBackend::DEFAULT, RsaBackend::DEFAULT);
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    let mut client = Side::new(Conn::client(ccfg, now, &mut rng), Mode::Deferred);
+    let mut server = Side::new(Conn::server(scfg, now), Mode::Inline);
+    let hello = client.conn.transmit_pending().to_vec();
+    client.conn.transmit_done(hello.len());
+    assert_eq!(server.conn.handle_input(&hello, now, &mut rng), hello.len());
+    let flight = server.conn.transmit_pending().to_vec();
+    // ServerHello and Finished arrive together; the client stops after
+    // the ServerHello.
+    let n = client.conn.handle_input(&flight, now, &mut rng);
+    assert_eq!(n, 335);
+    assert!(client.conn.awaits_private_key_op());
+    assert!(!client.conn.wants_transmit());
+    assert_eq!(client.conn.handle_input(&flight[n..], now, &mut rng), 0);
+    assert!(client.work());
+    assert_eq!(client.conn.handle_input(&flight[n..], now, &mut rng), 35);
+    client.feed(now, &mut rng);
+    assert_eq!(client.events, vec![Ev::Connected]);
+    assert!(client.conn.is_established());
+}
+
+#[test]
+fn deferred_handshake_with_a_3072_bit_server_key() {
+    let mut rng = TestRng::new("keys");
+    let c = Arc::new(ClientConfig::new(
+        identity("client", RsaBackend::DEFAULT, &mut rng),
+        public("server3072"),
+        SessionConfig::HOST,
+    ));
+    let s: Arc<ServerConfig> = Arc::new(ServerConfig::new(
+        identity("server3072", RsaBackend::DEFAULT, &mut rng),
+        vec![public("client")],
+        SessionConfig::HOST,
+    ));
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    let mut client = Side::new(Conn::client(c, now, &mut rng), Mode::Thread);
+    let mut server = Side::new(Conn::server(s, now), Mode::Thread);
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
+        p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
+        p |= server.feed(now, &mut rng) | server.work();
+        p |= client.feed(now, &mut rng) | client.work();
+        if !p {
+            break;
+        }
+    }
+    assert_eq!(client.events, vec![Ev::Connected]);
+    assert_eq!(server.events, vec![Ev::Connected]);
+    assert_eq!(client.conn.peer_key(), Some(public("server3072").id()));
+    assert_eq!((client.ops, server.ops), (1, 1));
+}
