@@ -108,7 +108,7 @@ struct ServerArgs {
     /// MiB of stream receive credit and session state the server may hold [default: 256].
     #[arg(long)]
     memory_budget: Option<u32>,
-    /// MiB one session may hold [default: 32].
+    /// MiB one session may hold [default: 64].
     #[arg(long)]
     session_memory: Option<u32>,
     /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].

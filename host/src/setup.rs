@@ -185,7 +185,7 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     session.max_streams = max_streams as u16;
     // Every OPEN implicitly grants the client this much credit before the
     // upstream is even connected, and the server must be able to hold it:
-    // keep it small (the memory budget admits 512 streams per 32 MiB
+    // keep it small (the memory budget admits ~1000 streams per 64 MiB
     // session), and let connected streams grow from there.
     session.stream_window = SERVER_INITIAL_WINDOW;
     if let Some(s) = flags

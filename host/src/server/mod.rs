@@ -61,7 +61,7 @@ pub struct Limits {
     /// Bytes of receive credit and session state, server-wide
     /// (`--memory-budget`, 256 MiB).
     pub memory_budget: usize,
-    /// Bytes one session may hold (`--session-memory`, 32 MiB).
+    /// Bytes one session may hold (`--session-memory`, 64 MiB).
     pub session_memory: usize,
     /// Descriptors the server may use; `None` = the (raised) soft
     /// `RLIMIT_NOFILE` (`--max-descriptors`).
@@ -82,7 +82,7 @@ impl Default for Limits {
             handshakes_per_source_per_sec: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             key_ops_per_sec: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
             memory_budget: 256 << 20,
-            session_memory: 32 << 20,
+            session_memory: 64 << 20,
             max_descriptors: None,
             dns: ResolverConfig::default(),
         }
