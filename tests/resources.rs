@@ -6,35 +6,15 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hytun_host::origin::{HELLO_BODY, Origin};
+use hytun_tests::harness::keydir;
 use hytun_tests::*;
-
-/// Keys shared by the tests of this process: a server and one authorized
-/// client.
-fn keydir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for name in ["server", "client"] {
-            let key = hytun_keys::generate(2048).expect("keygen");
-            hytun_keys::write_keypair(dir.path(), name, &key, false).expect("write keys");
-        }
-        std::fs::copy(
-            dir.path().join("client.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .expect("authorized");
-        dir
-    })
-    .path()
-}
 
 fn key(name: &str) -> String {
     keydir().join(name).to_string_lossy().into_owned()
