@@ -74,6 +74,10 @@ use core::time::Duration;
 pub const MIN_RX_BUFFER: usize = MIN_RECORD_LIMIT as usize + OVERHEAD;
 /// Smallest transmit buffer (a handshake flight plus control reserve).
 pub const MIN_TX_BUFFER: usize = 2048;
+/// The longest pause between round-trip samples of the window tuner once
+/// windows stopped growing.
+const MAX_SAMPLE_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Transmit space kept free for control frames, so WINDOW, PONG, FIN and
 /// CLOSE can always be queued even when stream data fills the buffer.
 const CONTROL_RESERVE: usize = 2 * (MAX_CONTROL_FRAME_LEN + OVERHEAD);
@@ -248,6 +252,12 @@ struct Inner<const TX: usize, const S: usize, M: Memory> {
     rtt_sample: RttSample,
     /// Smoothed round-trip time from the tuner's samples.
     srtt: Option<Duration>,
+    /// No new round-trip sample before this time: after a sample that grew
+    /// no window the tuner backs off (doubling up to
+    /// [`MAX_SAMPLE_BACKOFF`]), so a stable stream costs about one PING a
+    /// second, not one per round trip.
+    next_sample_at: Instant,
+    sample_backoff: Duration,
     sent_goaway: bool,
     peer_going_away: bool,
     connected_event: bool,
@@ -312,6 +322,8 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
                 receive_budget: usize::MAX,
                 rtt_sample: RttSample::Idle,
                 srtt: None,
+                next_sample_at: Instant::from_millis(0),
+                sample_backoff: Duration::ZERO,
                 sent_goaway: false,
                 peer_going_away: false,
                 connected_event: false,
@@ -355,6 +367,8 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         i.key_update_requested = None;
         i.rtt_sample = RttSample::Idle;
         i.srtt = None;
+        i.next_sample_at = Instant::from_millis(0);
+        i.sample_backoff = Duration::ZERO;
         i.sent_goaway = false;
         i.peer_going_away = false;
         i.connected_event = false;
@@ -1008,6 +1022,7 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         let max = self.session.max_stream_window;
         let s = &self.streams[idx];
         if !matches!(self.rtt_sample, RttSample::Idle)
+            || self.last_rx < self.next_sample_at
             || max <= self.session.stream_window
             || !s.can_grow()
             || s.recv_window >= max
@@ -1054,13 +1069,22 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
         });
-        self.grow_windows();
+        if self.grow_windows() {
+            self.sample_backoff = Duration::ZERO;
+        } else {
+            self.sample_backoff = (self.sample_backoff * 2)
+                .max(Duration::from_millis(1))
+                .min(MAX_SAMPLE_BACKOFF);
+        }
+        self.next_sample_at = self.last_rx + self.sample_backoff;
     }
 
     /// The BDP rule: a stream that consumed at least 2/3 of its window in
     /// the sampled round trip is window-limited; its window becomes twice
     /// what it consumed, capped by `max_stream_window` and the budget.
-    fn grow_windows(&mut self) {
+    /// Returns whether any window grew.
+    fn grow_windows(&mut self) -> bool {
+        let mut grew = false;
         let max = u64::from(self.session.max_stream_window);
         let mut headroom = (self.receive_budget as u64).saturating_sub(self.recv_committed());
         for idx in 0..self.streams.len() {
@@ -1079,7 +1103,9 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             s.recv_window += grow as u32;
             s.credit_to_return = s.credit_to_return.saturating_add(grow as u32);
             self.mark_dirty(idx);
+            grew = true;
         }
+        grew
     }
 
     fn mark_dirty(&mut self, idx: usize) {
