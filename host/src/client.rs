@@ -1064,6 +1064,12 @@ impl Client {
                 }
             }
         }
+        // Buffers of local connections quiet for a second go back.
+        if let Some(quiet_before) = std_now.checked_sub(Duration::from_secs(1)) {
+            for l in self.locals.values_mut() {
+                l.pipe.release_if_drained_before(quiet_before);
+            }
+        }
         let expired: Vec<Token> = self
             .locals
             .iter()

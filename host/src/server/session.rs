@@ -595,6 +595,9 @@ impl Session {
                 }
                 ConnectProgress::Connected => {
                     debug!("{}: stream {id} connected to {}", self.peer, up.dest);
+                    // Budget first: an accepted stream's window may grow
+                    // at once.
+                    self.rebalance_memory(ctx.shared);
                     if let Phase::Core(c) = &mut self.phase {
                         let _ = c.accept_stream(id);
                     }
@@ -811,6 +814,9 @@ impl Session {
     /// has been quiet since `quiet_before`; an idle session then holds a
     /// few KiB. The next record takes them again.
     pub fn release_if_idle(&mut self, quiet_before: StdInstant) {
+        for up in self.upstreams.values_mut() {
+            up.pipe.release_if_drained_before(quiet_before);
+        }
         if self.released || self.last_io > quiet_before {
             return;
         }
