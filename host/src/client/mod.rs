@@ -38,10 +38,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::allow::DestHost;
 use crate::backoff::Backoff;
 use crate::config::Endpoint;
-use crate::http_proxy::{HttpProxyParser, ProxyRequest, ProxyStatus};
 use crate::pipe::{Pipe, ReadOutcome};
+use crate::proxy::http::{HttpProxyParser, ProxyRequest, ProxyStatus};
+use crate::proxy::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
 use crate::runtime::{Clock, StopHandle, os_rng, random_u64};
-use crate::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
