@@ -3,9 +3,8 @@
 //! about the command line) with real origin/echo servers behind them.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -16,34 +15,11 @@ use hytun_host::origin::{HELLO_BODY, Origin};
 use hytun_host::runtime::StopHandle;
 use hytun_host::server::{GroupStop, Server};
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
+use hytun_tests::harness::{keydir, loopback, server_process};
 use hytun_tests::*;
 use sha2::{Digest, Sha256};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Key files shared by the tests of this process: a server, an authorized
-/// client, and a stranger.
-fn keydir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for name in ["server", "client", "stranger"] {
-            let key = hytun_keys::generate(2048).expect("keygen");
-            hytun_keys::write_keypair(dir.path(), name, &key, false).expect("write keys");
-        }
-        std::fs::copy(
-            dir.path().join("client.pub"),
-            dir.path().join("authorized_keys"),
-        )
-        .expect("authorized");
-        dir
-    })
-    .path()
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
 
 struct RunningServer {
     addr: SocketAddr,
@@ -169,31 +145,6 @@ fn socks_connect(proxy: SocketAddr, host: &str, port: u16) -> (TcpStream, u8) {
     s.read_exact(&mut rep).unwrap();
     assert_eq!(rep[0], 5);
     (s, rep[1])
-}
-
-/// Starts the real `hytun server` binary on `127.0.0.1:port` with the test
-/// keys, allowing `allow`; returns once it listens.
-fn server_process(dir: &Path, port: u16, allow: &str) -> ChildGuard {
-    let key = keydir().join("server.key");
-    let auth = keydir().join("authorized_keys");
-    let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "server",
-        "--listen",
-        &listen,
-        "--key",
-        key.to_str().unwrap(),
-        "--authorized-keys",
-        auth.to_str().unwrap(),
-        "--allow",
-        allow,
-    ];
-    let child = spawn_hytun(dir, &args);
-    assert!(wait_listening(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Duration::from_secs(20)
-    ));
-    child
 }
 
 /// Runs `hytun fetch URL EXTRA.. --server 127.0.0.1:port` with the test
