@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub session_memory: Option<NonZeroU32>,
     /// Descriptors the server may use (default: the raised RLIMIT_NOFILE).
     pub max_descriptors: Option<NonZeroU32>,
+    /// Private-key worker threads.
+    pub key_workers: Option<NonZeroU32>,
+    /// Private-key operations waiting for a worker, server-wide.
+    pub key_queue: Option<NonZeroU32>,
     /// Name-lookup worker threads.
     pub dns_workers: Option<NonZeroU32>,
     /// Most name lookups in flight, server-wide.

@@ -114,6 +114,12 @@ struct ServerArgs {
     /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
     #[arg(long)]
     max_descriptors: Option<u32>,
+    /// Threads for private-key operations (handshakes), off the event loops [default: one per CPU, at most 8].
+    #[arg(long)]
+    key_workers: Option<u32>,
+    /// Private-key operations waiting for a worker; past that a handshake gets Busy [default: 64].
+    #[arg(long)]
+    key_queue: Option<u32>,
     /// Name-lookup worker threads, shared by all event loops [default: 4].
     #[arg(long)]
     dns_workers: Option<u32>,
@@ -230,6 +236,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 memory_budget: a.memory_budget,
                 session_memory: a.session_memory,
                 max_descriptors: a.max_descriptors,
+                key_workers: a.key_workers,
+                key_queue: a.key_queue,
                 dns_workers: a.dns_workers,
                 dns_queue: a.dns_queue,
                 dns_per_session: a.dns_per_session,

@@ -79,6 +79,10 @@ pub struct ServerFlags {
     pub session_memory: Option<u32>,
     /// `--max-descriptors`.
     pub max_descriptors: Option<u32>,
+    /// `--key-workers`.
+    pub key_workers: Option<u32>,
+    /// `--key-queue`.
+    pub key_queue: Option<u32>,
     /// `--dns-workers`.
     pub dns_workers: Option<u32>,
     /// `--dns-queue`.
@@ -249,6 +253,10 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
             "max-descriptors",
         )?
         .map(|v| v as usize),
+        key_workers: pick(flags.key_workers, cfg.key_workers, "key-workers")?
+            .map_or(defaults.key_workers, |v| v as usize),
+        key_queue: pick(flags.key_queue, cfg.key_queue, "key-queue")?
+            .map_or(defaults.key_queue, |v| v as usize),
         dns: ResolverConfig {
             workers: pick(flags.dns_workers, cfg.dns_workers, "dns-workers")?
                 .map_or(defaults.dns.workers, |v| v as usize),

@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{SHUTDOWN_GRACE, Shared};
+use crate::keywork::KeyWorkHandle;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
 
@@ -38,6 +39,7 @@ pub struct EventLoop {
     shared: Arc<Shared>,
     stop: StopHandle,
     resolver: LoopResolver<(Token, StreamId)>,
+    keys: KeyWorkHandle,
     clock: Clock,
     sessions: HashMap<Token, Session>,
     routes: Routes,
@@ -58,6 +60,7 @@ macro_rules! ctx {
             routes: &mut $l.routes,
             shared: &$l.shared,
             dns: &$l.resolver,
+            keys: &$l.keys,
             clock: &$l.clock,
             scratch: &mut $l.scratch,
         }
@@ -78,6 +81,7 @@ impl EventLoop {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let resolver = shared.dns.attach(waker.clone());
+        let keys = shared.keywork.handle(waker.clone());
         let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
         let admission = Admission::new(AdmissionLimits {
             max_pending: shared.limits.max_pending.div_ceil(loops).max(1),
@@ -89,6 +93,7 @@ impl EventLoop {
             shared,
             stop,
             resolver,
+            keys,
             clock: Clock::default(),
             sessions: HashMap::new(),
             routes: Routes::new(FIRST_DYNAMIC),
@@ -154,7 +159,10 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.take_resolved(),
+                    WAKER => {
+                        self.take_resolved();
+                        self.take_key_results();
+                    }
                     SIGNALS => {
                         if let Some(s) = signals.as_mut() {
                             for sig in s.pending() {
@@ -326,6 +334,9 @@ impl EventLoop {
         if !s.start_core(&mut ctx!(self)) {
             return self.refuse(s, "server memory budget spent");
         }
+        if s.key_queue_full() {
+            return self.refuse(s, "private-key work queue full");
+        }
         self.sessions.insert(t, s);
         self.touched.insert(t);
     }
@@ -337,6 +348,20 @@ impl EventLoop {
                 continue;
             };
             s.on_resolved(&mut ctx!(self), id, res.ticket, res.result);
+            self.touched.insert(t);
+        }
+    }
+
+    /// Private-key results from the worker pool resume their handshakes.
+    fn take_key_results(&mut self) {
+        let mut results = Vec::new();
+        self.keys
+            .drain(|token, result| results.push((Token(token as usize), result)));
+        for (t, result) in results {
+            let Some(s) = self.sessions.get_mut(&t) else {
+                continue;
+            };
+            s.on_key_result(&mut ctx!(self), result);
             self.touched.insert(t);
         }
     }

@@ -27,6 +27,7 @@ use hytun_core::ServerConfig;
 use log::{info, warn};
 
 use crate::allow::AllowList;
+use crate::keywork::KeyWork;
 use crate::ratelimit::HandshakeRateLimiter;
 use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
@@ -66,6 +67,12 @@ pub struct Limits {
     /// Descriptors the server may use; `None` = the (raised) soft
     /// `RLIMIT_NOFILE` (`--max-descriptors`).
     pub max_descriptors: Option<usize>,
+    /// Private-key operations run on this many worker threads, off the
+    /// event loops (`--key-workers`, one per CPU, at most 8).
+    pub key_workers: usize,
+    /// Private-key operations waiting for a worker, server-wide
+    /// (`--key-queue`, 64); past that a handshake gets Busy.
+    pub key_queue: usize,
     /// Name lookups: workers (`--dns-workers`, 4), in flight server-wide
     /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
     /// the deadline (`--dns-timeout`, 5 s).
@@ -84,6 +91,8 @@ impl Default for Limits {
             memory_budget: 256 << 20,
             session_memory: 64 << 20,
             max_descriptors: None,
+            key_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            key_queue: 64,
             dns: ResolverConfig::default(),
         }
     }
@@ -144,6 +153,8 @@ pub struct Shared {
     pub key_ops: RateCap,
     /// The name-lookup pool every loop submits to.
     pub dns: ResolverPool,
+    /// The private-key worker pool every loop submits to.
+    pub keywork: KeyWork,
     rate: Mutex<HandshakeRateLimiter>,
     established: AtomicUsize,
     refusals: Mutex<LogLimiter>,
@@ -186,8 +197,10 @@ impl Shared {
             limits.key_ops_per_sec
         );
         let dns = ResolverPool::new(limits.dns)?;
+        let keywork = KeyWork::new(limits.key_workers.max(1), limits.key_queue.max(1))?;
         Ok(Shared {
             dns,
+            keywork,
             core: opts.core.clone(),
             allow: opts.allow.clone(),
             memory: Arc::new(Pool::new("memory", limits.memory_budget)),

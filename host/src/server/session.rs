@@ -26,6 +26,7 @@ use super::budget::Permit;
 use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
+use crate::keywork::KeyWorkHandle;
 use crate::pipe::ReadOutcome;
 use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
@@ -37,6 +38,10 @@ pub const STREAM_OVERHEAD: usize = 1024;
 /// The first growth allowance a session asks for beyond its streams'
 /// initial windows; later steps double what is in use.
 const GROWTH_STEP: usize = 256 * 1024;
+
+/// The most input held while a handshake waits for its private-key
+/// operation.
+const MAX_HELD: usize = 17 * 1024;
 
 /// The refusal code for a spent budget.
 pub const RESOURCE_EXHAUSTED: StreamErrorCode = StreamErrorCode::ResourceExhausted;
@@ -100,6 +105,8 @@ pub struct Ctx<'a> {
     pub clock: &'a Clock,
     /// The loop's read buffer for tunnel input.
     pub scratch: &'a mut Vec<u8>,
+    /// The private-key worker pool.
+    pub keys: &'a KeyWorkHandle,
 }
 
 /// What reading the tunnel socket produced.
@@ -147,6 +154,11 @@ pub struct Session {
     last_io: StdInstant,
     /// Buffers were given back and nothing moved since.
     released: bool,
+    /// Input that arrived while the handshake waited for its private-key
+    /// operation (fed once the result is back).
+    held: Vec<u8>,
+    /// The worker pool refused this session's private-key operation.
+    key_refused: bool,
 }
 
 impl Session {
@@ -167,6 +179,8 @@ impl Session {
             growth: 0,
             last_io: StdInstant::now(),
             released: false,
+            held: Vec::new(),
+            key_refused: false,
         }
     }
 
@@ -264,21 +278,103 @@ impl Session {
             ctx.shared.core.clone(),
             ctx.clock.now(),
         ));
-        let mut rng = os_rng();
-        let mut off = 0;
-        while off < first.len() && !conn.is_closed() {
-            let n = conn.handle_input(&first[off..], ctx.clock.now(), &mut rng);
-            off += n;
-            if n == 0 {
-                break;
-            }
-        }
+        // The private-key operation runs on the worker pool, not here.
+        conn.defer_private_key_ops(true);
         self.phase = Phase::Core(conn);
         self.rebalance_memory(ctx.shared);
-        self.drain_events(ctx);
+        self.feed(ctx, &first);
         // More of the client's flight may be waiting already.
         self.read_tunnel(ctx);
         true
+    }
+
+    /// True if the worker pool refused this session's private-key
+    /// operation (the loop then answers Busy).
+    pub fn key_queue_full(&self) -> bool {
+        self.key_refused
+    }
+
+    /// Feeds tunnel input to the core, draining events as it goes. Input
+    /// that arrives while the handshake waits for its private-key operation
+    /// is held until the result is back; the operation itself goes to the
+    /// worker pool.
+    fn feed(&mut self, ctx: &mut Ctx<'_>, input: &[u8]) {
+        if !self.held.is_empty() {
+            self.hold(input);
+            return;
+        }
+        let mut off = 0;
+        let mut rng = os_rng();
+        while off < input.len() {
+            let now = ctx.clock.now();
+            let Phase::Core(c) = &mut self.phase else {
+                break;
+            };
+            let used = c.handle_input(&input[off..], now, &mut rng);
+            off += used;
+            if let Some(op) = c.take_private_key_op()
+                && ctx.keys.try_submit(self.token.0 as u64, op).is_err()
+            {
+                self.key_refused = true;
+                return;
+            }
+            let done = c.is_closed();
+            let waiting = c.awaits_private_key_op();
+            self.drain_events(ctx);
+            if done {
+                return;
+            }
+            if waiting {
+                // A legitimate client sends nothing more before the
+                // ServerHello; whatever came is fed after the result.
+                self.hold(&input[off..]);
+                return;
+            }
+            if used == 0 {
+                // The core takes input whenever its events are drained (as
+                // they are here); anything else is a bug, not a reason to
+                // spin.
+                debug!("{}: core took no input: closed", self.peer);
+                self.closed = true;
+                self.write_failed = true;
+                return;
+            }
+        }
+    }
+
+    /// Keeps input for after the private-key operation. A legitimate
+    /// client sends nothing while it waits for the ServerHello, so more
+    /// than one record's worth ends the session instead of growing.
+    fn hold(&mut self, input: &[u8]) {
+        if self.held.len() + input.len() > MAX_HELD {
+            debug!(
+                "{}: sent {} bytes while its handshake waited: closed",
+                self.peer,
+                self.held.len() + input.len()
+            );
+            self.held = Vec::new();
+            self.closed = true;
+            self.write_failed = true;
+            return;
+        }
+        self.held.extend_from_slice(input);
+    }
+
+    /// The worker pool finished this session's private-key operation.
+    pub fn on_key_result(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        result: hytun_core::crypto::DecryptedSecret,
+    ) {
+        let Phase::Core(c) = &mut self.phase else {
+            return;
+        };
+        c.complete_private_key_op(result);
+        self.drain_events(ctx);
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            self.feed(ctx, &held);
+        }
     }
 
     fn read_tunnel(&mut self, ctx: &mut Ctx<'_>) {
@@ -311,18 +407,7 @@ impl Session {
                 }
             };
             let input = std::mem::take(ctx.scratch);
-            let mut off = 0;
-            let mut rng = os_rng();
-            while off < n {
-                let now = ctx.clock.now();
-                let Some(c) = self.conn() else { break };
-                off += c.handle_input(&input[off..n], now, &mut rng);
-                let done = c.is_closed();
-                self.drain_events(ctx);
-                if done {
-                    break;
-                }
-            }
+            self.feed(ctx, &input[..n]);
             *ctx.scratch = input;
             // A short read means the socket is drained: skip the extra
             // read that would only return EAGAIN.
@@ -867,6 +952,7 @@ impl Session {
             self.end_upstream(ctx, id, End::Abort(&why));
         }
         ctx.dns.cancel_session(self.token.0 as u64);
+        ctx.keys.cancel(self.token.0 as u64);
         let _ = ctx.registry.deregister(&mut self.sock);
         ctx.routes.remove(self.token);
         let charged = self.charged;
