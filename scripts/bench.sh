@@ -139,7 +139,7 @@ hs_scenario() {
     cp "$K/id.pub" "$K/authorized_keys"
     "$hytun" server --listen "127.0.0.1:$sp" --key "$K/server.key" \
       --authorized-keys "$K/authorized_keys" --allow '127.0.0.1:*' --threads 1 \
-      --handshake-rate 1000000 --max-sessions 4096 > "$HW/logs/server-$bits.log" 2>&1 &
+      --handshake-rate 1000000 --max-sessions 4096 --key-ops-rate 1000000 --max-pending 4096 > "$HW/logs/server-$bits.log" 2>&1 &
     local spid=$!; HS_PIDS+=("$spid")
     wait_port "$sp"
 

@@ -541,7 +541,9 @@ fn start_hytun(
             .arg("--authorized-keys")
             .arg(dir.join("authorized_keys"))
             .args(["--allow", "127.0.0.1:*"])
-            .args(["--handshake-rate", "1000000", "--max-sessions", "4096"]),
+            .args(["--handshake-rate", "1000000", "--max-sessions", "4096"])
+            // The benchmark measures the handshake rate itself: no server-wide cap.
+            .args(["--key-ops-rate", "1000000", "--max-pending", "4096"]),
         logs,
         false,
     )?;
