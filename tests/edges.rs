@@ -43,6 +43,18 @@ fn destination(first: usize) -> (SocketAddr, Receiver<TcpStream>) {
     (addr, rx)
 }
 
+/// A server allowing loopback, a client forwarding to a fresh
+/// [`destination`] that sends `first` bytes, and the accept side of it.
+fn forwarded(first: usize) -> (RunningServer, RunningClient, Receiver<TcpStream>) {
+    let (dest, accepted) = destination(first);
+    let server = RunningServer::start(server_opts(&["127.0.0.1:*"]));
+    let client = RunningClient::start(client_opts(
+        server.addr,
+        vec![(loopback(), forward_to(dest))],
+    ));
+    (server, client, accepted)
+}
+
 fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf)
@@ -83,12 +95,7 @@ fn assert_aborted(app: &TcpStream) -> String {
 #[test]
 fn clean_transfer_ends_with_fin_and_the_exact_bytes() {
     capture_logs();
-    let (dest, accepted) = destination(1_000_000);
-    let server = RunningServer::start(server_opts(&["127.0.0.1:*"]));
-    let client = RunningClient::start(client_opts(
-        server.addr,
-        vec![(loopback(), forward_to(dest))],
-    ));
+    let (_server, client, accepted) = forwarded(1_000_000);
     let mut app = connect(client.addrs[0]);
     app.write_all(b"upload").unwrap();
     app.shutdown(Shutdown::Write).unwrap();
@@ -192,12 +199,7 @@ fn a_relay_cut_mid_transfer_resets_both_ends_of_forward_socks_and_connect_stream
 #[test]
 fn a_reset_by_the_application_resets_the_destination() {
     capture_logs();
-    let (dest, accepted) = destination(10);
-    let server = RunningServer::start(server_opts(&["127.0.0.1:*"]));
-    let client = RunningClient::start(client_opts(
-        server.addr,
-        vec![(loopback(), forward_to(dest))],
-    ));
+    let (_server, client, accepted) = forwarded(10);
     let mut app = connect(client.addrs[0]);
     let mut far = accepted.recv_timeout(IO_TIMEOUT).unwrap();
     read_exactly(&mut app, 10);
@@ -216,12 +218,7 @@ fn a_reset_by_the_application_resets_the_destination() {
 #[test]
 fn a_reset_by_the_destination_resets_the_application() {
     capture_logs();
-    let (dest, accepted) = destination(10);
-    let server = RunningServer::start(server_opts(&["127.0.0.1:*"]));
-    let client = RunningClient::start(client_opts(
-        server.addr,
-        vec![(loopback(), forward_to(dest))],
-    ));
+    let (_server, client, accepted) = forwarded(10);
     let mut app = connect(client.addrs[0]);
     let far = accepted.recv_timeout(IO_TIMEOUT).unwrap();
     read_exactly(&mut app, 10);
