@@ -118,6 +118,35 @@ impl<B: ByteStore> TxBuffer<B> {
         }
     }
 
+    /// Stream payload bytes the buffer can take now as DATA frames: the
+    /// rest of the open record plus as many new records as fit, each with
+    /// its header, tag and DATA frame header. Never more than
+    /// [`Self::push_data_with`] will accept in a row, and nonzero whenever
+    /// it can accept a byte, so a driver can size one socket read (or a
+    /// run of them) to fill several records before one write.
+    pub(crate) fn data_room(&self, max_plain: usize, reserve: usize) -> usize {
+        let limit = max_plain - KEY_UPDATE_RESERVE;
+        let mut free = (Self::N - self.end + self.start).saturating_sub(reserve);
+        let mut total = 0;
+        if self.open.is_some() {
+            let in_record = limit
+                .saturating_sub(self.open_len())
+                .min(free.saturating_sub(TAG_LEN + KEY_UPDATE_RESERVE));
+            if in_record > DATA_OVERHEAD {
+                total += in_record - DATA_OVERHEAD;
+                free -= in_record;
+            }
+            // Sealing the open record adds its tag.
+            free = free.saturating_sub(TAG_LEN);
+        }
+        while free > OVERHEAD + KEY_UPDATE_RESERVE + DATA_OVERHEAD {
+            let plain = limit.min(free - OVERHEAD - KEY_UPDATE_RESERVE);
+            total += plain - DATA_OVERHEAD;
+            free -= plain + OVERHEAD;
+        }
+        total
+    }
+
     /// Makes sure the open record can take `len` more plaintext bytes,
     /// sealing the current record and opening a new one if needed.
     fn reserve_in_record(
@@ -280,5 +309,83 @@ impl<B: ByteStore> RxBuffer<B> {
         self.buf[self.len..self.len + take].copy_from_slice(&input[..take]);
         self.len += take;
         take
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::InlineBytes;
+
+    type Tx = TxBuffer<InlineBytes<N>>;
+
+    const N: usize = 4096;
+    const MAX_PLAIN: usize = 1024;
+
+    fn no_seal(t: &mut Tx) -> Result<(), CryptoError> {
+        // Stands in for sealing: closes the record and appends a tag.
+        if let Some(open) = t.open.take() {
+            if t.end == open + RECORD_HEADER {
+                t.end = open;
+            } else {
+                t.end += TAG_LEN;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes stream data until the buffer refuses; returns the total.
+    fn fill_all(t: &mut Tx, reserve: usize) -> usize {
+        let mut total = 0;
+        loop {
+            let n = t
+                .push_data_with(
+                    StreamId(1),
+                    usize::MAX,
+                    MAX_PLAIN,
+                    reserve,
+                    &mut no_seal,
+                    &mut |b| b.len(),
+                )
+                .unwrap();
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    }
+
+    #[test]
+    fn data_room_spans_records_and_matches_what_fits() {
+        for reserve in [0, 100, 300] {
+            for prefix in [0, 1, 7, 8, 500, 1000, 1017, 3000] {
+                let mut t = Tx::new();
+                if prefix > 0 {
+                    let n = t
+                        .push_data_with(
+                            StreamId(3),
+                            prefix,
+                            MAX_PLAIN,
+                            reserve,
+                            &mut no_seal,
+                            &mut |b| b.len(),
+                        )
+                        .unwrap();
+                    assert!(n > 0);
+                }
+                let room = t.data_room(MAX_PLAIN, reserve);
+                let took = fill_all(&mut t, reserve);
+                assert!(
+                    room <= took,
+                    "reserve {reserve} prefix {prefix}: room {room} > {took}"
+                );
+                assert_eq!(room == 0, took == 0, "reserve {reserve} prefix {prefix}");
+                // Several records' worth, not just the open one.
+                if prefix == 0 && reserve == 0 {
+                    assert!(room > 3 * MAX_PLAIN, "room {room}");
+                }
+                assert_eq!(t.data_room(MAX_PLAIN, reserve), 0);
+            }
+        }
     }
 }

@@ -815,9 +815,9 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         if !s.can_send() {
             return 0;
         }
-        let room =
-            i.tx.room(keys.peer_max_record, CONTROL_RESERVE)
-                .saturating_sub(crate::wire::frame::DATA_OVERHEAD);
+        // All the records the transmit buffer can still take, so one call
+        // of `stream_send_with` can fill several before the next write.
+        let room = i.tx.data_room(keys.peer_max_record, CONTROL_RESERVE);
         usize::try_from(s.send_credit).map_or(room, |c| c.min(room))
     }
 

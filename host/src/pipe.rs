@@ -9,7 +9,11 @@
 //! * socket → tunnel: the socket is read straight into the record being
 //!   built (`stream_send_with`), only as far as the stream has credit and
 //!   the tunnel has transmit space; otherwise the pipe is marked blocked
-//!   and retried when room appears. EOF becomes a stream FIN.
+//!   and retried when room appears. EOF becomes a stream FIN. A short
+//!   read ends the pass (the socket's queue is empty and edge-triggered
+//!   readiness reports the next arrival), unless the poll event said the
+//!   peer already closed: then the pass reads on to the EOF, which no
+//!   later event would announce.
 //! * ends: only the peer's authenticated FIN becomes `shutdown(Write)`.
 //!   Every other end (a RESET, a lost or closed session, a refusal after
 //!   data was accepted) calls [`Pipe::abort`], so closing the socket sends
@@ -35,6 +39,17 @@ pub enum ReadOutcome {
     Eof,
 }
 
+/// What one poll event reported for a socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readiness {
+    /// Data (or EOF) can be read.
+    pub readable: bool,
+    /// The socket can take writes (or its write side is closed).
+    pub writable: bool,
+    /// The peer's FIN or an error is queued: read on to it.
+    pub read_closed: bool,
+}
+
 /// A local socket bound to a stream.
 #[derive(Debug)]
 pub struct Pipe {
@@ -53,6 +68,9 @@ pub struct Pipe {
     pub sock_eof: bool,
     /// Reading stopped for lack of credit or transmit space.
     pub read_blocked: bool,
+    /// A poll event reported the peer's FIN (or an error): read to EOF
+    /// instead of stopping at a short read.
+    read_closed: bool,
     /// Tunnel bytes written to the socket.
     pub bytes_to_sock: u64,
     /// Socket bytes sent into the tunnel.
@@ -74,6 +92,7 @@ impl Pipe {
             shut_write: false,
             sock_eof: false,
             read_blocked: false,
+            read_closed: false,
             bytes_to_sock: 0,
             bytes_from_sock: 0,
             drained_at: None,
@@ -177,6 +196,12 @@ impl Pipe {
         Ok(tunnel_bytes)
     }
 
+    /// Notes what a poll event said: `read_closed` means the peer's FIN or
+    /// an error is already queued behind any data.
+    pub fn note_event(&mut self, read_closed: bool) {
+        self.read_closed |= read_closed;
+    }
+
     /// Reads from the socket into the stream while credit and space last.
     pub fn read_into<const TX: usize, const RX: usize, const S: usize, M: Memory>(
         &mut self,
@@ -198,6 +223,10 @@ impl Pipe {
             let mut eof = false;
             let mut would_block = false;
             let mut error = None;
+            // One call fills as many records as credit and the transmit
+            // buffer allow (`cap` spans them), one socket read per record,
+            // and the tunnel is written once afterwards.
+            let stop_at_short_read = !self.read_closed;
             let sent = conn.stream_send_with(id, cap, |buf| {
                 loop {
                     match sock.read(buf) {
@@ -205,7 +234,16 @@ impl Pipe {
                             eof = true;
                             return 0;
                         }
-                        Ok(n) => return n,
+                        Ok(n) => {
+                            // A short read empties the socket's queue; with
+                            // edge-triggered readiness the next arrival is
+                            // reported again, so reading once more would
+                            // only return EAGAIN.
+                            if n < buf.len() && stop_at_short_read {
+                                would_block = true;
+                            }
+                            return n;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             would_block = true;
@@ -219,6 +257,11 @@ impl Pipe {
                 }
             });
             match sent {
+                Ok(0) if !eof && !would_block && error.is_none() => {
+                    // No room after all (e.g. control frames took it).
+                    self.read_blocked = true;
+                    return Ok(ReadOutcome::Blocked);
+                }
                 Ok(n) => self.bytes_from_sock += n as u64,
                 Err(StreamError::NotWritable | StreamError::UnknownStream) => {
                     // The stream ended under us (reset by the peer).

@@ -316,9 +316,17 @@ impl Client {
                         }
                         self.stop.stop();
                     }
-                    TUNNEL => self.tunnel_event(event.is_readable()),
+                    TUNNEL => self.tunnel_event(
+                        event.is_readable(),
+                        event.is_read_closed() || event.is_error(),
+                    ),
                     t if self.listeners.contains_key(&t) => self.accept_all(t),
                     t => {
+                        if (event.is_read_closed() || event.is_error())
+                            && let Some(l) = self.locals.get_mut(&t)
+                        {
+                            l.pipe.note_event(true);
+                        }
                         self.local_event(
                             t,
                             event.is_readable(),
@@ -424,7 +432,7 @@ impl Client {
         };
     }
 
-    fn tunnel_event(&mut self, readable: bool) {
+    fn tunnel_event(&mut self, readable: bool, read_closed: bool) {
         if let Tunnel::Connecting { sock, addr, .. } = &mut self.tunnel {
             let failure = match sock.take_error() {
                 Ok(Some(e)) | Err(e) => Some(e),
@@ -470,12 +478,15 @@ impl Client {
                 };
             }
         }
-        if readable {
-            self.read_tunnel();
+        if readable || read_closed {
+            self.read_tunnel(read_closed);
         }
     }
 
-    fn read_tunnel(&mut self) {
+    /// Reads and handles tunnel input. A short read ends the pass (the
+    /// socket is drained and the next arrival raises a new event) unless
+    /// the event said the server's FIN is already queued.
+    fn read_tunnel(&mut self, read_closed: bool) {
         loop {
             let Tunnel::Up { sock, conn, .. } = &mut self.tunnel else {
                 return;
@@ -505,6 +516,9 @@ impl Client {
                         if off >= n || conn.is_closed() {
                             break;
                         }
+                    }
+                    if n < self.scratch.len() && !read_closed {
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -20,6 +20,7 @@ use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{SHUTDOWN_GRACE, Shared};
 use crate::keywork::KeyWorkHandle;
+use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
 
@@ -173,8 +174,11 @@ impl EventLoop {
                     }
                     token => self.dispatch(
                         token,
-                        event.is_readable() || event.is_read_closed(),
-                        event.is_writable() || event.is_write_closed(),
+                        Readiness {
+                            readable: event.is_readable() || event.is_read_closed(),
+                            writable: event.is_writable() || event.is_write_closed(),
+                            read_closed: event.is_read_closed() || event.is_error(),
+                        },
                     ),
                 }
             }
@@ -285,17 +289,22 @@ impl EventLoop {
         session.close(&mut ctx!(self));
     }
 
-    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+    fn dispatch(&mut self, token: Token, ready: Readiness) {
         match self.routes.get(token) {
             Some(Route::Session) => {
-                if readable {
+                if ready.read_closed
+                    && let Some(s) = self.sessions.get_mut(&token)
+                {
+                    s.note_read_closed();
+                }
+                if ready.readable {
                     self.read_session(token);
                 }
                 self.touched.insert(token);
             }
             Some(Route::Upstream(t, id)) => {
                 if let Some(s) = self.sessions.get_mut(&t) {
-                    s.on_upstream(&mut ctx!(self), id, readable, writable);
+                    s.on_upstream(&mut ctx!(self), id, ready);
                     self.touched.insert(t);
                 }
             }

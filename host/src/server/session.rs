@@ -27,7 +27,7 @@ use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
 use crate::keywork::KeyWorkHandle;
-use crate::pipe::ReadOutcome;
+use crate::pipe::{ReadOutcome, Readiness};
 use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
 
@@ -143,6 +143,8 @@ pub struct Session {
     /// The handshake finished (`Connected`).
     pub established: bool,
     closed: bool,
+    /// A poll event reported the client's FIN or an error.
+    read_closed: bool,
     write_failed: bool,
     /// Bytes reserved from the server memory pool (fixed state, each
     /// stream's initial window and bookkeeping, and `growth`).
@@ -174,6 +176,7 @@ impl Session {
             started: StdInstant::now(),
             established: false,
             closed: false,
+            read_closed: false,
             write_failed: false,
             charged: 0,
             growth: 0,
@@ -185,6 +188,12 @@ impl Session {
     }
 
     /// The tunnel socket (for registration).
+    /// A poll event said the client's FIN (or an error) is queued: the
+    /// next read pass goes on to it.
+    pub fn note_read_closed(&mut self) {
+        self.read_closed = true;
+    }
+
     pub fn sock_mut(&mut self) -> &mut TcpStream {
         &mut self.sock
     }
@@ -410,8 +419,9 @@ impl Session {
             self.feed(ctx, &input[..n]);
             *ctx.scratch = input;
             // A short read means the socket is drained: skip the extra
-            // read that would only return EAGAIN.
-            if n < ctx.scratch.len() {
+            // read that would only return EAGAIN (unless the client's FIN
+            // is already queued: no later event would report it).
+            if n < ctx.scratch.len() && !self.read_closed {
                 return;
             }
         }
@@ -664,10 +674,16 @@ impl Session {
     }
 
     /// Readiness on an upstream socket.
-    pub fn on_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId, readable: bool, writable: bool) {
+    pub fn on_upstream(&mut self, ctx: &mut Ctx<'_>, id: StreamId, ready: Readiness) {
         let Some(up) = self.upstreams.get_mut(&id) else {
             return;
         };
+        let Readiness {
+            readable,
+            writable,
+            read_closed,
+        } = ready;
+        up.pipe.note_event(read_closed);
         if let UpstreamState::Connecting { .. } = up.state {
             if !readable && !writable {
                 return;
