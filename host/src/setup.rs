@@ -328,13 +328,6 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         .server_key
         .or(cfg.server_key)
         .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.pub"));
-    let identity = load_identity(&key)?;
-    let pinned = load_public(&server_key)?;
-    let mut session = SessionConfig::HOST;
-    if let Some(k) = flags.keepalive.or(cfg.keepalive) {
-        session.keepalive_interval = k.secs();
-        session.idle_timeout = session.keepalive_interval * 3;
-    }
     let mut listeners = Vec::new();
     let forward = if flags.forward.is_empty() {
         cfg.forward.unwrap_or_default()
@@ -367,6 +360,13 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
     for h in http {
         warn_if_open("HTTP proxy", h.addr);
         listeners.push((h.addr, ListenerKind::HttpProxy));
+    }
+    let identity = load_identity(&key)?;
+    let pinned = load_public(&server_key)?;
+    let mut session = SessionConfig::HOST;
+    if let Some(k) = flags.keepalive.or(cfg.keepalive) {
+        session.keepalive_interval = k.secs();
+        session.idle_timeout = session.keepalive_interval * 3;
     }
     log::info!(
         "client key {}, pinned server key {}",
