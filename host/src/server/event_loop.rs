@@ -148,6 +148,8 @@ impl EventLoop {
             self.handle_signals()?;
         }
         let mut signals = self.signals.take();
+        // However this returns (an error, a panic), it counts as stopped.
+        let _live = LoopLive(self.shared.clone());
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -208,11 +210,6 @@ impl EventLoop {
                 // done, so a second signal still cuts their drain short.
                 let others_done = self.shared.loops_live.load(Ordering::SeqCst) <= 1;
                 if self.sessions.is_empty() && (signals.is_none() || others_done) {
-                    let _ = self.shared.loops_live.fetch_update(
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                        |n| n.checked_sub(1),
-                    );
                     debug!("server loop stopped");
                     return Ok(());
                 }
@@ -255,7 +252,10 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+                    warn!(
+                        "accept failed: {e}; pausing accepts for {} ms",
+                        ACCEPT_RETRY.as_millis()
+                    );
                     self.accept_paused_until = Some(StdInstant::now() + ACCEPT_RETRY);
                     return;
                 }
@@ -473,5 +473,17 @@ impl EventLoop {
             }
             self.close_session(t);
         }
+    }
+}
+
+/// Counts a running loop in [`Shared`]'s `loops_live` down when dropped.
+struct LoopLive(Arc<Shared>);
+
+impl Drop for LoopLive {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .loops_live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
