@@ -397,3 +397,75 @@ fn warn_if_open(what: &str, addr: SocketAddr) {
 pub fn any_loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A fresh directory with `server.key` and an `authorized_keys` file.
+    fn key_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hytun-setup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = hytun_keys::generate(2048).expect("keygen");
+        hytun_keys::write_keypair(&dir, "server", &key, false).expect("write keys");
+        std::fs::copy(dir.join("server.pub"), dir.join("authorized_keys")).expect("copy");
+        dir
+    }
+
+    #[test]
+    fn flags_win_over_the_config_and_the_config_over_defaults() {
+        let dir = key_dir("merge");
+        let config = dir.join("hytun.toml");
+        std::fs::write(
+            &config,
+            "[server]\nkey = \"server.key\"\nauthorized-keys = \"authorized_keys\"\n\
+             threads = 3\ndrain-timeout = 0\nidle-timeout = 30\nmax-streams = 8\n\
+             allow = [\"127.0.0.1:*\"]\nlisten = 0\n",
+        )
+        .expect("write config");
+        let flags = ServerFlags {
+            config: Some(config),
+            max_streams: Some(MaxStreams::new(16).expect("in range")),
+            allow: vec!["127.0.0.1:80".into()],
+            ..ServerFlags::default()
+        };
+        let (opts, threads) = match server_setup(flags) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(threads, 3);
+        assert_eq!(opts.limits.drain, Duration::ZERO);
+        assert_eq!(opts.core.session.idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            opts.core.session.keepalive_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(opts.core.session.max_streams, 16, "the flag wins");
+        // A list flag replaces the config's list.
+        assert_eq!(opts.allow.to_string(), "127.0.0.1:80");
+        assert_eq!(opts.listen, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn defaults_fill_what_neither_gives() {
+        let dir = key_dir("defaults");
+        let flags = ServerFlags {
+            key: Some(dir.join("server.key")),
+            authorized_keys: Some(dir.join("authorized_keys")),
+            ..ServerFlags::default()
+        };
+        let (opts, threads) = match server_setup(flags) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(threads, default_threads());
+        assert_eq!(opts.limits.drain, crate::server::SHUTDOWN_GRACE);
+        assert_eq!(opts.core.session.max_streams, 1024);
+        assert!(opts.allow.is_empty());
+        assert_eq!(opts.listen.to_string(), DEFAULT_LISTEN);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
