@@ -462,3 +462,25 @@ fn a_second_sigint_during_the_drain_stops_the_server_at_once() {
     assert_eq!(err.matches("server stopped").count(), 1, "{err}");
     client.stop();
 }
+
+#[test]
+fn a_client_that_must_connect_first_time_says_why_it_could_not() {
+    let port = free_port();
+    let server = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut opts = client_opts(server, vec![]);
+    opts.fail_fast_on_first_attempt = true;
+    let client = hytun_host::client::Client::bind(opts).unwrap();
+    let err = client
+        .run(false)
+        .expect_err("nothing listens there")
+        .to_string();
+    assert!(
+        err.starts_with(&format!("cannot establish a tunnel to {server}: ")),
+        "{err}"
+    );
+    assert!(!err.contains("see the log above"), "{err}");
+    assert!(
+        err.contains("refused") || err.contains("unreachable"),
+        "{err}"
+    );
+}

@@ -371,14 +371,16 @@ impl Client {
         {
             Ok(a) => a.collect(),
             Err(e) => {
-                warn!("cannot resolve server {}: {e}", self.opts.server);
-                self.schedule_retry();
+                let why = format!("cannot resolve server {}: {e}", self.opts.server);
+                warn!("{why}");
+                self.schedule_retry(why);
                 return;
             }
         };
         let Some(addr) = addrs.first().copied() else {
-            warn!("server {} resolved to no address", self.opts.server);
-            self.schedule_retry();
+            let why = format!("server {} resolved to no address", self.opts.server);
+            warn!("{why}");
+            self.schedule_retry(why);
             return;
         };
         match TcpStream::connect(addr) {
@@ -388,8 +390,9 @@ impl Client {
                     TUNNEL,
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
-                    warn!("cannot register tunnel socket: {e}");
-                    self.schedule_retry();
+                    let why = format!("cannot register tunnel socket: {e}");
+                    warn!("{why}");
+                    self.schedule_retry(why);
                     return;
                 }
                 debug!("connecting to server {addr}");
@@ -400,16 +403,20 @@ impl Client {
                 };
             }
             Err(e) => {
-                warn!("cannot connect to server {addr}: {e}");
-                self.schedule_retry();
+                let why = format!("cannot connect to server {addr}: {e}");
+                warn!("{why}");
+                self.schedule_retry(why);
             }
         }
     }
 
-    fn schedule_retry(&mut self) {
+    /// Plans the next connection attempt after a failure (`why`, already
+    /// logged); with `fail_fast_on_first_attempt` and no session yet, the
+    /// failure is final instead.
+    fn schedule_retry(&mut self, why: String) {
         if self.opts.fail_fast_on_first_attempt && !self.established_once && self.fatal.is_none() {
             self.fatal = Some(ClientError::Unreachable(format!(
-                "cannot establish a tunnel to {} (see the log above)",
+                "cannot establish a tunnel to {}: {why}",
                 self.opts.server
             )));
         }
@@ -440,7 +447,8 @@ impl Client {
             };
             let addr = *addr;
             if let Some(e) = failure {
-                warn!("server {addr} unreachable: {e}");
+                let why = format!("server {addr} unreachable: {e}");
+                warn!("{why}");
                 if let Tunnel::Connecting { mut sock, .. } = std::mem::replace(
                     &mut self.tunnel,
                     Tunnel::Down {
@@ -449,7 +457,7 @@ impl Client {
                 ) {
                     let _ = self.poll.registry().deregister(&mut sock);
                 }
-                self.schedule_retry();
+                self.schedule_retry(why);
                 return;
             }
             let _ = sock.set_nodelay(true);
@@ -679,7 +687,7 @@ impl Client {
         for t in broken {
             self.fail_local(t, reason.clone());
         }
-        self.schedule_retry();
+        self.schedule_retry(describe_failure(&self.opts.server, &error));
     }
 
     fn accept_all(&mut self, lt: Token) {
@@ -1052,13 +1060,14 @@ impl Client {
             }
             Tunnel::Connecting { deadline, addr, .. } => {
                 if std_now >= *deadline {
-                    warn!("server {addr}: connect timed out");
+                    let why = format!("server {addr}: connect timed out");
+                    warn!("{why}");
                     if let Tunnel::Connecting { mut sock, .. } =
                         std::mem::replace(&mut self.tunnel, Tunnel::Down { retry_at: std_now })
                     {
                         let _ = self.poll.registry().deregister(&mut sock);
                     }
-                    self.schedule_retry();
+                    self.schedule_retry(why);
                 }
             }
             Tunnel::Up { conn, .. } => {
