@@ -1,24 +1,32 @@
-//! The `hytun` TOML configuration file and the address specs shared with the
-//! command line: [`ForwardSpec`] (`-L [BIND:]PORT:HOST:PORT`), [`ListenSpec`]
-//! (`-D` / `--http-proxy` / server `listen`, `[BIND:]PORT`) and [`Endpoint`]
-//! (`HOST:PORT`, the server a client dials). Every config field is optional
-//! so that command-line flags can fill or override it (merging is the
+//! The `hytun` TOML configuration file and the values shared with the
+//! command line: [`ForwardSpec`] (`-L`/`--forward [BIND:]PORT:HOST:PORT`),
+//! [`ListenSpec`] (`-D`/`--socks`, `--http-proxy`, server `--listen`,
+//! `[BIND:]PORT`), [`Endpoint`] (`HOST[:PORT]`, the server a client dials)
+//! and the bounded numbers ([`MaxSessions`], [`IdleTimeout`], …) whose
+//! `FromStr` (flags) and `Deserialize` (TOML) run the same range check, so
+//! a value is accepted or refused the same way, with the same message, in
+//! both. Every TOML key has the name of its flag without the dashes; the
+//! names of older releases still load, with a warning. Every config field
+//! is optional so that flags can fill or override it (merging is the
 //! caller's job). Unknown keys are errors; keys are kebab-case. Relative key
 //! paths in the file are resolved against the config file's directory, so a
-//! config works the same from any working directory. Counts and durations
-//! must be at least 1. Values are validated while parsing, so errors point at
-//! the file, line and column of the bad value.
+//! config works the same from any working directory. Values are validated
+//! while parsing, so errors point at the file, line and column of the bad
+//! value.
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroU64};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::allow::{AllowList, DestHost, parse_port};
+
+/// The port `--server HOST` dials when HOST has none.
+pub const DEFAULT_SERVER_PORT: u16 = 7000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -28,9 +36,22 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     /// `[client]` table.
     pub client: Option<ClientConfig>,
+    /// Deprecated key names the file used: `(old, new)`, for a warning.
+    #[serde(skip)]
+    pub deprecated: Vec<(&'static str, &'static str)>,
 }
 
-/// `[server]`: settings of `hytun server`.
+/// Key names of older releases, still accepted (`serde` aliases) with a
+/// warning: `(table, old, new)`.
+const DEPRECATED_KEYS: &[(&str, &str, &str)] = &[
+    ("server", "max-streams-per-session", "max-streams"),
+    ("server", "handshake-timeout-secs", "handshake-timeout"),
+    ("server", "idle-timeout-secs", "idle-timeout"),
+    ("server", "handshakes-per-source-per-sec", "handshake-rate"),
+    ("client", "keepalive-secs", "keepalive"),
+];
+
+/// `[server]`: settings of `hytun server`; each key is the flag's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerConfig {
@@ -42,45 +63,54 @@ pub struct ServerConfig {
     pub authorized_keys: Option<PathBuf>,
     /// Destination allowlist patterns (see `allow`); validated on load.
     pub allow: Option<Vec<String>>,
+    /// Event-loop threads.
+    pub threads: Option<Threads>,
     /// Most concurrent client sessions.
-    pub max_sessions: Option<NonZeroU32>,
+    pub max_sessions: Option<MaxSessions>,
     /// Most concurrent streams within one session.
-    pub max_streams_per_session: Option<NonZeroU32>,
+    #[serde(alias = "max-streams-per-session")]
+    pub max_streams: Option<MaxStreams>,
     /// Seconds a client has to complete the handshake.
-    pub handshake_timeout_secs: Option<NonZeroU64>,
+    #[serde(alias = "handshake-timeout-secs")]
+    pub handshake_timeout: Option<HandshakeTimeout>,
     /// Seconds without traffic before a session is closed.
-    pub idle_timeout_secs: Option<NonZeroU64>,
+    #[serde(alias = "idle-timeout-secs")]
+    pub idle_timeout: Option<IdleTimeout>,
     /// Handshakes per second allowed from one source address (burst 2x).
-    pub handshakes_per_source_per_sec: Option<NonZeroU32>,
-    /// Most connections still in the handshake (same as `--max-pending`).
-    pub max_pending: Option<NonZeroU32>,
+    #[serde(alias = "handshakes-per-source-per-sec")]
+    pub handshake_rate: Option<HandshakeRate>,
+    /// Most connections still in the handshake.
+    pub max_pending: Option<MaxPending>,
     /// Most pending handshakes from one source per event loop.
-    pub max_pending_per_source: Option<NonZeroU32>,
+    pub max_pending_per_source: Option<MaxPendingPerSource>,
     /// Seconds from accept to a complete ClientHello.
-    pub hello_timeout: Option<NonZeroU64>,
+    pub hello_timeout: Option<HelloTimeout>,
     /// Private-key operations per second, server-wide.
-    pub key_ops_rate: Option<NonZeroU32>,
+    pub key_ops_rate: Option<KeyOpsRate>,
     /// MiB of receive credit and session state, server-wide.
-    pub memory_budget: Option<NonZeroU32>,
+    pub memory_budget: Option<MemoryBudget>,
     /// MiB one session may hold.
-    pub session_memory: Option<NonZeroU32>,
+    pub session_memory: Option<SessionMemory>,
     /// Descriptors the server may use (default: the raised RLIMIT_NOFILE).
-    pub max_descriptors: Option<NonZeroU32>,
+    pub max_descriptors: Option<MaxDescriptors>,
     /// Private-key worker threads.
-    pub key_workers: Option<NonZeroU32>,
+    pub key_workers: Option<KeyWorkers>,
     /// Private-key operations waiting for a worker, server-wide.
-    pub key_queue: Option<NonZeroU32>,
+    pub key_queue: Option<KeyQueue>,
     /// Name-lookup worker threads.
-    pub dns_workers: Option<NonZeroU32>,
+    pub dns_workers: Option<DnsWorkers>,
     /// Most name lookups in flight, server-wide.
-    pub dns_queue: Option<NonZeroU32>,
+    pub dns_queue: Option<DnsQueue>,
     /// Most name lookups in flight per session.
-    pub dns_per_session: Option<NonZeroU32>,
+    pub dns_per_session: Option<DnsPerSession>,
     /// Seconds before a name lookup is answered as timed out.
-    pub dns_timeout: Option<NonZeroU64>,
+    pub dns_timeout: Option<DnsTimeout>,
+    /// Seconds a graceful stop waits for open streams.
+    pub drain_timeout: Option<DrainTimeout>,
 }
 
-/// `[client]`: settings of `hytun client`.
+/// `[client]`: settings of `hytun client` (and `fetch`); each key is the
+/// flag's long name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClientConfig {
@@ -90,14 +120,181 @@ pub struct ClientConfig {
     pub key: Option<PathBuf>,
     /// The server's public key file (pinned).
     pub server_key: Option<PathBuf>,
-    /// Local port forwards (`-L`).
+    /// Local port forwards (`-L` / `--forward`).
     pub forward: Option<Vec<ForwardSpec>>,
-    /// SOCKS5 listeners (`-D`).
+    /// SOCKS5 listeners (`-D` / `--socks`).
     pub socks: Option<Vec<ListenSpec>>,
     /// HTTP proxy listeners.
     pub http_proxy: Option<Vec<ListenSpec>>,
     /// Seconds between keepalives.
-    pub keepalive_secs: Option<NonZeroU64>,
+    #[serde(alias = "keepalive-secs")]
+    pub keepalive: Option<Keepalive>,
+}
+
+/// A number outside its option's range, or not a whole number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeError {
+    /// The option (flag without dashes, and TOML key).
+    pub name: &'static str,
+    /// The smallest value allowed.
+    pub min: u64,
+    /// The largest value allowed.
+    pub max: u64,
+    /// The value as given.
+    pub given: String,
+}
+
+impl fmt::Display for RangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} must be a whole number from {} to {}, not {}",
+            self.name, self.min, self.max, self.given
+        )
+    }
+}
+
+impl std::error::Error for RangeError {}
+
+/// The one range check behind every bounded option, flag or TOML.
+fn check_range(name: &'static str, min: u64, max: u64, value: i128) -> Result<u64, RangeError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| RangeError {
+            name,
+            min,
+            max,
+            given: value.to_string(),
+        })
+}
+
+/// Declares bounded options: a newtype over `u64` with the option's name
+/// and range, parsed from a flag (`FromStr`) or a TOML integer
+/// (`Deserialize`) through [`check_range`].
+macro_rules! bounded {
+    ($($(#[$doc:meta])* $ty:ident = $name:literal, $min:literal ..= $max:literal;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $ty(u64);
+
+        impl $ty {
+            /// The option's name (flag without dashes, TOML key).
+            pub const NAME: &'static str = $name;
+            /// The smallest value allowed.
+            pub const MIN: u64 = $min;
+            /// The largest value allowed.
+            pub const MAX: u64 = $max;
+
+            /// Checks `value` against the range.
+            ///
+            /// # Errors
+            /// [`RangeError`] naming the option and its range.
+            pub fn new(value: u64) -> Result<Self, RangeError> {
+                check_range($name, $min, $max, i128::from(value)).map(Self)
+            }
+
+            /// The value.
+            #[must_use]
+            pub fn get(self) -> u64 {
+                self.0
+            }
+
+            /// The value as a `usize` (every range fits in 32 bits).
+            #[must_use]
+            pub fn as_usize(self) -> usize {
+                usize::try_from(self.0).unwrap_or(usize::MAX)
+            }
+
+            /// The value as a `u32` (every range fits).
+            #[must_use]
+            pub fn as_u32(self) -> u32 {
+                u32::try_from(self.0).unwrap_or(u32::MAX)
+            }
+
+            /// The value as seconds.
+            #[must_use]
+            pub fn secs(self) -> Duration {
+                Duration::from_secs(self.0)
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = RangeError;
+            fn from_str(s: &str) -> Result<Self, RangeError> {
+                let value = s.trim().parse::<i128>().map_err(|_| RangeError {
+                    name: $name,
+                    min: $min,
+                    max: $max,
+                    given: format!("'{s}'"),
+                })?;
+                check_range($name, $min, $max, value).map(Self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = i64::deserialize(d)?;
+                check_range($name, $min, $max, i128::from(value))
+                    .map(Self)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    )*};
+}
+
+bounded! {
+    /// `threads`: event-loop threads of the server.
+    Threads = "threads", 1..=256;
+    /// `max-sessions`: established sessions, server-wide.
+    MaxSessions = "max-sessions", 1..=1_000_000;
+    /// `max-streams`: concurrent streams per session (the host's stream
+    /// table holds 1024).
+    MaxStreams = "max-streams", 1..=1024;
+    /// `handshake-timeout`: seconds for the whole handshake.
+    HandshakeTimeout = "handshake-timeout", 1..=600;
+    /// `idle-timeout`: seconds without traffic before a session is dead
+    /// (keepalives go every third of it, so at least 3).
+    IdleTimeout = "idle-timeout", 3..=86_400;
+    /// `handshake-rate`: handshakes per second per source address.
+    HandshakeRate = "handshake-rate", 1..=10_000_000;
+    /// `max-pending`: connections still in the handshake.
+    MaxPending = "max-pending", 1..=1_000_000;
+    /// `max-pending-per-source`: pending handshakes per source per loop.
+    MaxPendingPerSource = "max-pending-per-source", 1..=1_000_000;
+    /// `hello-timeout`: seconds from accept to a complete ClientHello.
+    HelloTimeout = "hello-timeout", 1..=600;
+    /// `key-ops-rate`: private-key operations per second, server-wide.
+    KeyOpsRate = "key-ops-rate", 1..=10_000_000;
+    /// `memory-budget`: MiB of receive credit and session state.
+    MemoryBudget = "memory-budget", 1..=1_048_576;
+    /// `session-memory`: MiB one session may hold.
+    SessionMemory = "session-memory", 1..=1_048_576;
+    /// `max-descriptors`: descriptors the server may use.
+    MaxDescriptors = "max-descriptors", 1..=16_777_216;
+    /// `key-workers`: private-key worker threads.
+    KeyWorkers = "key-workers", 1..=256;
+    /// `key-queue`: private-key operations waiting for a worker.
+    KeyQueue = "key-queue", 1..=1_000_000;
+    /// `dns-workers`: name-lookup threads.
+    DnsWorkers = "dns-workers", 1..=256;
+    /// `dns-queue`: name lookups in flight, server-wide.
+    DnsQueue = "dns-queue", 1..=1_000_000;
+    /// `dns-per-session`: name lookups in flight per session.
+    DnsPerSession = "dns-per-session", 1..=65_536;
+    /// `dns-timeout`: seconds before a lookup is answered as timed out.
+    DnsTimeout = "dns-timeout", 1..=600;
+    /// `drain-timeout`: seconds a graceful stop waits for open streams
+    /// (0: close them at once).
+    DrainTimeout = "drain-timeout", 0..=3600;
+    /// `keepalive`: seconds between client keepalive pings.
+    Keepalive = "keepalive", 1..=3600;
 }
 
 impl Config {
@@ -132,6 +329,17 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for &(section, old, new) in DEPRECATED_KEYS {
+                let used = table
+                    .get(section)
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|t| t.contains_key(old));
+                if used {
+                    config.deprecated.push((old, new));
+                }
+            }
+        }
         let base = path.parent().unwrap_or(Path::new(""));
         if let Some(server) = &mut config.server {
             if let Some(patterns) = &server.allow {
@@ -213,8 +421,8 @@ fn parse_listen_port(s: &str) -> Option<u16> {
 }
 
 /// `[BIND:]PORT` — a local listening address; BIND defaults to 127.0.0.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+/// In TOML it is a string, or an integer for a bare port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenSpec {
     /// The socket address to bind.
     pub addr: SocketAddr,
@@ -232,8 +440,14 @@ impl ListenSpec {
             spec: spec.to_string(),
             reason,
         };
+        if spec.parse::<Ipv6Addr>().is_ok() {
+            return Err(err(SpecProblem::MissingPort));
+        }
         let parts = split_colons(spec).ok_or(err(SpecProblem::Brackets))?;
         let (bind, port) = match parts.as_slice() {
+            [one] if parse_listen_port(one).is_none() && parse_bind(one).is_some() => {
+                return Err(err(SpecProblem::MissingPort));
+            }
             [port] => (IpAddr::V4(Ipv4Addr::LOCALHOST), *port),
             [bind, port] => (parse_bind(bind).ok_or(err(SpecProblem::Bind))?, *port),
             _ => return Err(err(SpecProblem::Shape)),
@@ -242,6 +456,28 @@ impl ListenSpec {
         Ok(Self {
             addr: SocketAddr::new(bind, port),
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ListenSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a \"[BIND:]PORT\" string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ListenSpec, E> {
+                ListenSpec::parse(s).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ListenSpec, E> {
+                ListenSpec::parse(&n.to_string()).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ListenSpec, E> {
+                ListenSpec::parse(&n.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -286,7 +522,8 @@ impl ForwardSpec {
     }
 }
 
-/// `HOST:PORT` — a remote endpoint such as the tunnel server.
+/// `HOST[:PORT]` — a remote endpoint such as the tunnel server; the port
+/// defaults to [`DEFAULT_SERVER_PORT`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Endpoint {
@@ -297,7 +534,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `HOST:PORT` (IPv6 bracketed).
+    /// Parses `HOST:PORT` or `HOST` (port [`DEFAULT_SERVER_PORT`]); an IPv6
+    /// address is always bracketed (`[::1]`, `[::1]:7000`).
     ///
     /// # Errors
     /// [`ConfigError::Spec`] saying which part is wrong.
@@ -307,13 +545,23 @@ impl Endpoint {
             spec: spec.to_string(),
             reason,
         };
+        if spec.parse::<Ipv6Addr>().is_ok() {
+            // `2001:db8::1:7000` could be an address with or without a
+            // port: brackets say which.
+            return Err(err(SpecProblem::Host));
+        }
         let parts = split_colons(spec).ok_or(err(SpecProblem::Brackets))?;
-        let [host, port] = parts.as_slice() else {
-            return Err(err(SpecProblem::Shape));
+        let (host, port) = match parts.as_slice() {
+            [host] => (*host, None),
+            [host, port] => (*host, Some(*port)),
+            _ => return Err(err(SpecProblem::Shape)),
         };
         Ok(Self {
             host: parse_dest_host(host).ok_or(err(SpecProblem::Host))?,
-            port: parse_port(port).ok_or(err(SpecProblem::Port))?,
+            port: match port {
+                Some(p) => parse_port(p).ok_or(err(SpecProblem::Port))?,
+                None => DEFAULT_SERVER_PORT,
+            },
         })
     }
 }
@@ -365,6 +613,8 @@ pub enum SpecProblem {
     Host,
     /// The port is not in 1..=65535.
     Port,
+    /// An address without the port a listener needs.
+    MissingPort,
 }
 
 /// Errors loading the config file or parsing an address spec.
@@ -436,7 +686,7 @@ impl fmt::Display for ConfigError {
                 let expected = match *kind {
                     "forward" => "[BIND:]PORT:HOST:PORT",
                     "listen" => "[BIND:]PORT",
-                    _ => "HOST:PORT",
+                    _ => "HOST[:PORT]",
                 };
                 let why = match reason {
                     SpecProblem::Shape => format!("expected {expected}"),
@@ -452,6 +702,9 @@ impl fmt::Display for ConfigError {
                         "HOST must be a host name or IP address ([::1] for IPv6)".to_string()
                     }
                     SpecProblem::Port => "the port must be 1-65535".to_string(),
+                    SpecProblem::MissingPort => {
+                        format!("missing port (expected {expected}, e.g. 127.0.0.1:7000)")
+                    }
                 };
                 write!(f, "invalid {kind} spec '{spec}': {why}")
             }
@@ -479,11 +732,13 @@ listen = "127.0.0.1:7000"
 key = "keys/server.key"
 authorized-keys = "/etc/hytun/authorized_keys"
 allow = ["127.0.0.1:*", "*.example.com:443"]
+threads = 2
 max-sessions = 256
-max-streams-per-session = 1024
-handshake-timeout-secs = 10
-idle-timeout-secs = 300
-handshakes-per-source-per-sec = 20
+max-streams = 1024
+handshake-timeout = 10
+idle-timeout = 300
+handshake-rate = 20
+drain-timeout = 0
 
 # client
 [client]
@@ -491,9 +746,9 @@ server = "tunnel.example.com:7000"
 key = "keys/id.key"
 server-key = "keys/server.pub"
 forward = ["8080:127.0.0.1:80", "[::1]:2222:[fd00::5]:22"]
-socks = ["1080"]
+socks = [1080]
 http-proxy = ["0.0.0.0:3128"]
-keepalive-secs = 15
+keepalive = 15
 "#;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
@@ -524,17 +779,17 @@ keepalive-secs = 15
             Some(PathBuf::from("/etc/hytun/authorized_keys"))
         );
         assert_eq!(server.allow.as_ref().map(Vec::len), Some(2));
-        assert_eq!(server.max_sessions.map(NonZeroU32::get), Some(256));
+        assert_eq!(server.threads.map(Threads::get), Some(2));
+        assert_eq!(server.max_sessions.map(MaxSessions::get), Some(256));
+        assert_eq!(server.max_streams.map(MaxStreams::get), Some(1024));
         assert_eq!(
-            server.max_streams_per_session.map(NonZeroU32::get),
-            Some(1024)
+            server.handshake_timeout.map(HandshakeTimeout::get),
+            Some(10)
         );
-        assert_eq!(server.handshake_timeout_secs.map(NonZeroU64::get), Some(10));
-        assert_eq!(server.idle_timeout_secs.map(NonZeroU64::get), Some(300));
-        assert_eq!(
-            server.handshakes_per_source_per_sec.map(NonZeroU32::get),
-            Some(20)
-        );
+        assert_eq!(server.idle_timeout.map(IdleTimeout::get), Some(300));
+        assert_eq!(server.handshake_rate.map(HandshakeRate::get), Some(20));
+        assert_eq!(server.drain_timeout.map(DrainTimeout::get), Some(0));
+        assert!(config.deprecated.is_empty());
 
         let client = config.client.unwrap_or_default();
         let endpoint = client.server.clone().map(|e| e.to_string());
@@ -552,18 +807,130 @@ keepalive-secs = 15
         assert_eq!(socks[0].addr, sock("127.0.0.1:1080"));
         let http = client.http_proxy.unwrap_or_default();
         assert_eq!(http[0].addr, sock("0.0.0.0:3128"));
-        assert_eq!(client.keepalive_secs.map(NonZeroU64::get), Some(15));
+        assert_eq!(client.keepalive.map(Keepalive::get), Some(15));
+    }
+
+    #[test]
+    fn old_key_names_still_load_and_are_reported() {
+        let text = "[server]\nmax-streams-per-session = 8\nhandshake-timeout-secs = 4\n\
+                    idle-timeout-secs = 30\nhandshakes-per-source-per-sec = 3\n\
+                    [client]\nkeepalive-secs = 5\n";
+        let config = match load(text) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let server = config.server.clone().unwrap_or_default();
+        assert_eq!(server.max_streams.map(MaxStreams::get), Some(8));
+        assert_eq!(server.handshake_timeout.map(HandshakeTimeout::get), Some(4));
+        assert_eq!(server.idle_timeout.map(IdleTimeout::get), Some(30));
+        assert_eq!(server.handshake_rate.map(HandshakeRate::get), Some(3));
+        let keepalive = config.client.clone().and_then(|c| c.keepalive);
+        assert_eq!(keepalive.map(Keepalive::get), Some(5));
+        assert_eq!(
+            config.deprecated,
+            vec![
+                ("max-streams-per-session", "max-streams"),
+                ("handshake-timeout-secs", "handshake-timeout"),
+                ("idle-timeout-secs", "idle-timeout"),
+                ("handshakes-per-source-per-sec", "handshake-rate"),
+                ("keepalive-secs", "keepalive"),
+            ]
+        );
+        // Old and new name together: one value too many.
+        assert!(load("[server]\nmax-streams = 1\nmax-streams-per-session = 2\n").is_err());
+    }
+
+    #[test]
+    fn flags_and_toml_share_one_range_check() {
+        // The same value is refused with the same words either way.
+        for (key, bad) in [
+            ("max-sessions", "0"),
+            ("threads", "0"),
+            ("idle-timeout", "0"),
+            ("idle-timeout", "2"),
+            ("max-streams", "1025"),
+            ("handshake-timeout", "-1"),
+            ("drain-timeout", "3601"),
+        ] {
+            let toml_err = match load(&format!("[server]\n{key} = {bad}\n")) {
+                Err(e) => e.to_string(),
+                Ok(c) => panic!("{key} = {bad} accepted: {c:?}"),
+            };
+            let flag_err = match key {
+                "max-sessions" => bad.parse::<MaxSessions>().map(|_| ()),
+                "threads" => bad.parse::<Threads>().map(|_| ()),
+                "idle-timeout" => bad.parse::<IdleTimeout>().map(|_| ()),
+                "max-streams" => bad.parse::<MaxStreams>().map(|_| ()),
+                "handshake-timeout" => bad.parse::<HandshakeTimeout>().map(|_| ()),
+                _ => bad.parse::<DrainTimeout>().map(|_| ()),
+            };
+            let flag_err = match flag_err {
+                Err(e) => e.to_string(),
+                Ok(()) => panic!("--{key} {bad} accepted"),
+            };
+            assert!(
+                flag_err.starts_with(&format!("{key} must be")),
+                "{flag_err}"
+            );
+            assert!(
+                toml_err.starts_with("/etc/hytun/hytun.toml:2:"),
+                "{toml_err}"
+            );
+            assert!(toml_err.ends_with(&flag_err), "{toml_err} vs {flag_err}");
+        }
+        assert_eq!(
+            "0".parse::<MaxSessions>().map_err(|e| e.to_string()),
+            Err("max-sessions must be a whole number from 1 to 1000000, not 0".into())
+        );
+        assert_eq!(
+            "x".parse::<Threads>().map_err(|e| e.to_string()),
+            Err("threads must be a whole number from 1 to 256, not 'x'".into())
+        );
+        assert_eq!("1024".parse::<MaxStreams>().map(MaxStreams::get), Ok(1024));
+        assert_eq!("0".parse::<DrainTimeout>().map(DrainTimeout::get), Ok(0));
+        assert_eq!(
+            IdleTimeout::new(3).map(IdleTimeout::secs),
+            Ok(Duration::from_secs(3))
+        );
+        // A string where a number belongs is a type error, not a panic.
+        assert!(load("[server]\nthreads = \"2\"\n").is_err());
+    }
+
+    #[test]
+    fn ports_may_be_integers() {
+        let c = load(
+            "[server]\nlisten = 7000\n[client]\nsocks = [1080, \"*:1081\"]\nhttp-proxy = [3128]\n",
+        );
+        let c = match c {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let listen = c.server.and_then(|s| s.listen).map(|l| l.addr);
+        assert_eq!(listen, Some(sock("127.0.0.1:7000")));
+        let client = c.client.unwrap_or_default();
+        let socks: Vec<SocketAddr> = client
+            .socks
+            .unwrap_or_default()
+            .iter()
+            .map(|l| l.addr)
+            .collect();
+        assert_eq!(socks, vec![sock("127.0.0.1:1080"), sock("0.0.0.0:1081")]);
+        let err = load("[server]\nlisten = 70000\n").unwrap_err().to_string();
+        assert!(err.contains("the listen port must be 0-65535"), "{err}");
+        let err = load("[server]\nlisten = 1.5\n").unwrap_err().to_string();
+        assert!(
+            err.contains("a port number or a \"[BIND:]PORT\" string"),
+            "{err}"
+        );
     }
 
     #[test]
     fn empty_file_and_partial_tables() {
         assert_eq!(load("").ok(), Some(Config::default()));
-        let c = load("[client]\nkeepalive-secs = 5\n")
-            .ok()
-            .unwrap_or_default();
+        let c = load("[client]\nkeepalive = 5\n").ok().unwrap_or_default();
         assert!(c.server.is_none());
         assert_eq!(
-            c.client.and_then(|c| c.keepalive_secs).map(NonZeroU64::get),
+            c.client.and_then(|c| c.keepalive).map(Keepalive::get),
             Some(5)
         );
     }
@@ -575,13 +942,13 @@ keepalive-secs = 15
         assert!(shown.starts_with("/etc/hytun/hytun.toml:3:1: "), "{shown}");
         assert!(shown.contains("max-session"), "{shown}");
 
-        let err = load("[client]\nserver = \"nope\"\n").unwrap_err();
+        let err = load("[client]\nserver = \"no pe\"\n").unwrap_err();
         match &err {
             ConfigError::Parse { line, column, .. } => assert_eq!((*line, *column), (2, 10)),
             other => panic!("unexpected {other}"),
         }
         assert!(
-            err.to_string().contains("invalid endpoint spec 'nope'"),
+            err.to_string().contains("invalid endpoint spec 'no pe'"),
             "{err}"
         );
 
@@ -595,9 +962,9 @@ keepalive-secs = 15
         );
 
         let err = load("[server]\nmax-sessions = 0\n").unwrap_err();
-        assert!(
-            err.to_string().starts_with("/etc/hytun/hytun.toml:2:"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "/etc/hytun/hytun.toml:2:16: max-sessions must be a whole number from 1 to 1000000, not 0"
         );
 
         let err = load("[server\n").unwrap_err();
@@ -681,6 +1048,15 @@ keepalive-secs = 15
         assert_eq!(addr("::1:1080"), None);
         assert_eq!(addr(""), None);
         assert_eq!(addr("1080:"), None);
+        for missing in ["127.0.0.1", "localhost", "[::1]", "::1", "*"] {
+            let err = ListenSpec::parse(missing).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid listen spec '{missing}': missing port (expected [BIND:]PORT, e.g. 127.0.0.1:7000)"
+                )
+            );
+        }
         assert!(matches!(
             "x:1".parse::<ListenSpec>(),
             Err(ConfigError::Spec {
@@ -697,9 +1073,17 @@ keepalive-secs = 15
             e.map(|e| e.to_string()),
             Some("[2001:db8::1]:7000".to_string())
         );
-        assert!(Endpoint::parse("host").is_err());
+        let shown = |s: &str| Endpoint::parse(s).map(|e| e.to_string()).ok();
+        assert_eq!(shown("host"), Some("host:7000".to_string()));
+        assert_eq!(shown("127.0.0.1"), Some("127.0.0.1:7000".to_string()));
+        assert_eq!(shown("[::1]"), Some("[::1]:7000".to_string()));
+        assert_eq!(shown("host:7001"), Some("host:7001".to_string()));
         assert!(Endpoint::parse("host:0").is_err());
-        assert!(Endpoint::parse("2001:db8::1:7000").is_err());
+        assert!(Endpoint::parse("").is_err());
+        assert!(Endpoint::parse("a:b:c").is_err());
+        // Ambiguous without brackets: refused, with the hint.
+        let err = Endpoint::parse("2001:db8::1:7000").unwrap_err().to_string();
+        assert!(err.contains("[::1] for IPv6"), "{err}");
     }
 
     #[test]

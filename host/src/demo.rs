@@ -17,6 +17,13 @@ use crate::origin::Origin;
 use crate::server::Server;
 use crate::setup::{self, ServerFlags, SetupError, any_loopback};
 
+/// A line for the user on standard error; a closed stderr loses it.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    };
+}
+
 /// What the demo measured.
 #[derive(Debug)]
 pub struct DemoSummary {
@@ -35,7 +42,7 @@ fn ensure_key(dir: &Path, name: &str, bits: usize) -> Result<PathBuf, SetupError
     if !private.exists() {
         let key = hytun_keys::generate(bits).map_err(|e| SetupError(e.to_string()))?;
         hytun_keys::write_keypair(dir, name, &key, false).map_err(|e| SetupError(e.to_string()))?;
-        eprintln!("generated {} ({bits}-bit RSA)", private.display());
+        note!("generated {} ({bits}-bit RSA)", private.display());
     }
     Ok(private)
 }
@@ -49,7 +56,7 @@ pub fn run(key_dir: &Path, out: &mut dyn Write) -> Result<DemoSummary, Box<dyn s
     std::fs::copy(key_dir.join("client.pub"), &authorized)?;
 
     let origin = Origin::start(any_loopback())?;
-    eprintln!("origin web server on http://{}/", origin.addr());
+    note!("origin web server on http://{}/", origin.addr());
 
     let mut server_opts = setup::server_options(ServerFlags {
         listen: Some(crate::config::ListenSpec {
@@ -67,7 +74,7 @@ pub fn run(key_dir: &Path, out: &mut dyn Write) -> Result<DemoSummary, Box<dyn s
     let server_thread = thread::Builder::new()
         .name("hytun-server".into())
         .spawn(move || server.run(false))?;
-    eprintln!(
+    note!(
         "hytun server on {server_addr}, only allowing 127.0.0.1:{}",
         origin.addr().port()
     );
@@ -82,7 +89,7 @@ pub fn run(key_dir: &Path, out: &mut dyn Write) -> Result<DemoSummary, Box<dyn s
         ..setup::ClientFlags::default()
     })?;
     let url = HttpUrl::parse(&format!("http://127.0.0.1:{}/", origin.addr().port()))?;
-    eprintln!(
+    note!(
         "fetching {} through the tunnel ...\n",
         format_args!("http://127.0.0.1:{}/", origin.addr().port())
     );

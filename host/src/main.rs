@@ -8,7 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hytun_host::client::Client;
-use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec};
+use hytun_host::config::{
+    DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
+    HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
+    KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
+    MaxStreams, MemoryBudget, SessionMemory, Threads,
+};
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
@@ -16,7 +21,7 @@ use hytun_host::setup::{self, ClientFlags, ServerFlags};
 /// hytun: an encrypted TCP forwarding tunnel (RSA-OAEP + X25519 handshake,
 /// AES-GCM records, multiplexed streams).
 #[derive(Parser, Debug)]
-#[command(name = "hytun", version, about, long_about = None)]
+#[command(name = "hytun", version)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -29,9 +34,9 @@ struct Cli {
 enum Command {
     /// Generate an RSA key pair (NAME.key, PKCS#8 PEM, mode 0600; NAME.pub, SPKI PEM).
     Keygen {
-        /// Modulus size.
-        #[arg(long, default_value_t = 3072, value_parser = parse_bits)]
-        bits: usize,
+        /// RSA modulus size in bits.
+        #[arg(long, default_value = "3072", value_parser = ["2048", "3072", "4096"])]
+        bits: String,
         /// Output directory.
         #[arg(long, default_value = "keys")]
         out: PathBuf,
@@ -43,7 +48,7 @@ enum Command {
         force: bool,
     },
     /// Run the tunnel server.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run the tunnel client (port forwards, SOCKS5, HTTP proxy).
     Client(ClientArgs),
     /// Fetch one http:// URL through the tunnel; the body goes to stdout.
@@ -66,8 +71,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServerArgs {
-    /// Address to accept tunnel clients on [default: 127.0.0.1:7000].
-    #[arg(long, value_parser = ListenSpec::parse)]
+    /// Address to accept tunnel clients on, [BIND:]PORT [default: 127.0.0.1:7000].
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     listen: Option<ListenSpec>,
     /// The server's private key [default: keys/server.key].
     #[arg(long)]
@@ -75,75 +80,78 @@ struct ServerArgs {
     /// File of authorized client public keys (PEM, concatenated) [default: keys/authorized_keys].
     #[arg(long)]
     authorized_keys: Option<PathBuf>,
-    /// Destination allowed for streams: host:port, host:*, *.example.com:443, 10.0.0.0/8:*, or '*' for all. Repeatable.
+    /// Destination allowed for streams: host:port, host:*, *.example.com:443, 10.0.0.0/8:*, or '*' for all. Repeatable; replaces the config's list. Without any --allow every stream is refused.
     #[arg(long = "allow", value_name = "PATTERN")]
     allow: Vec<String>,
     /// Most concurrent sessions [default: 256].
-    #[arg(long)]
-    max_sessions: Option<u32>,
-    /// Most concurrent streams per session [default: 1024].
-    #[arg(long)]
-    max_streams: Option<u32>,
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<MaxSessions>,
+    /// Most concurrent streams per session, 1-1024 [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_streams: Option<MaxStreams>,
     /// Seconds a client has to finish the handshake [default: 10].
-    #[arg(long)]
-    handshake_timeout: Option<u64>,
-    /// Seconds without any traffic before a session is declared dead [default: 45].
-    #[arg(long)]
-    idle_timeout: Option<u64>,
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<HandshakeTimeout>,
+    /// Seconds without any traffic before a session is declared dead, at least 3 [default: 45].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<IdleTimeout>,
     /// Handshakes per second allowed per source address (burst 2x) [default: 20].
-    #[arg(long)]
-    handshake_rate: Option<u32>,
+    #[arg(long, value_name = "N")]
+    handshake_rate: Option<HandshakeRate>,
     /// Most connections still in the handshake; when full, the oldest stalled one is dropped for a newcomer [default: 128].
-    #[arg(long)]
-    max_pending: Option<u32>,
+    #[arg(long, value_name = "N")]
+    max_pending: Option<MaxPending>,
     /// Most pending handshakes from one source address (IPv6: /64) per event loop [default: 8].
-    #[arg(long)]
-    max_pending_per_source: Option<u32>,
+    #[arg(long, value_name = "N")]
+    max_pending_per_source: Option<MaxPendingPerSource>,
     /// Seconds from accept to a complete ClientHello [default: 5].
-    #[arg(long)]
-    hello_timeout: Option<u64>,
+    #[arg(long, value_name = "SECS")]
+    hello_timeout: Option<HelloTimeout>,
     /// Private-key operations (handshakes) per second, server-wide [default: 500].
-    #[arg(long)]
-    key_ops_rate: Option<u32>,
+    #[arg(long, value_name = "N")]
+    key_ops_rate: Option<KeyOpsRate>,
     /// MiB of stream receive credit and session state the server may hold [default: 256].
-    #[arg(long)]
-    memory_budget: Option<u32>,
+    #[arg(long, value_name = "MIB")]
+    memory_budget: Option<MemoryBudget>,
     /// MiB one session may hold [default: 64].
-    #[arg(long)]
-    session_memory: Option<u32>,
+    #[arg(long, value_name = "MIB")]
+    session_memory: Option<SessionMemory>,
     /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
-    #[arg(long)]
-    max_descriptors: Option<u32>,
+    #[arg(long, value_name = "N")]
+    max_descriptors: Option<MaxDescriptors>,
     /// Threads for private-key operations (handshakes), off the event loops [default: one per CPU, at most 8].
-    #[arg(long)]
-    key_workers: Option<u32>,
+    #[arg(long, value_name = "N")]
+    key_workers: Option<KeyWorkers>,
     /// Private-key operations waiting for a worker; past that a handshake gets Busy [default: 64].
-    #[arg(long)]
-    key_queue: Option<u32>,
+    #[arg(long, value_name = "N")]
+    key_queue: Option<KeyQueue>,
     /// Name-lookup worker threads, shared by all event loops [default: 4].
-    #[arg(long)]
-    dns_workers: Option<u32>,
+    #[arg(long, value_name = "N")]
+    dns_workers: Option<DnsWorkers>,
     /// Most name lookups in flight, server-wide; more OPENs are refused (resource) [default: 256].
-    #[arg(long)]
-    dns_queue: Option<u32>,
+    #[arg(long, value_name = "N")]
+    dns_queue: Option<DnsQueue>,
     /// Most name lookups in flight per session [default: 8].
-    #[arg(long)]
-    dns_per_session: Option<u32>,
+    #[arg(long, value_name = "N")]
+    dns_per_session: Option<DnsPerSession>,
     /// Seconds before a name lookup is answered as timed out [default: 5].
-    #[arg(long)]
-    dns_timeout: Option<u64>,
+    #[arg(long, value_name = "SECS")]
+    dns_timeout: Option<DnsTimeout>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
-    #[arg(long)]
-    threads: Option<usize>,
-    /// TOML config file ([server] table); flags win.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
+    threads: Option<Threads>,
+    /// Seconds a graceful stop (SIGINT/SIGTERM) waits for open streams; a second signal stops at once [default: 5].
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<DrainTimeout>,
+    /// TOML config file ([server] table, keys named like these flags); flags win.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct ClientConnArgs {
-    /// The server, HOST:PORT [default: 127.0.0.1:7000].
-    #[arg(long, value_parser = Endpoint::parse)]
+    /// The server, HOST[:PORT] (port 7000 if omitted) [default: 127.0.0.1:7000].
+    #[arg(long, value_parser = Endpoint::parse, value_name = "HOST[:PORT]")]
     server: Option<Endpoint>,
     /// The client's private key [default: keys/id.key].
     #[arg(long)]
@@ -151,8 +159,8 @@ struct ClientConnArgs {
     /// The server's public key to pin [default: keys/server.pub].
     #[arg(long)]
     server_key: Option<PathBuf>,
-    /// TOML config file ([client] table); flags win.
-    #[arg(long)]
+    /// TOML config file ([client] table, keys named like these flags); flags win.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
@@ -160,25 +168,18 @@ struct ClientConnArgs {
 struct ClientArgs {
     #[command(flatten)]
     conn: ClientConnArgs,
-    /// Local port forward [BIND:]PORT:HOST:PORT. Repeatable.
-    #[arg(short = 'L', value_parser = ForwardSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
+    /// Local port forward [BIND:]PORT:HOST:PORT. Repeatable; replaces the config's list.
+    #[arg(short = 'L', long, value_parser = ForwardSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
     forward: Vec<ForwardSpec>,
-    /// SOCKS5 proxy on [BIND:]PORT (names resolved by the server). Repeatable.
-    #[arg(short = 'D', value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    /// SOCKS5 proxy on [BIND:]PORT (names resolved by the server; no authentication). Repeatable; replaces the config's list.
+    #[arg(short = 'D', long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     socks: Vec<ListenSpec>,
-    /// HTTP proxy (CONNECT and http:// requests) on [BIND:]PORT. Repeatable.
+    /// HTTP proxy (CONNECT and http:// requests; no authentication) on [BIND:]PORT. Repeatable; replaces the config's list.
     #[arg(long = "http-proxy", value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     http_proxy: Vec<ListenSpec>,
     /// Seconds between keepalive pings [default: 15].
-    #[arg(long)]
-    keepalive: Option<u64>,
-}
-
-fn parse_bits(s: &str) -> Result<usize, String> {
-    match s {
-        "2048" | "3072" | "4096" => s.parse().map_err(|_| "bad number".to_string()),
-        _ => Err("must be 2048, 3072 or 4096".into()),
-    }
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<Keepalive>,
 }
 
 fn init_logs(verbose: u8) {
@@ -210,20 +211,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             name,
             force,
         } => {
+            let bits: usize = bits.parse()?;
             let key = hytun_keys::generate(bits)?;
             let paths = hytun_keys::write_keypair(&out, &name, &key, force)?;
             let fp = hytun_keys::fingerprint(&key.to_public_key());
-            println!("private key: {}", paths.private.display());
-            println!("public key:  {}", paths.public.display());
-            println!("fingerprint: {fp} ({bits}-bit RSA)");
+            let mut out = io::stdout().lock();
+            writeln!(out, "private key: {}", paths.private.display())
+                .and_then(|()| writeln!(out, "public key:  {}", paths.public.display()))
+                .and_then(|()| writeln!(out, "fingerprint: {fp} ({bits}-bit RSA)"))
+                .and_then(|()| out.flush())
+                .map_err(stdout_error)?;
             Ok(())
         }
         Command::Server(a) => {
-            let opts = setup::server_options(ServerFlags {
+            let (opts, threads) = setup::server_setup(ServerFlags {
                 listen: a.listen,
                 key: a.key,
                 authorized_keys: a.authorized_keys,
                 allow: a.allow,
+                threads: a.threads,
                 max_sessions: a.max_sessions,
                 max_streams: a.max_streams,
                 handshake_timeout: a.handshake_timeout,
@@ -242,16 +248,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_queue: a.dns_queue,
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
+                drain_timeout: a.drain_timeout,
                 config: a.config,
             })?;
-            let threads = a.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .min(8)
-            });
-            if threads == 0 {
-                return Err("--threads must be at least 1".into());
-            }
             // Signals first: one that arrives once the socket listens must
             // stop the server gracefully, not kill it.
             let signals = hytun_host::server::stop_signals()?;
@@ -296,23 +295,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let stdout = io::stdout();
             let mut lock = stdout.lock();
             let summary = hytun_host::demo::run(&keys, &mut lock)?;
-            let _ = lock.flush();
-            drop(lock);
-            println!();
-            println!("--- hytun demo summary ---");
-            println!("response:        {}", summary.status_line);
-            println!("body:            {} bytes", summary.body_len);
-            println!(
-                "first byte:      {:.1} ms (TCP + RSA/X25519 handshake + request)",
-                summary.first_byte_ms
+            let text = format!(
+                "\n--- hytun demo summary ---\n\
+                 response:        {}\n\
+                 body:            {} bytes\n\
+                 first byte:      {:.1} ms (TCP + RSA/X25519 handshake + request)\n\
+                 total:           {:.1} ms\n\
+                 tunnel:          client -> hytun server over AES-128-GCM records on 127.0.0.1\n",
+                summary.status_line, summary.body_len, summary.first_byte_ms, summary.total_ms
             );
-            println!("total:           {:.1} ms", summary.total_ms);
-            println!(
-                "tunnel:          client -> hytun server over AES-128-GCM records on 127.0.0.1"
-            );
+            lock.write_all(text.as_bytes())
+                .and_then(|()| lock.flush())
+                .map_err(stdout_error)?;
             Ok(())
         }
     }
+}
+
+/// A failed write to standard output, as a user-facing error.
+fn stdout_error(e: io::Error) -> Box<dyn std::error::Error> {
+    format!("cannot write to standard output: {e}").into()
 }
 
 fn main() -> ExitCode {
@@ -321,7 +323,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hytun: error: {e}");
+            // Standard error may be closed too: nothing more to do then.
+            let _ = writeln!(io::stderr(), "hytun: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -4,10 +4,9 @@
 //! socket is opened.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroU64};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hytun_core::{
     ClientConfig as CoreClientConfig, PrivateIdentity, PublicIdentity,
@@ -16,7 +15,12 @@ use hytun_core::{
 
 use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
-use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
+use crate::config::{
+    self, DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
+    HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
+    KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
+    MaxStreams, MemoryBudget, SessionMemory, Threads,
+};
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
 use crate::server::{Limits, ServerOptions};
@@ -44,7 +48,9 @@ fn err(e: impl std::fmt::Display) -> SetupError {
     SetupError(e.to_string())
 }
 
-/// Server flags (all optional: the config or defaults fill the gaps).
+/// Server flags (all optional: the config or defaults fill the gaps). The
+/// numbers are already range-checked by their types (see
+/// [`crate::config`]).
 #[derive(Debug, Default, Clone)]
 pub struct ServerFlags {
     /// `--listen`.
@@ -55,42 +61,46 @@ pub struct ServerFlags {
     pub authorized_keys: Option<PathBuf>,
     /// `--allow` (replaces the config's list when given).
     pub allow: Vec<String>,
+    /// `--threads`.
+    pub threads: Option<Threads>,
     /// `--max-sessions`.
-    pub max_sessions: Option<u32>,
+    pub max_sessions: Option<MaxSessions>,
     /// `--max-streams`.
-    pub max_streams: Option<u32>,
+    pub max_streams: Option<MaxStreams>,
     /// `--handshake-timeout` seconds.
-    pub handshake_timeout: Option<u64>,
+    pub handshake_timeout: Option<HandshakeTimeout>,
     /// `--idle-timeout` seconds.
-    pub idle_timeout: Option<u64>,
+    pub idle_timeout: Option<IdleTimeout>,
     /// `--handshake-rate` per source per second.
-    pub handshake_rate: Option<u32>,
+    pub handshake_rate: Option<HandshakeRate>,
     /// `--max-pending`.
-    pub max_pending: Option<u32>,
+    pub max_pending: Option<MaxPending>,
     /// `--max-pending-per-source`.
-    pub max_pending_per_source: Option<u32>,
+    pub max_pending_per_source: Option<MaxPendingPerSource>,
     /// `--hello-timeout` seconds.
-    pub hello_timeout: Option<u64>,
+    pub hello_timeout: Option<HelloTimeout>,
     /// `--key-ops-rate` per second.
-    pub key_ops_rate: Option<u32>,
+    pub key_ops_rate: Option<KeyOpsRate>,
     /// `--memory-budget` MiB.
-    pub memory_budget: Option<u32>,
+    pub memory_budget: Option<MemoryBudget>,
     /// `--session-memory` MiB.
-    pub session_memory: Option<u32>,
+    pub session_memory: Option<SessionMemory>,
     /// `--max-descriptors`.
-    pub max_descriptors: Option<u32>,
+    pub max_descriptors: Option<MaxDescriptors>,
     /// `--key-workers`.
-    pub key_workers: Option<u32>,
+    pub key_workers: Option<KeyWorkers>,
     /// `--key-queue`.
-    pub key_queue: Option<u32>,
+    pub key_queue: Option<KeyQueue>,
     /// `--dns-workers`.
-    pub dns_workers: Option<u32>,
+    pub dns_workers: Option<DnsWorkers>,
     /// `--dns-queue`.
-    pub dns_queue: Option<u32>,
+    pub dns_queue: Option<DnsQueue>,
     /// `--dns-per-session`.
-    pub dns_per_session: Option<u32>,
+    pub dns_per_session: Option<DnsPerSession>,
     /// `--dns-timeout` seconds.
-    pub dns_timeout: Option<u64>,
+    pub dns_timeout: Option<DnsTimeout>,
+    /// `--drain-timeout` seconds.
+    pub drain_timeout: Option<DrainTimeout>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -104,23 +114,30 @@ pub struct ClientFlags {
     pub key: Option<PathBuf>,
     /// `--server-key`.
     pub server_key: Option<PathBuf>,
-    /// `-L`.
+    /// `-L` / `--forward` (replaces the config's list when given).
     pub forward: Vec<ForwardSpec>,
-    /// `-D`.
+    /// `-D` / `--socks` (replaces the config's list when given).
     pub socks: Vec<ListenSpec>,
-    /// `--http-proxy`.
+    /// `--http-proxy` (replaces the config's list when given).
     pub http_proxy: Vec<ListenSpec>,
     /// `--keepalive` seconds.
-    pub keepalive: Option<u64>,
+    pub keepalive: Option<Keepalive>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
 
 fn load_config(path: Option<&Path>) -> Result<config::Config, SetupError> {
-    match path {
-        Some(p) => config::Config::load(p).map_err(err),
-        None => Ok(config::Config::default()),
+    let Some(path) = path else {
+        return Ok(config::Config::default());
+    };
+    let config = config::Config::load(path).map_err(err)?;
+    for (old, new) in &config.deprecated {
+        log::warn!(
+            "{}: key '{old}' is deprecated, write '{new}' (the flag's name)",
+            path.display()
+        );
     }
+    Ok(config)
 }
 
 /// Loads this side's private key as a core identity.
@@ -142,6 +159,17 @@ pub const SERVER_INITIAL_WINDOW: u32 = 64 * 1024;
 
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
+    server_setup(flags).map(|(opts, _)| opts)
+}
+
+/// The default number of server event loops: one per CPU, at most 8.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Builds the server's options and the number of event-loop threads
+/// (`--threads`, `threads`, or [`default_threads`]).
+pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupError> {
     let cfg = load_config(flags.config.as_deref())?
         .server
         .unwrap_or_default();
@@ -178,111 +206,109 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     }
     let max_streams = flags
         .max_streams
-        .or(cfg.max_streams_per_session.map(NonZeroU32::get))
-        .unwrap_or(MAX_STREAMS_LIMIT);
-    if max_streams == 0 || max_streams > MAX_STREAMS_LIMIT {
-        return Err(SetupError(format!(
-            "--max-streams must be 1..={MAX_STREAMS_LIMIT}"
-        )));
-    }
+        .or(cfg.max_streams)
+        .map_or(MAX_STREAMS_LIMIT, MaxStreams::as_u32);
     let mut session = SessionConfig::HOST;
-    session.max_streams = max_streams as u16;
+    session.max_streams = u16::try_from(max_streams).unwrap_or(u16::MAX);
     // Every OPEN implicitly grants the client this much credit before the
     // upstream is even connected, and the server must be able to hold it:
     // keep it small (the memory budget admits ~1000 streams per 64 MiB
     // session), and let connected streams grow from there.
     session.stream_window = SERVER_INITIAL_WINDOW;
-    if let Some(s) = flags
-        .handshake_timeout
-        .or(cfg.handshake_timeout_secs.map(|v| v.get()))
-    {
-        session.handshake_timeout = Duration::from_secs(s.max(1));
+    if let Some(t) = flags.handshake_timeout.or(cfg.handshake_timeout) {
+        session.handshake_timeout = t.secs();
     }
-    if let Some(s) = flags
-        .idle_timeout
-        .or(cfg.idle_timeout_secs.map(|v| v.get()))
-    {
-        session.idle_timeout = Duration::from_secs(s.max(3));
+    if let Some(t) = flags.idle_timeout.or(cfg.idle_timeout) {
+        session.idle_timeout = t.secs();
         session.keepalive_interval = session.idle_timeout / 3;
     }
     let defaults = Limits::default();
-    let pick = |flag: Option<u32>,
-                cfg: Option<NonZeroU32>,
-                name: &str|
-     -> Result<Option<u32>, SetupError> {
-        match flag.or(cfg.map(NonZeroU32::get)) {
-            Some(0) => Err(SetupError(format!("--{name} must be at least 1"))),
-            v => Ok(v),
-        }
-    };
     let nz = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
     let limits = Limits {
-        max_sessions: pick(flags.max_sessions, cfg.max_sessions, "max-sessions")?
-            .map_or(defaults.max_sessions, |v| v as usize),
-        max_pending: pick(flags.max_pending, cfg.max_pending, "max-pending")?
-            .map_or(defaults.max_pending, |v| v as usize),
-        max_pending_per_source: pick(
-            flags.max_pending_per_source,
-            cfg.max_pending_per_source,
-            "max-pending-per-source",
-        )?
-        .map_or(defaults.max_pending_per_source, |v| v as usize),
-        hello_timeout: match flags
+        max_sessions: flags
+            .max_sessions
+            .or(cfg.max_sessions)
+            .map_or(defaults.max_sessions, MaxSessions::as_usize),
+        max_pending: flags
+            .max_pending
+            .or(cfg.max_pending)
+            .map_or(defaults.max_pending, MaxPending::as_usize),
+        max_pending_per_source: flags
+            .max_pending_per_source
+            .or(cfg.max_pending_per_source)
+            .map_or(
+                defaults.max_pending_per_source,
+                MaxPendingPerSource::as_usize,
+            ),
+        hello_timeout: flags
             .hello_timeout
-            .or(cfg.hello_timeout.map(NonZeroU64::get))
-        {
-            Some(0) => return Err(SetupError("--hello-timeout must be at least 1".into())),
-            Some(s) => Duration::from_secs(s),
-            None => defaults.hello_timeout,
-        },
-        handshakes_per_source_per_sec: pick(
-            flags.handshake_rate,
-            cfg.handshakes_per_source_per_sec,
-            "handshake-rate",
-        )?
-        .map_or(defaults.handshakes_per_source_per_sec, nz),
-        key_ops_per_sec: pick(flags.key_ops_rate, cfg.key_ops_rate, "key-ops-rate")?
-            .map_or(defaults.key_ops_per_sec, nz),
-        memory_budget: pick(flags.memory_budget, cfg.memory_budget, "memory-budget")?
-            .map_or(defaults.memory_budget, |v| (v as usize) << 20),
-        session_memory: pick(flags.session_memory, cfg.session_memory, "session-memory")?
-            .map_or(defaults.session_memory, |v| (v as usize) << 20),
-        max_descriptors: pick(
-            flags.max_descriptors,
-            cfg.max_descriptors,
-            "max-descriptors",
-        )?
-        .map(|v| v as usize),
-        key_workers: pick(flags.key_workers, cfg.key_workers, "key-workers")?
-            .map_or(defaults.key_workers, |v| v as usize),
-        key_queue: pick(flags.key_queue, cfg.key_queue, "key-queue")?
-            .map_or(defaults.key_queue, |v| v as usize),
+            .or(cfg.hello_timeout)
+            .map_or(defaults.hello_timeout, HelloTimeout::secs),
+        handshakes_per_source_per_sec: flags
+            .handshake_rate
+            .or(cfg.handshake_rate)
+            .map_or(defaults.handshakes_per_source_per_sec, |v| nz(v.as_u32())),
+        key_ops_per_sec: flags
+            .key_ops_rate
+            .or(cfg.key_ops_rate)
+            .map_or(defaults.key_ops_per_sec, |v| nz(v.as_u32())),
+        memory_budget: flags
+            .memory_budget
+            .or(cfg.memory_budget)
+            .map_or(defaults.memory_budget, |v| v.as_usize() << 20),
+        session_memory: flags
+            .session_memory
+            .or(cfg.session_memory)
+            .map_or(defaults.session_memory, |v| v.as_usize() << 20),
+        max_descriptors: flags
+            .max_descriptors
+            .or(cfg.max_descriptors)
+            .map(MaxDescriptors::as_usize),
+        key_workers: flags
+            .key_workers
+            .or(cfg.key_workers)
+            .map_or(defaults.key_workers, KeyWorkers::as_usize),
+        key_queue: flags
+            .key_queue
+            .or(cfg.key_queue)
+            .map_or(defaults.key_queue, KeyQueue::as_usize),
         dns: ResolverConfig {
-            workers: pick(flags.dns_workers, cfg.dns_workers, "dns-workers")?
-                .map_or(defaults.dns.workers, |v| v as usize),
-            max_jobs: pick(flags.dns_queue, cfg.dns_queue, "dns-queue")?
-                .map_or(defaults.dns.max_jobs, |v| v as usize),
-            per_session: pick(
-                flags.dns_per_session,
-                cfg.dns_per_session,
-                "dns-per-session",
-            )?
-            .map_or(defaults.dns.per_session, |v| v as usize),
-            timeout: match flags.dns_timeout.or(cfg.dns_timeout.map(NonZeroU64::get)) {
-                Some(0) => return Err(SetupError("--dns-timeout must be at least 1".into())),
-                Some(s) => Duration::from_secs(s),
-                None => defaults.dns.timeout,
-            },
+            workers: flags
+                .dns_workers
+                .or(cfg.dns_workers)
+                .map_or(defaults.dns.workers, DnsWorkers::as_usize),
+            max_jobs: flags
+                .dns_queue
+                .or(cfg.dns_queue)
+                .map_or(defaults.dns.max_jobs, DnsQueue::as_usize),
+            per_session: flags
+                .dns_per_session
+                .or(cfg.dns_per_session)
+                .map_or(defaults.dns.per_session, DnsPerSession::as_usize),
+            timeout: flags
+                .dns_timeout
+                .or(cfg.dns_timeout)
+                .map_or(defaults.dns.timeout, DnsTimeout::secs),
             ..defaults.dns
         },
+        drain: flags
+            .drain_timeout
+            .or(cfg.drain_timeout)
+            .map_or(defaults.drain, DrainTimeout::secs),
     };
+    let threads = flags
+        .threads
+        .or(cfg.threads)
+        .map_or_else(default_threads, Threads::as_usize);
     log::info!("server key {} ({})", identity.public().id(), key.display());
-    Ok(ServerOptions {
+    log::info!("allowed destinations: {allow}");
+    let opts = ServerOptions {
         listen,
         core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
         allow,
         limits,
-    })
+    };
+    Ok((opts, threads))
 }
 
 /// Builds the client's options.
@@ -302,13 +328,6 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         .server_key
         .or(cfg.server_key)
         .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("server.pub"));
-    let identity = load_identity(&key)?;
-    let pinned = load_public(&server_key)?;
-    let mut session = SessionConfig::HOST;
-    if let Some(s) = flags.keepalive.or(cfg.keepalive_secs.map(|v| v.get())) {
-        session.keepalive_interval = Duration::from_secs(s.max(1));
-        session.idle_timeout = session.keepalive_interval * 3;
-    }
     let mut listeners = Vec::new();
     let forward = if flags.forward.is_empty() {
         cfg.forward.unwrap_or_default()
@@ -330,6 +349,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         flags.socks
     };
     for s in socks {
+        warn_if_open("SOCKS5 proxy", s.addr);
         listeners.push((s.addr, ListenerKind::Socks));
     }
     let http = if flags.http_proxy.is_empty() {
@@ -338,7 +358,15 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         flags.http_proxy
     };
     for h in http {
+        warn_if_open("HTTP proxy", h.addr);
         listeners.push((h.addr, ListenerKind::HttpProxy));
+    }
+    let identity = load_identity(&key)?;
+    let pinned = load_public(&server_key)?;
+    let mut session = SessionConfig::HOST;
+    if let Some(k) = flags.keepalive.or(cfg.keepalive) {
+        session.keepalive_interval = k.secs();
+        session.idle_timeout = session.keepalive_interval * 3;
     }
     log::info!(
         "client key {}, pinned server key {}",
@@ -354,7 +382,90 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
     })
 }
 
+/// Warns that a proxy listener reachable from other machines lets anyone
+/// who can reach it use the tunnel: the proxies have no authentication.
+fn warn_if_open(what: &str, addr: SocketAddr) {
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "{what} on {addr} is not on loopback and has no authentication: \
+             anyone who can reach it can use the tunnel"
+        );
+    }
+}
+
 /// A loopback address with an OS-chosen port.
 pub fn any_loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A fresh directory with `server.key` and an `authorized_keys` file.
+    fn key_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hytun-setup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = hytun_keys::generate(2048).expect("keygen");
+        hytun_keys::write_keypair(&dir, "server", &key, false).expect("write keys");
+        std::fs::copy(dir.join("server.pub"), dir.join("authorized_keys")).expect("copy");
+        dir
+    }
+
+    #[test]
+    fn flags_win_over_the_config_and_the_config_over_defaults() {
+        let dir = key_dir("merge");
+        let config = dir.join("hytun.toml");
+        std::fs::write(
+            &config,
+            "[server]\nkey = \"server.key\"\nauthorized-keys = \"authorized_keys\"\n\
+             threads = 3\ndrain-timeout = 0\nidle-timeout = 30\nmax-streams = 8\n\
+             allow = [\"127.0.0.1:*\"]\nlisten = 0\n",
+        )
+        .expect("write config");
+        let flags = ServerFlags {
+            config: Some(config),
+            max_streams: Some(MaxStreams::new(16).expect("in range")),
+            allow: vec!["127.0.0.1:80".into()],
+            ..ServerFlags::default()
+        };
+        let (opts, threads) = match server_setup(flags) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(threads, 3);
+        assert_eq!(opts.limits.drain, Duration::ZERO);
+        assert_eq!(opts.core.session.idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            opts.core.session.keepalive_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(opts.core.session.max_streams, 16, "the flag wins");
+        // A list flag replaces the config's list.
+        assert_eq!(opts.allow.to_string(), "127.0.0.1:80");
+        assert_eq!(opts.listen, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn defaults_fill_what_neither_gives() {
+        let dir = key_dir("defaults");
+        let flags = ServerFlags {
+            key: Some(dir.join("server.key")),
+            authorized_keys: Some(dir.join("authorized_keys")),
+            ..ServerFlags::default()
+        };
+        let (opts, threads) = match server_setup(flags) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(threads, default_threads());
+        assert_eq!(opts.limits.drain, crate::server::SHUTDOWN_GRACE);
+        assert_eq!(opts.core.session.max_streams, 1024);
+        assert!(opts.allow.is_empty());
+        assert_eq!(opts.listen.to_string(), DEFAULT_LISTEN);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -405,7 +405,7 @@ pub mod harness {
 
     impl log::Log for Capture {
         fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-            m.level() <= log::Level::Info
+            m.level() <= log::Level::Debug
         }
         fn log(&self, r: &log::Record<'_>) {
             if self.enabled(r.metadata())
@@ -417,12 +417,13 @@ pub mod harness {
         fn flush(&self) {}
     }
 
-    /// Captures this process's log records (info and above) for
+    /// Captures this process's log records (debug and above: per-stream
+    /// lines are debug) for
     /// [`log_lines_with`]. Idempotent.
     pub fn capture_logs() {
         static CAPTURE: Capture = Capture;
         if log::set_logger(&CAPTURE).is_ok() {
-            log::set_max_level(log::LevelFilter::Info);
+            log::set_max_level(log::LevelFilter::Debug);
         }
     }
 

@@ -379,14 +379,16 @@ impl Client {
         {
             Ok(a) => a.collect(),
             Err(e) => {
-                warn!("cannot resolve server {}: {e}", self.opts.server);
-                self.schedule_retry();
+                let why = format!("cannot resolve server {}: {e}", self.opts.server);
+                warn!("{why}");
+                self.schedule_retry(why);
                 return;
             }
         };
         let Some(addr) = addrs.first().copied() else {
-            warn!("server {} resolved to no address", self.opts.server);
-            self.schedule_retry();
+            let why = format!("server {} resolved to no address", self.opts.server);
+            warn!("{why}");
+            self.schedule_retry(why);
             return;
         };
         match TcpStream::connect(addr) {
@@ -396,8 +398,9 @@ impl Client {
                     TUNNEL,
                     Interest::READABLE | Interest::WRITABLE,
                 ) {
-                    warn!("cannot register tunnel socket: {e}");
-                    self.schedule_retry();
+                    let why = format!("cannot register tunnel socket: {e}");
+                    warn!("{why}");
+                    self.schedule_retry(why);
                     return;
                 }
                 debug!("connecting to server {addr}");
@@ -408,18 +411,26 @@ impl Client {
                 };
             }
             Err(e) => {
-                warn!("cannot connect to server {addr}: {e}");
-                self.schedule_retry();
+                let why = format!("cannot connect to server {addr}: {e}");
+                warn!("{why}");
+                self.schedule_retry(why);
             }
         }
     }
 
-    fn schedule_retry(&mut self) {
+    /// Plans the next connection attempt after a failure (`why`, already
+    /// logged); with `fail_fast_on_first_attempt` and no session yet, the
+    /// failure is final instead.
+    fn schedule_retry(&mut self, why: String) {
         if self.opts.fail_fast_on_first_attempt && !self.established_once && self.fatal.is_none() {
             self.fatal = Some(ClientError::Unreachable(format!(
-                "cannot establish a tunnel to {} (see the log above)",
+                "cannot establish a tunnel to {}: {why}",
                 self.opts.server
             )));
+        }
+        if self.fatal.is_some() {
+            // The client is about to exit: no retry to announce.
+            return;
         }
         let delay = self.backoff.next_delay(random_u64());
         info!(
@@ -444,7 +455,8 @@ impl Client {
             };
             let addr = *addr;
             if let Some(e) = failure {
-                warn!("server {addr} unreachable: {e}");
+                let why = format!("server {addr} unreachable: {e}");
+                warn!("{why}");
                 if let Tunnel::Connecting { mut sock, .. } = std::mem::replace(
                     &mut self.tunnel,
                     Tunnel::Down {
@@ -453,7 +465,7 @@ impl Client {
                 ) {
                     let _ = self.poll.registry().deregister(&mut sock);
                 }
-                self.schedule_retry();
+                self.schedule_retry(why);
                 return;
             }
             let _ = sock.set_nodelay(true);
@@ -549,9 +561,9 @@ impl Client {
                 Event::Connected => {
                     let suite = conn.suite();
                     info!(
-                        "tunnel up to {addr} (server key {}, {:?}, handshake {} ms)",
+                        "tunnel up to {addr} (server key {}, {}, handshake {} ms)",
                         conn.peer_key().map(|k| k.to_string()).unwrap_or_default(),
-                        suite,
+                        suite_name(suite),
                         started.elapsed().as_millis()
                     );
                     self.backoff.reset();
@@ -653,21 +665,19 @@ impl Client {
             }
             _ => String::new(),
         };
-        if auth {
-            error!(
-                "tunnel handshake with {} failed: {error}{hint}",
-                self.opts.server
-            );
+        let fatal = auth && self.opts.fail_fast_on_auth && !self.established_once;
+        if fatal {
+            // The final error says it all; no log line, no "reconnecting".
+            self.fatal = Some(ClientError::Authentication(format!(
+                "{}{hint}",
+                describe_failure(&self.opts.server, &error)
+            )));
+        } else if auth {
+            error!("{}{hint}", describe_failure(&self.opts.server, &error));
         } else if matches!(error, ConnectionError::LocallyClosed(_)) {
             info!("session to {} closed: {error}", self.opts.server);
         } else {
             warn!("tunnel to {} lost: {error}", self.opts.server);
-        }
-        if auth && self.opts.fail_fast_on_auth && !self.established_once {
-            self.fatal = Some(ClientError::Authentication(format!(
-                "handshake with {} failed: {error}{hint}",
-                self.opts.server
-            )));
         }
         // Flush a final CLOSE if there is one, then drop the socket.
         if let Tunnel::Up {
@@ -691,7 +701,7 @@ impl Client {
         for t in broken {
             self.fail_local(t, reason.clone());
         }
-        self.schedule_retry();
+        self.schedule_retry(describe_failure(&self.opts.server, &error));
     }
 
     fn accept_all(&mut self, lt: Token) {
@@ -789,7 +799,7 @@ impl Client {
         };
         match conn.open_stream(destination(host, *port)) {
             Ok(id) => {
-                info!("{}: stream {id} to {}", l.peer, host.with_port(*port));
+                debug!("{}: stream {id} to {}", l.peer, host.with_port(*port));
                 let early = std::mem::take(early);
                 let mut off = 0;
                 while off < early.len() {
@@ -800,6 +810,9 @@ impl Client {
                 }
                 // Early bytes beyond the initial credit are rare (a client
                 // pipelining a big body before the reply); keep them.
+                // What went is part of what the application sent (for a
+                // plain http:// request: the rewritten request head).
+                l.pipe.bytes_from_sock += off as u64;
                 if off < early.len() {
                     let excess = early.len() - off;
                     l.phase = Phase::Opening(id);
@@ -965,7 +978,7 @@ impl Client {
         };
         let (sent, received) = (l.pipe.bytes_from_sock, l.pipe.bytes_to_sock);
         match (end, id) {
-            (End::Clean, Some(id)) => info!(
+            (End::Clean, Some(id)) => debug!(
                 "{}: stream {id} closed ({sent} bytes sent, {received} received)",
                 l.peer
             ),
@@ -976,14 +989,14 @@ impl Client {
                     let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
                 }
                 l.pipe.abort();
-                warn!(
+                debug!(
                     "{}: stream {id} aborted ({reason}; {sent} bytes sent, {received} received)",
                     l.peer
                 );
             }
             (End::Abort(reason), None) => {
                 l.pipe.abort();
-                info!("{}: local connection aborted ({reason})", l.peer);
+                debug!("{}: local connection aborted ({reason})", l.peer);
             }
         }
         // Dropping `l` closes the socket (with RST after `abort`).
@@ -1009,7 +1022,7 @@ impl Client {
             Some(reply) => {
                 if let Phase::Opening(id) = l.phase {
                     self.streams.remove(&id);
-                    info!("{}: stream {id} failed before the reply: {reason}", l.peer);
+                    debug!("{}: stream {id} failed before the reply: {reason}", l.peer);
                 }
                 l.pipe.queue_local(&reply);
                 l.pipe.tunnel_fin = true;
@@ -1038,7 +1051,7 @@ impl Client {
             Some(reply) => {
                 if let Phase::Opening(id) | Phase::Streaming(id) = l.phase {
                     self.streams.remove(&id);
-                    info!("{}: stream {id} refused by server: {code}", l.peer);
+                    debug!("{}: stream {id} refused by server: {code}", l.peer);
                 }
                 l.pipe.queue_local(&reply);
                 l.pipe.tunnel_fin = true;
@@ -1061,13 +1074,14 @@ impl Client {
             }
             Tunnel::Connecting { deadline, addr, .. } => {
                 if std_now >= *deadline {
-                    warn!("server {addr}: connect timed out");
+                    let why = format!("server {addr}: connect timed out");
+                    warn!("{why}");
                     if let Tunnel::Connecting { mut sock, .. } =
                         std::mem::replace(&mut self.tunnel, Tunnel::Down { retry_at: std_now })
                     {
                         let _ = self.poll.registry().deregister(&mut sock);
                     }
-                    self.schedule_retry();
+                    self.schedule_retry(why);
                 }
             }
             Tunnel::Up { conn, .. } => {
@@ -1275,6 +1289,24 @@ impl Client {
             let _ = sock.write(&pending);
         }
         info!("client stopped");
+    }
+}
+
+/// "handshake with SERVER failed: WHY", without the core's own
+/// "handshake failed:" prefix doubled into it.
+pub fn describe_failure(server: &crate::config::Endpoint, error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::Handshake(e) => format!("handshake with {server} failed: {e}"),
+        e => format!("session with {server} failed: {e}"),
+    }
+}
+
+/// A cipher suite's name for the log.
+fn suite_name(suite: Option<hytun_core::Suite>) -> &'static str {
+    match suite {
+        Some(hytun_core::Suite::Aes128Gcm) => "AES-128-GCM",
+        Some(hytun_core::Suite::Aes256Gcm) => "AES-256-GCM",
+        None => "no suite",
     }
 }
 

@@ -243,18 +243,23 @@ impl Progress {
         self.last = Instant::now();
         let mib = got as f64 / 1_048_576.0;
         match total {
-            Some(t) if t > 0 => eprint!(
-                "\r  {mib:.1} / {:.1} MiB ({:.0}%)",
-                t as f64 / 1_048_576.0,
-                100.0 * got as f64 / t as f64
-            ),
-            _ => eprint!("\r  {mib:.1} MiB"),
+            // A closed terminal only loses the progress line.
+            Some(t) if t > 0 => {
+                _ = write!(
+                    io::stderr(),
+                    "\r  {mib:.1} / {:.1} MiB ({:.0}%)",
+                    t as f64 / 1_048_576.0,
+                    100.0 * got as f64 / t as f64
+                )
+            }
+            _ => _ = write!(io::stderr(), "\r  {mib:.1} MiB"),
         }
     }
 
     fn done(&self, got: u64) {
         if self.show {
-            eprintln!(
+            let _ = writeln!(
+                io::stderr(),
                 "\r  {:.1} MiB done{}",
                 got as f64 / 1_048_576.0,
                 " ".repeat(20)

@@ -19,7 +19,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::backoff::Backoff;
-use crate::client::ClientOptions;
+use crate::client::{ClientOptions, describe_failure};
 use crate::runtime::{Clock, os_rng, random_u64};
 
 const SOCK: Token = Token(0);
@@ -393,7 +393,8 @@ fn classify(server: &crate::config::Endpoint, pinned: &str, error: ConnectionErr
             _ => String::new(),
         };
         return Attempt::Fatal(SetupError::Authentication(format!(
-            "handshake with {server} failed: {error}{hint}"
+            "{}{hint}",
+            describe_failure(server, &error)
         )));
     }
     match error {
@@ -403,6 +404,6 @@ fn classify(server: &crate::config::Endpoint, pinned: &str, error: ConnectionErr
         ConnectionError::Truncated => Attempt::Retry(format!(
             "server {server} closed the connection before the handshake (busy or rate limiting)"
         )),
-        e => Attempt::Retry(format!("handshake with {server} failed: {e}")),
+        e => Attempt::Retry(describe_failure(server, &e)),
     }
 }

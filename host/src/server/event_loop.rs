@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::StreamId;
@@ -16,9 +16,9 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::Shared;
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
-use super::{SHUTDOWN_GRACE, Shared};
 use crate::keywork::KeyWorkHandle;
 use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
@@ -149,6 +149,8 @@ impl EventLoop {
             self.handle_signals()?;
         }
         let mut signals = self.signals.take();
+        // However this returns (an error, a panic), it counts as stopped.
+        let _live = LoopLive(self.shared.clone());
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.next_timeout();
@@ -167,10 +169,20 @@ impl EventLoop {
                     SIGNALS => {
                         if let Some(s) = signals.as_mut() {
                             for sig in s.pending() {
-                                info!("signal {sig}: shutting down gracefully");
+                                if self.stop.is_stopped() {
+                                    info!("signal {sig} again: closing every session now");
+                                    self.shared.drain_cut.store(true, Ordering::SeqCst);
+                                } else {
+                                    info!(
+                                        "signal {sig}: shutting down gracefully (waiting up to \
+                                         {} s for open streams; repeat to stop now)",
+                                        self.shared.limits.drain.as_secs()
+                                    );
+                                }
+                                self.shared.stop_all_loops();
+                                self.stop.stop();
                             }
                         }
-                        self.stop.stop();
                     }
                     token => self.dispatch(
                         token,
@@ -192,9 +204,17 @@ impl EventLoop {
             }
             if let Some(deadline) = self.shutdown_deadline {
                 let streams: usize = self.sessions.values().map(Session::stream_count).sum();
-                if streams == 0 || StdInstant::now() >= deadline {
+                if streams == 0
+                    || StdInstant::now() >= deadline
+                    || self.shared.drain_cut.load(Ordering::SeqCst)
+                {
                     self.finish_shutdown();
-                    info!("server loop stopped");
+                }
+                // The loop that hears signals stays until the others are
+                // done, so a second signal still cuts their drain short.
+                let others_done = self.shared.loops_live.load(Ordering::SeqCst) <= 1;
+                if self.sessions.is_empty() && (signals.is_none() || others_done) {
+                    debug!("server loop stopped");
                     return Ok(());
                 }
             }
@@ -236,7 +256,10 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+                    warn!(
+                        "accept failed: {e}; pausing accepts for {} ms",
+                        ACCEPT_RETRY.as_millis()
+                    );
                     self.accept_paused_until = Some(StdInstant::now() + ACCEPT_RETRY);
                     return;
                 }
@@ -443,7 +466,7 @@ impl EventLoop {
     }
 
     fn begin_shutdown(&mut self) {
-        self.shutdown_deadline = Some(StdInstant::now() + SHUTDOWN_GRACE);
+        self.shutdown_deadline = Some(StdInstant::now() + self.shared.limits.drain);
         let _ = self.poll.registry().deregister(&mut self.listener);
         for (t, s) in self.sessions.iter_mut() {
             s.go_away();
@@ -459,5 +482,17 @@ impl EventLoop {
             }
             self.close_session(t);
         }
+    }
+}
+
+/// Counts a running loop in [`Shared`]'s `loops_live` down when dropped.
+struct LoopLive(Arc<Shared>);
+
+impl Drop for LoopLive {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .loops_live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }

@@ -19,7 +19,7 @@ pub mod upstream;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ pub use upstream::error_code;
 
 /// How long an upstream connect may take.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a graceful shutdown waits for streams to finish.
+/// How long a graceful shutdown waits for streams to finish, by default.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Every budget a peer can make the server spend, with its default.
@@ -77,6 +77,9 @@ pub struct Limits {
     /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
     /// the deadline (`--dns-timeout`, 5 s).
     pub dns: ResolverConfig,
+    /// How long a graceful stop waits for open streams
+    /// (`--drain-timeout`, 5 s; a second SIGINT/SIGTERM cuts it short).
+    pub drain: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +97,7 @@ impl Default for Limits {
             key_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             key_queue: 64,
             dns: ResolverConfig::default(),
+            drain: SHUTDOWN_GRACE,
         }
     }
 }
@@ -156,6 +160,13 @@ pub struct Shared {
     /// The private-key worker pool every loop submits to.
     pub keywork: KeyWork,
     rate: Mutex<HandshakeRateLimiter>,
+    /// Set by a second stop signal: every loop ends its drain at once.
+    drain_cut: AtomicBool,
+    /// Every loop's stop handle: a signal stops them all.
+    loop_stops: Mutex<Vec<StopHandle>>,
+    /// Loops still running; the loop that handles signals returns last,
+    /// so a second signal is heard during every loop's drain.
+    loops_live: AtomicUsize,
     established: AtomicUsize,
     refusals: Mutex<LogLimiter>,
 }
@@ -209,10 +220,22 @@ impl Shared {
             rate: Mutex::new(HandshakeRateLimiter::new(
                 limits.handshakes_per_source_per_sec,
             )),
+            drain_cut: AtomicBool::new(false),
+            loop_stops: Mutex::new(Vec::new()),
+            loops_live: AtomicUsize::new(0),
             established: AtomicUsize::new(0),
             refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
             limits,
         })
+    }
+
+    /// Asks every loop of this server for a graceful stop.
+    fn stop_all_loops(&self) {
+        if let Ok(stops) = self.loop_stops.lock() {
+            for s in stops.iter() {
+                s.stop();
+            }
+        }
     }
 
     /// Established sessions, server-wide.
@@ -296,6 +319,10 @@ impl Server {
             let l = listener.try_clone().map_err(ServerError::Io)?;
             loops.push(EventLoop::new(shared.clone(), l, threads).map_err(ServerError::Io)?);
         }
+        if let Ok(mut stops) = shared.loop_stops.lock() {
+            *stops = loops.iter().map(EventLoop::stop_handle).collect();
+        }
+        shared.loops_live.store(loops.len(), Ordering::SeqCst);
         Ok(Server { loops, local_addr })
     }
 
@@ -349,6 +376,7 @@ impl Server {
                 Ok(Ok(())) => {}
             }
         }
+        info!("server stopped");
         result
     }
 }

@@ -615,7 +615,7 @@ impl Session {
     }
 
     fn refuse(&mut self, id: StreamId, label: &str, code: StreamErrorCode, why: &str) {
-        info!("{}: stream {id} to {label} refused: {why}", self.peer);
+        debug!("{}: stream {id} to {label} refused: {why}", self.peer);
         if let Some(c) = self.conn() {
             let _ = c.refuse_stream(id, code);
         }
@@ -783,7 +783,7 @@ impl Session {
             }
             End::Refuse(code, why) => {
                 let accepted = up.is_connected();
-                info!("{}: stream {id} to {} refused: {why}", self.peer, up.dest);
+                debug!("{}: stream {id} to {} refused: {why}", self.peer, up.dest);
                 if let Phase::Core(c) = &mut self.phase
                     && c.refuse_stream(id, code).is_err()
                     && accepted
