@@ -55,6 +55,12 @@ if [ "$FUZZ_SECONDS" != 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fi
 
+step "no merge-conflict markers left in the tree"
+if grep -rnE '^(<<<<<<<|>>>>>>>)( |$)' --include='*.rs' --include='*.md' --include='*.toml' \
+     --include='*.sh' --include='*.service' --exclude-dir=target --exclude-dir=.git . ; then
+  echo "conflict markers found (above)"; exit 1
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
