@@ -38,6 +38,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::allow::DestHost;
 use crate::backoff::Backoff;
 use crate::config::Endpoint;
+use crate::keywork::{KeyWork, KeyWorkHandle};
 use crate::pipe::{Pipe, ReadOutcome};
 use crate::proxy::http::{HttpProxyParser, ProxyRequest, ProxyStatus};
 use crate::proxy::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
@@ -196,7 +197,21 @@ pub struct Client {
     scratch: Vec<u8>,
     fatal: Option<ClientError>,
     bound: Vec<SocketAddr>,
+    /// The client's RSA decryption runs here, off the loop, so a
+    /// reconnect never stalls traffic on the local listeners.
+    _key_pool: KeyWork,
+    key_jobs: KeyWorkHandle,
+    /// Tags the latest private-key job; a result with another tag belongs
+    /// to a connection that is gone.
+    key_generation: u64,
+    /// Tunnel input that arrived while the handshake waited for the
+    /// private-key result (at most [`MAX_HELD`]).
+    held: Vec<u8>,
 }
+
+/// Server bytes a client keeps while its private-key operation runs: the
+/// rest of the server's first flight. More ends the connection.
+const MAX_HELD: usize = 64 * 1024;
 
 fn destination(host: &DestHost, port: u16) -> Destination<'_> {
     let host = match host {
@@ -212,7 +227,9 @@ impl Client {
     pub fn bind(opts: ClientOptions) -> Result<Client, ClientError> {
         let poll = Poll::new().map_err(ClientError::Io)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
-        let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
+        let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker.clone());
+        let key_pool = KeyWork::new(1, 2).map_err(ClientError::Io)?;
+        let key_jobs = key_pool.handle(waker);
         let mut listeners = HashMap::new();
         let mut bound = Vec::new();
         let mut next_token = FIRST_DYNAMIC;
@@ -244,6 +261,10 @@ impl Client {
             scratch: vec![0; READ_CHUNK],
             fatal: None,
             bound,
+            _key_pool: key_pool,
+            key_jobs,
+            key_generation: 0,
+            held: Vec::new(),
         })
     }
 
@@ -307,7 +328,7 @@ impl Client {
             for event in events.iter() {
                 let token = event.token();
                 match token {
-                    WAKER => {}
+                    WAKER => self.take_key_results(),
                     SIGNALS => {
                         if let Some(s) = signals.as_mut() {
                             for sig in s.pending() {
@@ -469,11 +490,13 @@ impl Client {
                 return;
             }
             let _ = sock.set_nodelay(true);
-            let conn = Box::new(HostConnection::client(
+            let mut conn = Box::new(HostConnection::client(
                 self.opts.core.clone(),
                 self.clock.now(),
                 &mut os_rng(),
             ));
+            conn.defer_private_key_ops(true);
+            self.held.clear();
             if let Tunnel::Connecting { sock, .. } = std::mem::replace(
                 &mut self.tunnel,
                 Tunnel::Down {
@@ -513,22 +536,9 @@ impl Client {
                     return;
                 }
                 Ok(n) => {
-                    let now = self.clock.now();
-                    let mut off = 0;
-                    let mut rng = os_rng();
-                    loop {
-                        let Tunnel::Up { conn, .. } = &mut self.tunnel else {
-                            return;
-                        };
-                        off += conn.handle_input(&self.scratch[off..n], now, &mut rng);
-                        self.drain_events();
-                        let Tunnel::Up { conn, .. } = &mut self.tunnel else {
-                            return;
-                        };
-                        if off >= n || conn.is_closed() {
-                            break;
-                        }
-                    }
+                    let input = std::mem::take(&mut self.scratch);
+                    self.feed_tunnel(&input[..n]);
+                    self.scratch = input;
                     if n < self.scratch.len() && !read_closed {
                         return;
                     }
@@ -541,6 +551,73 @@ impl Client {
                     self.drain_events();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Feeds tunnel input to the core. When the handshake stops for the
+    /// client's private-key operation, the operation goes to the key
+    /// worker and the rest of the input waits in `held` until the result
+    /// is back ([`Self::take_key_results`]).
+    fn feed_tunnel(&mut self, input: &[u8]) {
+        let now = self.clock.now();
+        let mut rng = os_rng();
+        let mut off = 0;
+        while off < input.len() {
+            let Tunnel::Up { conn, .. } = &mut self.tunnel else {
+                return;
+            };
+            if conn.is_closed() {
+                return;
+            }
+            if conn.awaits_private_key_op() {
+                if self.held.len() + input.len() - off > MAX_HELD {
+                    debug!("server sent too much while the handshake waited");
+                    conn.handle_eof();
+                    self.held = Vec::new();
+                    self.drain_events();
+                    return;
+                }
+                self.held.extend_from_slice(&input[off..]);
+                return;
+            }
+            let used = conn.handle_input(&input[off..], now, &mut rng);
+            off += used;
+            if let Some(op) = conn.take_private_key_op() {
+                self.key_generation += 1;
+                if let Err(rejected) = self.key_jobs.try_submit(self.key_generation, op) {
+                    // Only if the worker is gone: do it here rather than
+                    // not at all.
+                    conn.complete_private_key_op(rejected.op.run(&mut rng));
+                }
+            }
+            let stuck = used == 0 && !conn.awaits_private_key_op();
+            self.drain_events();
+            if stuck {
+                // The core takes input whenever its events are drained;
+                // anything else is a bug, not a reason to spin.
+                return;
+            }
+        }
+    }
+
+    /// The key worker finished: completes the handshake step it held up
+    /// and feeds what arrived meanwhile.
+    fn take_key_results(&mut self) {
+        let mut results = Vec::new();
+        self.key_jobs.drain(|token, r| results.push((token, r)));
+        for (token, result) in results {
+            let Tunnel::Up { conn, .. } = &mut self.tunnel else {
+                continue;
+            };
+            if token != self.key_generation || !conn.awaits_private_key_op() {
+                continue;
+            }
+            conn.complete_private_key_op(result);
+            self.drain_events();
+            let held = std::mem::take(&mut self.held);
+            if !held.is_empty() {
+                self.feed_tunnel(&held);
             }
         }
     }

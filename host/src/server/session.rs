@@ -507,6 +507,7 @@ impl Session {
         // already be using) plus bookkeeping, and one descriptor.
         let need = self.stream_cost(ctx.shared);
         if self.charged + need > ctx.shared.limits.session_memory {
+            ctx.shared.note_spent("session memory budget spent");
             return self.refuse(
                 id,
                 &label,
@@ -522,6 +523,7 @@ impl Session {
         let fds = self.upstreams.values().filter(|u| u.holds_fd()).count();
         if fds >= ctx.shared.fd_share_per_session() {
             self.give_back(ctx.shared, need);
+            ctx.shared.note_spent("session descriptor share spent");
             return self.refuse(
                 id,
                 &label,
