@@ -219,7 +219,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Server(a) => {
-            let opts = setup::server_options(ServerFlags {
+            let flags = ServerFlags {
                 listen: a.listen,
                 key: a.key,
                 authorized_keys: a.authorized_keys,
@@ -243,7 +243,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
                 config: a.config,
-            })?;
+            };
+            let opts = setup::server_options(flags.clone())?;
             let threads = a.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map_or(1, |n| n.get())
@@ -257,6 +258,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let signals = hytun_host::server::stop_signals()?;
             let mut server = Server::bind_group(opts, threads)?;
             server.handle_signals(signals)?;
+            // SIGHUP re-reads the config file and authorized_keys.
+            server.set_reload(setup::server_reloader(flags));
             server.run(true)?;
             Ok(())
         }

@@ -19,7 +19,7 @@ use crate::client::{ClientOptions, ListenerKind};
 use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
-use crate::server::{Limits, ServerOptions};
+use crate::server::{Limits, ReloadFn, ServerOptions};
 
 /// Default server listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -140,8 +140,115 @@ pub fn load_public(path: &Path) -> Result<PublicIdentity, SetupError> {
 /// announced in ServerHello).
 pub const SERVER_INITIAL_WINDOW: u32 = 64 * 1024;
 
+/// Everything the server's options are made of except its private key:
+/// what a reload re-reads.
+struct ServerSettings {
+    listen: SocketAddr,
+    key: PathBuf,
+    allow: AllowList,
+    authorized: Vec<PublicIdentity>,
+    session: SessionConfig,
+    limits: Limits,
+}
+
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
+    let settings = server_settings(flags)?;
+    if settings.allow.is_empty() {
+        log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
+    }
+    let identity = load_identity(&settings.key)?;
+    log::info!(
+        "server key {} ({})",
+        identity.public().id(),
+        settings.key.display()
+    );
+    Ok(ServerOptions {
+        listen: settings.listen,
+        core: Arc::new(CoreServerConfig::new(
+            identity,
+            settings.authorized,
+            settings.session,
+        )),
+        allow: settings.allow,
+        limits: settings.limits,
+    })
+}
+
+/// What SIGHUP runs: [`reload_server_options`] with the flags the server
+/// was started with (flags still win over the re-read config file).
+pub fn server_reloader(flags: ServerFlags) -> ReloadFn {
+    Box::new(move |current| reload_server_options(flags.clone(), current).map_err(|e| e.0))
+}
+
+/// Re-reads the config file, `authorized_keys` and the allowlist for a
+/// reload of a server running with `current`. The authorized keys, the
+/// allowlist, the session parameters of new sessions (`max-streams`,
+/// handshake and idle timeouts) and the limits `max-sessions`,
+/// `session-memory` and `hello-timeout` take effect; the listen address,
+/// the server key and the other limits (sized into pools and threads at
+/// start) keep their running values, and a change to them is logged as
+/// needing a restart.
+pub fn reload_server_options(
+    flags: ServerFlags,
+    current: &ServerOptions,
+) -> Result<ServerOptions, SetupError> {
+    let settings = server_settings(flags)?;
+    let restart = |what: &str, from: &dyn std::fmt::Debug, to: &dyn std::fmt::Debug| {
+        log::warn!("reload: {what} changed from {from:?} to {to:?}: this takes a restart");
+    };
+    if settings.listen != current.listen {
+        restart("listen address", &current.listen, &settings.listen);
+    }
+    let running_id = current.core.identity.public().id();
+    match hytun_keys::load_private_key(&settings.key).map(|k| k.to_public_key()) {
+        Ok(key) if hytun_keys::fingerprint(&key).0 != running_id.0 => log::warn!(
+            "reload: the server key in {} is not the running one ({running_id}): a new server \
+             key takes a restart",
+            settings.key.display()
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("reload: cannot check the server key: {e}"),
+    }
+    let (old, new) = (&current.limits, &settings.limits);
+    let mut limits = settings.limits.clone();
+    macro_rules! fixed {
+        ($($field:ident).+, $name:literal) => {
+            if old.$($field).+ != new.$($field).+ {
+                restart($name, &old.$($field).+, &new.$($field).+);
+                limits.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    fixed!(max_pending, "max-pending");
+    fixed!(max_pending_per_source, "max-pending-per-source");
+    fixed!(handshakes_per_source_per_sec, "handshake-rate");
+    fixed!(key_ops_per_sec, "key-ops-rate");
+    fixed!(memory_budget, "memory-budget");
+    fixed!(max_descriptors, "max-descriptors");
+    fixed!(key_workers, "key-workers");
+    fixed!(key_queue, "key-queue");
+    fixed!(dns.workers, "dns-workers");
+    fixed!(dns.max_jobs, "dns-queue");
+    fixed!(dns.per_session, "dns-per-session");
+    fixed!(dns.timeout, "dns-timeout");
+    let mut core = CoreServerConfig::new(
+        current.core.identity.clone(),
+        settings.authorized,
+        settings.session,
+    );
+    core.suites = current.core.suites.clone();
+    Ok(ServerOptions {
+        listen: current.listen,
+        core: Arc::new(core),
+        allow: settings.allow,
+        limits,
+    })
+}
+
+/// Reads the config file, `authorized_keys` and the allowlist, and merges
+/// them with `flags` (flags win).
+fn server_settings(flags: ServerFlags) -> Result<ServerSettings, SetupError> {
     let cfg = load_config(flags.config.as_deref())?
         .server
         .unwrap_or_default();
@@ -165,10 +272,6 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         flags.allow
     };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
-    if allow.is_empty() {
-        log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
-    }
-    let identity = load_identity(&key)?;
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
     for k in keys {
@@ -276,11 +379,12 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
             ..defaults.dns
         },
     };
-    log::info!("server key {} ({})", identity.public().id(), key.display());
-    Ok(ServerOptions {
+    Ok(ServerSettings {
         listen,
-        core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
+        key,
         allow,
+        authorized: authorized_ids,
+        session,
         limits,
     })
 }

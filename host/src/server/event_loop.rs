@@ -2,7 +2,9 @@
 //! socket, applies admission ([`super::admission`]), routes readiness to
 //! its sessions, runs their timers, and delivers name lookups. It holds no
 //! per-session state itself: sessions own their sockets, core connection
-//! and budget share.
+//! and budget share. At every wake it checks the server's [`LiveConfig`]
+//! for a reloaded configuration and, taking it, ends the sessions of client
+//! keys that are no longer authorized.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -18,7 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
-use super::{SHUTDOWN_GRACE, Shared};
+use super::{LiveConfig, ReloadFn, SHUTDOWN_GRACE, Shared};
 use crate::keywork::KeyWorkHandle;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
@@ -37,6 +39,8 @@ pub struct EventLoop {
     poll: Poll,
     listener: TcpListener,
     shared: Arc<Shared>,
+    live: Arc<LiveConfig>,
+    reload: Option<ReloadFn>,
     stop: StopHandle,
     resolver: LoopResolver<(Token, StreamId)>,
     keys: KeyWorkHandle,
@@ -69,17 +73,19 @@ macro_rules! ctx {
 
 impl EventLoop {
     /// A loop over `listener` (a clone of the server's socket), one of
-    /// `loops`.
+    /// `loops`, taking its configuration from `live`.
     pub fn new(
-        shared: Arc<Shared>,
+        live: &Arc<LiveConfig>,
         listener: std::net::TcpListener,
         loops: usize,
     ) -> io::Result<Self> {
+        let shared = live.current();
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        live.add_waker(waker.clone());
         let resolver = shared.dns.attach(waker.clone());
         let keys = shared.keywork.handle(waker.clone());
         let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
@@ -91,6 +97,8 @@ impl EventLoop {
             poll,
             listener,
             shared,
+            live: live.clone(),
+            reload: None,
             stop,
             resolver,
             keys,
@@ -136,6 +144,11 @@ impl EventLoop {
         Ok(())
     }
 
+    /// How this loop answers SIGHUP (when it handles the signals).
+    pub fn set_reload(&mut self, reload: ReloadFn) {
+        self.reload = Some(reload);
+    }
+
     /// A handle that stops this loop from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -164,12 +177,13 @@ impl EventLoop {
                         self.take_key_results();
                     }
                     SIGNALS => {
-                        if let Some(s) = signals.as_mut() {
-                            for sig in s.pending() {
-                                info!("signal {sig}: shutting down gracefully");
-                            }
+                        let pending: Vec<i32> = signals
+                            .as_mut()
+                            .map(|s| s.pending().collect())
+                            .unwrap_or_default();
+                        for sig in pending {
+                            self.on_signal(sig);
                         }
-                        self.stop.stop();
                     }
                     token => self.dispatch(
                         token,
@@ -177,6 +191,9 @@ impl EventLoop {
                         event.is_writable() || event.is_write_closed(),
                     ),
                 }
+            }
+            if self.live.generation() != self.shared.generation {
+                self.adopt(self.live.current());
             }
             if self.stop.is_stopped() && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
@@ -195,6 +212,61 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if sig != signal_hook::consts::SIGHUP {
+            info!("signal {sig}: shutting down gracefully");
+            self.stop.stop();
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            info!("SIGHUP: shutting down, not reloading");
+            return;
+        }
+        match self.reload.as_mut() {
+            Some(reload) => {
+                info!("SIGHUP: reloading the configuration");
+                self.live.reload(reload);
+            }
+            None => warn!("SIGHUP: this server has no configuration to reload; ignored"),
+        }
+    }
+
+    /// Takes a reloaded configuration: new sessions and new streams use it
+    /// from now on, streams already open keep running, and established
+    /// sessions of client keys it no longer authorizes are ended.
+    fn adopt(&mut self, next: Arc<Shared>) {
+        self.shared = next;
+        let revoked: Vec<Token> = self
+            .sessions
+            .values()
+            .filter(|s| s.established && !self.key_authorized(s))
+            .map(|s| s.token)
+            .collect();
+        for t in revoked {
+            self.revoke(t);
+        }
+    }
+
+    fn key_authorized(&self, s: &Session) -> bool {
+        s.client_key().is_some_and(|k| self.shared.authorizes(&k))
+    }
+
+    /// Ends session `t` because its client key is no longer authorized:
+    /// an authenticated CLOSE, then its streams are aborted.
+    fn revoke(&mut self, t: Token) {
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
+        let key = s.client_key().map(|k| k.to_string()).unwrap_or_default();
+        warn!(
+            "{}: client key {key} is no longer in authorized_keys: session ended ({} open streams aborted)",
+            s.peer,
+            s.stream_count()
+        );
+        s.close_now();
+        self.close_session(t);
     }
 
     fn next_timeout(&self) -> Option<Duration> {
@@ -416,6 +488,12 @@ impl EventLoop {
         let alive = s.service(&mut ctx!(self));
         if s.established && self.admission.remove(t) {
             self.shared.session_established();
+            // Its handshake may have begun under a configuration that a
+            // reload has replaced since.
+            let authorized = s.client_key().is_some_and(|k| self.shared.authorizes(&k));
+            if alive && !authorized {
+                return self.revoke(t);
+            }
         }
         if !alive {
             self.close_session(t);
