@@ -4,6 +4,10 @@
 //! key removed has its live sessions ended (and logged), a file that fails
 //! to parse keeps the previous configuration (and says why), an allowlist
 //! change applies to new streams while open streams keep running.
+//!
+//! Also here, because the reload log names keys by it: `hytun fingerprint`
+//! prints the value the server logs, and the README's `openssl` one-liner
+//! gives the same value.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -317,5 +321,142 @@ fn sighup_without_changes_drops_nothing() {
     assert!(line.contains("allowlist unchanged"), "{line}");
     echo(&mut sa, b"a");
     echo(&mut sb, b"b");
+    f.assert_running();
+}
+
+/// The README's one-liner for a `.pub` (SPKI PEM) file.
+fn openssl_fingerprint(public: &Path) -> String {
+    let script = format!(
+        "echo \"SHA256:$(openssl pkey -pubin -in '{}' -outform DER | openssl dgst -sha256 -binary | openssl base64 -A | tr -d =)\"",
+        public.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn fingerprint_cli_matches_openssl_and_the_server_log() {
+    let echo_server = EchoServer::start().expect("echo");
+    let f = Fixture::start(&["client", "stranger"], &allow_only(echo_server.addr));
+    let out = hytun_tests::hytun(
+        f.dir.path(),
+        &[
+            "fingerprint",
+            keydir().join("client.pub").to_str().unwrap_or_default(),
+            keydir().join("client.key").to_str().unwrap_or_default(),
+            "authorized_keys",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    let client_fp = openssl_fingerprint(&keydir().join("client.pub"));
+    let stranger_fp = openssl_fingerprint(&keydir().join("stranger.pub"));
+    assert!(
+        client_fp.starts_with("SHA256:") && client_fp.len() == 50,
+        "{client_fp}"
+    );
+    assert!(
+        lines[0].starts_with(&format!("{client_fp} 2048-bit RSA public key")),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{client_fp} 2048-bit RSA private key")),
+        "{stdout}"
+    );
+    assert!(lines[2].starts_with(&format!("{client_fp} ")), "{stdout}");
+    assert!(lines[2].ends_with("(client)"), "{stdout}");
+    assert!(lines[3].starts_with(&format!("{stranger_fp} ")), "{stdout}");
+
+    // The server logs the same value when the key connects.
+    let client = f.client("client", echo_server.addr);
+    let _s = open_stream(&client);
+    f.wait_log(&["session up, client key", &client_fp]);
+
+    // A file that is not a key fails the command but the others are listed.
+    let out = hytun_tests::hytun(
+        f.dir.path(),
+        &[
+            "fingerprint",
+            "hytun.toml",
+            keydir().join("stranger.pub").to_str().unwrap_or_default(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&stranger_fp));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hytun.toml"));
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[test]
+fn strict_modes_apply_at_start_and_on_reload() {
+    let echo_server = EchoServer::start().expect("echo");
+    let mut f = Fixture::start(&["client"], &allow_only(echo_server.addr));
+    let client = f.client("client", echo_server.addr);
+    let mut held = open_stream(&client);
+
+    // A group-writable authorized_keys is refused on reload, with the fix.
+    let ak = f.path("authorized_keys");
+    chmod(&ak, 0o664);
+    f.sighup(1);
+    let line = f.wait_log(&["reload failed", "writable by group or others"]);
+    assert!(
+        line.contains(&format!("run chmod go-w {}", ak.display())),
+        "{line}"
+    );
+    echo(&mut held, b"kept");
+    chmod(&ak, 0o644);
+
+    // A world-writable config file is refused when the server starts.
+    let config = f.path("hytun.toml");
+    chmod(&config, 0o666);
+    let mut server = spawn_hytun(
+        f.dir.path(),
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "server.key",
+            "--config",
+            "hytun.toml",
+        ],
+    );
+    let deadline = Instant::now() + LOG_WAIT;
+    while matches!(server.0.try_wait(), Ok(None)) {
+        assert!(
+            Instant::now() < deadline,
+            "the server started with a world-writable config"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(server.0.try_wait(), Ok(Some(status)) if !status.success()));
+    let mut stderr = String::new();
+    server
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(stderr.contains("config file"), "{stderr}");
+    assert!(stderr.contains("chmod go-w"), "{stderr}");
     f.assert_running();
 }

@@ -1,4 +1,5 @@
-//! `hytun`: the command-line tool (keygen, server, client, fetch, demo).
+//! `hytun`: the command-line tool (keygen, fingerprint, server, client,
+//! fetch, demo).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
@@ -41,6 +42,12 @@ enum Command {
         /// Overwrite existing key files.
         #[arg(long)]
         force: bool,
+    },
+    /// Print the SHA256 fingerprint of every key in .pub, .key and authorized_keys files (the value the server and client log; not what `ssh-keygen -lf` prints).
+    Fingerprint {
+        /// Key files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
     /// Run the tunnel server.
     Server(ServerArgs),
@@ -218,6 +225,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("fingerprint: {fp} ({bits}-bit RSA)");
             Ok(())
         }
+        Command::Fingerprint { files } => print_fingerprints(&files),
         Command::Server(a) => {
             let flags = ServerFlags {
                 listen: a.listen,
@@ -315,6 +323,44 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
+    }
+}
+
+/// `hytun fingerprint`: one line per key, `SHA256:... BITS-bit RSA KIND
+/// FILE[:LINE] [(comment)]`; a file that cannot be read is reported and the
+/// others are still listed (the command then fails).
+fn print_fingerprints(files: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut failed = 0usize;
+    for path in files {
+        match hytun_keys::fingerprint_file(path) {
+            Ok(keys) => {
+                let many = keys.len() > 1;
+                for k in keys {
+                    let kind = match k.kind {
+                        hytun_keys::KeyKind::Private => "private",
+                        hytun_keys::KeyKind::Public => "public",
+                    };
+                    let at = if many {
+                        format!("{}:{}", path.display(), k.line)
+                    } else {
+                        path.display().to_string()
+                    };
+                    let comment = k.comment.map(|c| format!(" ({c})")).unwrap_or_default();
+                    println!(
+                        "{} {}-bit RSA {kind} key {at}{comment}",
+                        k.fingerprint, k.bits
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("hytun: {e}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} files could not be read", files.len()).into()),
     }
 }
 

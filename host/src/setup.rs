@@ -116,9 +116,16 @@ pub struct ClientFlags {
     pub config: Option<PathBuf>,
 }
 
+/// Loads the config file, which (like `authorized_keys`) must pass the
+/// StrictModes checks: it names the keys to trust.
 fn load_config(path: Option<&Path>) -> Result<config::Config, SetupError> {
     match path {
-        Some(p) => config::Config::load(p).map_err(err),
+        Some(p) => {
+            let cfg = config::Config::load(p).map_err(err)?;
+            hytun_keys::check_secure_file(p)
+                .map_err(|e| SetupError(format!("config file: {e}")))?;
+            Ok(cfg)
+        }
         None => Ok(config::Config::default()),
     }
 }
@@ -145,6 +152,8 @@ pub const SERVER_INITIAL_WINDOW: u32 = 64 * 1024;
 struct ServerSettings {
     listen: SocketAddr,
     key: PathBuf,
+    /// The server's key, when asked for (not on reload).
+    identity: Option<PrivateIdentity>,
     allow: AllowList,
     authorized: Vec<PublicIdentity>,
     session: SessionConfig,
@@ -153,11 +162,13 @@ struct ServerSettings {
 
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
-    let settings = server_settings(flags)?;
+    let settings = server_settings(flags, true)?;
     if settings.allow.is_empty() {
         log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
     }
-    let identity = load_identity(&settings.key)?;
+    let Some(identity) = settings.identity else {
+        return Err(SetupError("the server key was not loaded".into()));
+    };
     log::info!(
         "server key {} ({})",
         identity.public().id(),
@@ -193,7 +204,7 @@ pub fn reload_server_options(
     flags: ServerFlags,
     current: &ServerOptions,
 ) -> Result<ServerOptions, SetupError> {
-    let settings = server_settings(flags)?;
+    let settings = server_settings(flags, false)?;
     let restart = |what: &str, from: &dyn std::fmt::Debug, to: &dyn std::fmt::Debug| {
         log::warn!("reload: {what} changed from {from:?} to {to:?}: this takes a restart");
     };
@@ -247,8 +258,9 @@ pub fn reload_server_options(
 }
 
 /// Reads the config file, `authorized_keys` and the allowlist, and merges
-/// them with `flags` (flags win).
-fn server_settings(flags: ServerFlags) -> Result<ServerSettings, SetupError> {
+/// them with `flags` (flags win); with `load_key`, loads the server key
+/// too, first, so that its errors come before those of the other files.
+fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings, SetupError> {
     let cfg = load_config(flags.config.as_deref())?
         .server
         .unwrap_or_default();
@@ -272,6 +284,11 @@ fn server_settings(flags: ServerFlags) -> Result<ServerSettings, SetupError> {
         flags.allow
     };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
+    let identity = if load_key {
+        Some(load_identity(&key)?)
+    } else {
+        None
+    };
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
     for k in keys {
@@ -382,6 +399,7 @@ fn server_settings(flags: ServerFlags) -> Result<ServerSettings, SetupError> {
     Ok(ServerSettings {
         listen,
         key,
+        identity,
         allow,
         authorized: authorized_ids,
         session,
