@@ -460,3 +460,66 @@ fn strict_modes_apply_at_start_and_on_reload() {
     assert!(stderr.contains("chmod go-w"), "{stderr}");
     f.assert_running();
 }
+
+#[test]
+fn a_reload_applies_live_limits_and_keeps_restart_only_ones() {
+    hytun_tests::harness::capture_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("server.key");
+    std::fs::copy(keydir().join("server.key"), &key).expect("copy server key");
+    write_authorized(dir.path(), &["client"]);
+    let config = dir.path().join("hytun.toml");
+    let base = "authorized-keys = \"authorized_keys\"\nallow = [\"127.0.0.1:80\"]\n";
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\n{base}max-sessions = 10\nmemory-budget = 100\nmax-streams-per-session = 8\n"
+        ),
+    )
+    .expect("write config");
+    // No --listen: the address comes from the config (the default at
+    // first), so the reload sees it change. Nothing is bound here.
+    let flags = hytun_host::setup::ServerFlags {
+        key: Some(key),
+        config: Some(config.clone()),
+        ..Default::default()
+    };
+    let running = setup::server_options(flags.clone()).expect("server options");
+    assert_eq!(running.limits.max_sessions, 10);
+    assert_eq!(running.limits.memory_budget, 100 << 20);
+
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\n{}max-sessions = 20\nmemory-budget = 200\n\
+             max-streams-per-session = 16\nlisten = \"127.0.0.1:9\"\n",
+            base.replace(":80", ":81")
+        ),
+    )
+    .expect("write config");
+    write_authorized(dir.path(), &["client", "stranger"]);
+    let next = setup::reload_server_options(flags, &running).expect("reload");
+    // Live: the keys, the allowlist, max-sessions, max-streams.
+    assert_eq!(next.core.authorized.len(), 2);
+    let port_81 = DestHost::Ip(Ipv4Addr::LOCALHOST.into());
+    assert!(next.allow.allows(&port_81, 81));
+    assert!(!next.allow.allows(&port_81, 80));
+    assert_eq!(next.limits.max_sessions, 20);
+    assert_eq!(next.core.session.max_streams, 16);
+    // Restart-only: the pool size and the listen address keep their
+    // running values; the server key is the running one.
+    assert_eq!(next.limits.memory_budget, 100 << 20);
+    assert_eq!(next.listen, running.listen);
+    assert_eq!(running.listen.to_string(), setup::DEFAULT_LISTEN);
+    for what in ["memory-budget changed from", "listen address changed from"] {
+        let lines = hytun_tests::harness::log_lines_with(what);
+        assert!(
+            lines.iter().any(|l| l.contains("this takes a restart")),
+            "{what}: {lines:?}"
+        );
+    }
+    assert_eq!(
+        next.core.identity.public().id(),
+        running.core.identity.public().id()
+    );
+}
