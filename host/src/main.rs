@@ -1,4 +1,5 @@
-//! `hytun`: the command-line tool (keygen, server, client, fetch, demo).
+//! `hytun`: the command-line tool (keygen, fingerprint, server, client,
+//! fetch, demo).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
@@ -46,6 +47,12 @@ enum Command {
         /// Overwrite existing key files.
         #[arg(long)]
         force: bool,
+    },
+    /// Print the SHA256 fingerprint of every key in .pub, .key and authorized_keys files (the value the server and client log; not what `ssh-keygen -lf` prints).
+    Fingerprint {
+        /// Key files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
     /// Run the tunnel server.
     Server(Box<ServerArgs>),
@@ -223,8 +230,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(stdout_error)?;
             Ok(())
         }
+        Command::Fingerprint { files } => print_fingerprints(&files),
         Command::Server(a) => {
-            let (opts, threads) = setup::server_setup(ServerFlags {
+            let flags = ServerFlags {
                 listen: a.listen,
                 key: a.key,
                 authorized_keys: a.authorized_keys,
@@ -250,12 +258,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_timeout: a.dns_timeout,
                 drain_timeout: a.drain_timeout,
                 config: a.config,
-            })?;
+            };
+            let (opts, threads) = setup::server_setup(flags.clone())?;
             // Signals first: one that arrives once the socket listens must
             // stop the server gracefully, not kill it.
             let signals = hytun_host::server::stop_signals()?;
             let mut server = Server::bind_group(opts, threads)?;
             server.handle_signals(signals)?;
+            // SIGHUP re-reads the config file and authorized_keys.
+            server.set_reload(setup::server_reloader(flags));
             server.run(true)?;
             Ok(())
         }
@@ -315,6 +326,48 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 /// A failed write to standard output, as a user-facing error.
 fn stdout_error(e: io::Error) -> Box<dyn std::error::Error> {
     format!("cannot write to standard output: {e}").into()
+}
+
+/// `hytun fingerprint`: one line per key, `SHA256:... BITS-bit RSA KIND
+/// FILE[:LINE] [(comment)]`; a file that cannot be read is reported and the
+/// others are still listed (the command then fails).
+fn print_fingerprints(files: &[PathBuf]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut failed = 0usize;
+    for path in files {
+        match hytun_keys::fingerprint_file(path) {
+            Ok(keys) => {
+                let many = keys.len() > 1;
+                for k in keys {
+                    let kind = match k.kind {
+                        hytun_keys::KeyKind::Private => "private",
+                        hytun_keys::KeyKind::Public => "public",
+                    };
+                    let at = if many {
+                        format!("{}:{}", path.display(), k.line)
+                    } else {
+                        path.display().to_string()
+                    };
+                    let comment = k.comment.map(|c| format!(" ({c})")).unwrap_or_default();
+                    writeln!(
+                        io::stdout(),
+                        "{} {}-bit RSA {kind} key {at}{comment}",
+                        k.fingerprint,
+                        k.bits
+                    )
+                    .map_err(stdout_error)?;
+                }
+            }
+            Err(e) => {
+                // Standard error may be closed: the exit status still says it.
+                let _ = writeln!(io::stderr(), "hytun: {e}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {} files could not be read", files.len()).into()),
+    }
 }
 
 fn main() -> ExitCode {

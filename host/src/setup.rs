@@ -23,7 +23,7 @@ use crate::config::{
 };
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
-use crate::server::{Limits, ServerOptions};
+use crate::server::{Limits, ReloadFn, ServerOptions};
 
 /// Default server listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -126,11 +126,14 @@ pub struct ClientFlags {
     pub config: Option<PathBuf>,
 }
 
+/// Loads the config file, which (like `authorized_keys`) must pass the
+/// StrictModes checks: it names the keys to trust.
 fn load_config(path: Option<&Path>) -> Result<config::Config, SetupError> {
     let Some(path) = path else {
         return Ok(config::Config::default());
     };
     let config = config::Config::load(path).map_err(err)?;
+    hytun_keys::check_secure_file(path).map_err(|e| SetupError(format!("config file: {e}")))?;
     for (old, new) in &config.deprecated {
         log::warn!(
             "{}: key '{old}' is deprecated, write '{new}' (the flag's name)",
@@ -157,6 +160,21 @@ pub fn load_public(path: &Path) -> Result<PublicIdentity, SetupError> {
 /// announced in ServerHello).
 pub const SERVER_INITIAL_WINDOW: u32 = 64 * 1024;
 
+/// Everything the server's options are made of except its private key:
+/// what a reload re-reads.
+struct ServerSettings {
+    listen: SocketAddr,
+    key: PathBuf,
+    /// The server's key, when asked for (not on reload).
+    identity: Option<PrivateIdentity>,
+    allow: AllowList,
+    authorized: Vec<PublicIdentity>,
+    session: SessionConfig,
+    limits: Limits,
+    /// Event-loop threads (fixed at start).
+    threads: usize,
+}
+
 /// Builds the server's options.
 pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     server_setup(flags).map(|(opts, _)| opts)
@@ -170,6 +188,107 @@ pub fn default_threads() -> usize {
 /// Builds the server's options and the number of event-loop threads
 /// (`--threads`, `threads`, or [`default_threads`]).
 pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupError> {
+    let settings = server_settings(flags, true)?;
+    if settings.allow.is_empty() {
+        log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
+    }
+    let Some(identity) = settings.identity else {
+        return Err(SetupError("the server key was not loaded".into()));
+    };
+    log::info!(
+        "server key {} ({})",
+        identity.public().id(),
+        settings.key.display()
+    );
+    log::info!("allowed destinations: {}", settings.allow);
+    let opts = ServerOptions {
+        listen: settings.listen,
+        core: Arc::new(CoreServerConfig::new(
+            identity,
+            settings.authorized,
+            settings.session,
+        )),
+        allow: settings.allow,
+        limits: settings.limits,
+    };
+    Ok((opts, settings.threads))
+}
+
+/// What SIGHUP runs: [`reload_server_options`] with the flags the server
+/// was started with (flags still win over the re-read config file).
+pub fn server_reloader(flags: ServerFlags) -> ReloadFn {
+    Box::new(move |current| reload_server_options(flags.clone(), current).map_err(|e| e.0))
+}
+
+/// Re-reads the config file, `authorized_keys` and the allowlist for a
+/// reload of a server running with `current`. The authorized keys, the
+/// allowlist, the session parameters of new sessions (`max-streams`,
+/// handshake and idle timeouts) and the limits `max-sessions`,
+/// `session-memory` and `hello-timeout` take effect; the listen address,
+/// the server key and the other limits (sized into pools and threads at
+/// start) keep their running values, and a change to them is logged as
+/// needing a restart.
+pub fn reload_server_options(
+    flags: ServerFlags,
+    current: &ServerOptions,
+) -> Result<ServerOptions, SetupError> {
+    let settings = server_settings(flags, false)?;
+    let restart = |what: &str, from: &dyn std::fmt::Debug, to: &dyn std::fmt::Debug| {
+        log::warn!("reload: {what} changed from {from:?} to {to:?}: this takes a restart");
+    };
+    if settings.listen != current.listen {
+        restart("listen address", &current.listen, &settings.listen);
+    }
+    let running_id = current.core.identity.public().id();
+    match hytun_keys::load_private_key(&settings.key).map(|k| k.to_public_key()) {
+        Ok(key) if hytun_keys::fingerprint(&key).0 != running_id.0 => log::warn!(
+            "reload: the server key in {} is not the running one ({running_id}): a new server \
+             key takes a restart",
+            settings.key.display()
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("reload: cannot check the server key: {e}"),
+    }
+    let (old, new) = (&current.limits, &settings.limits);
+    let mut limits = settings.limits.clone();
+    macro_rules! fixed {
+        ($($field:ident).+, $name:literal) => {
+            if old.$($field).+ != new.$($field).+ {
+                restart($name, &old.$($field).+, &new.$($field).+);
+                limits.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    fixed!(max_pending, "max-pending");
+    fixed!(max_pending_per_source, "max-pending-per-source");
+    fixed!(handshakes_per_source_per_sec, "handshake-rate");
+    fixed!(key_ops_per_sec, "key-ops-rate");
+    fixed!(memory_budget, "memory-budget");
+    fixed!(max_descriptors, "max-descriptors");
+    fixed!(key_workers, "key-workers");
+    fixed!(key_queue, "key-queue");
+    fixed!(dns.workers, "dns-workers");
+    fixed!(dns.max_jobs, "dns-queue");
+    fixed!(dns.per_session, "dns-per-session");
+    fixed!(dns.timeout, "dns-timeout");
+    let mut core = CoreServerConfig::new(
+        current.core.identity.clone(),
+        settings.authorized,
+        settings.session,
+    );
+    core.suites = current.core.suites.clone();
+    Ok(ServerOptions {
+        listen: current.listen,
+        core: Arc::new(core),
+        allow: settings.allow,
+        limits,
+    })
+}
+
+/// Reads the config file, `authorized_keys` and the allowlist, and merges
+/// them with `flags` (flags win); with `load_key`, loads the server key
+/// too, first, so that its errors come before those of the other files.
+fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings, SetupError> {
     let cfg = load_config(flags.config.as_deref())?
         .server
         .unwrap_or_default();
@@ -193,10 +312,11 @@ pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupE
         flags.allow
     };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
-    if allow.is_empty() {
-        log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
-    }
-    let identity = load_identity(&key)?;
+    let identity = if load_key {
+        Some(load_identity(&key)?)
+    } else {
+        None
+    };
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
     for k in keys {
@@ -300,15 +420,16 @@ pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupE
         .threads
         .or(cfg.threads)
         .map_or_else(default_threads, Threads::as_usize);
-    log::info!("server key {} ({})", identity.public().id(), key.display());
-    log::info!("allowed destinations: {allow}");
-    let opts = ServerOptions {
+    Ok(ServerSettings {
         listen,
-        core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
+        key,
+        identity,
         allow,
+        authorized: authorized_ids,
+        session,
         limits,
-    };
-    Ok((opts, threads))
+        threads,
+    })
 }
 
 /// Builds the client's options.

@@ -6,6 +6,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::strict::Insecurity;
+
 /// Which kind of key a loader expected to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -145,6 +147,28 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
     },
+    /// StrictModes: a file that says who may connect, or a directory above
+    /// it or above a key, can be changed by someone other than the user
+    /// running hytun or root.
+    Insecure {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// When `path` is a directory: the file below it that was loaded.
+        file: Option<PathBuf>,
+        /// What is wrong with it.
+        why: Insecurity,
+        /// The uid hytun runs as.
+        me: u32,
+    },
+    /// An OpenSSH public key line of a type other than `ssh-rsa`.
+    UnsupportedOpenSsh {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The key type found (e.g. `ssh-ed25519`).
+        kind: String,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -204,22 +228,29 @@ impl fmt::Display for KeyError {
             } => {
                 let p = path.display();
                 let found_private = found.contains("PRIVATE KEY");
-                let found_public = found.contains("PUBLIC KEY");
+                let found_public = found.contains("PUBLIC KEY") || found == "ssh-rsa";
+                let found = if found == "ssh-rsa" {
+                    "an OpenSSH ssh-rsa line".to_string()
+                } else {
+                    format!("BEGIN {found}")
+                };
                 match expected {
                     KeyKind::Public if found_private => write!(
                         f,
-                        "'{p}' line {line}: this is a private key (BEGIN {found}); \
+                        "'{p}' line {line}: this is a private key ({found}); \
                          pass the public key (.pub) file instead"
                     ),
                     KeyKind::Private if found_public => write!(
                         f,
-                        "'{p}' line {line}: this is a public key (BEGIN {found}); \
+                        "'{p}' line {line}: this is a public key ({found}); \
                          pass the private key (.key) file instead"
                     ),
-                    _ => write!(
+                    _ if found.starts_with("BEGIN ") => write!(
                         f,
-                        "'{p}' line {line}: found a '{found}' PEM block, expected {expected}"
+                        "'{p}' line {line}: found a '{}' PEM block, expected {expected}",
+                        &found["BEGIN ".len()..]
                     ),
+                    _ => write!(f, "'{p}' line {line}: found {found}, expected {expected}"),
                 }
             }
             Self::Encrypted { path, line } => write!(
@@ -248,6 +279,37 @@ impl fmt::Display for KeyError {
             Self::NoKeys { path } => write!(
                 f,
                 "'{}' holds no PEM key (only comments or blank lines)",
+                path.display()
+            ),
+            Self::Insecure {
+                path,
+                file,
+                why,
+                me,
+            } => {
+                let p = path.display();
+                match file {
+                    None => write!(f, "'{p}'")?,
+                    Some(file) => write!(f, "directory '{p}' above '{}'", file.display())?,
+                }
+                match why {
+                    Insecurity::Writable(mode) => write!(
+                        f,
+                        " is writable by group or others (mode {mode:04o}), who could change \
+                         which keys are trusted; run chmod go-w {p}"
+                    ),
+                    Insecurity::Owner(uid) => write!(
+                        f,
+                        " is owned by uid {uid}, neither you (uid {me}) nor root, who could \
+                         change which keys are trusted; run chown {me} {p} (as root)"
+                    ),
+                }
+            }
+            Self::UnsupportedOpenSsh { path, line, kind } => write!(
+                f,
+                "'{}' line {line}: {kind} keys are not supported: hytun uses RSA keys of 2048 \
+                 to 4096 bits (ssh-rsa lines or PEM); make one with `hytun keygen` or \
+                 `ssh-keygen -t rsa -b 3072`",
                 path.display()
             ),
         }

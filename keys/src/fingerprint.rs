@@ -70,7 +70,7 @@ pub fn spki_der(key: &RsaPublicKey) -> Vec<u8> {
 
 const TAG_INTEGER: u8 = 0x02;
 const TAG_BIT_STRING: u8 = 0x03;
-const TAG_SEQUENCE: u8 = 0x30;
+pub(crate) const TAG_SEQUENCE: u8 = 0x30;
 
 /// AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }.
 const RSA_ALGORITHM_IDENTIFIER: [u8; 15] = [
@@ -78,7 +78,7 @@ const RSA_ALGORITHM_IDENTIFIER: [u8; 15] = [
 ];
 
 /// Appends a DER INTEGER holding the unsigned big-endian `magnitude`.
-fn push_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
+pub(crate) fn push_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
     let first_nonzero = magnitude.iter().position(|&b| b != 0);
     let trimmed = match first_nonzero {
         Some(i) => &magnitude[i..],
@@ -94,7 +94,7 @@ fn push_integer(out: &mut Vec<u8>, magnitude: &[u8]) {
 }
 
 /// Encodes one DER tag-length-value.
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 6);
     out.push(tag);
     let len = content.len();

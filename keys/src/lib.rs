@@ -7,20 +7,29 @@
 //!
 //! Accepted formats: PKCS#8 (`BEGIN PRIVATE KEY`) and PKCS#1
 //! (`BEGIN RSA PRIVATE KEY`) private keys, SPKI (`BEGIN PUBLIC KEY`) and
-//! PKCS#1 (`BEGIN RSA PUBLIC KEY`) public keys, all unencrypted, with moduli
-//! of 2048 to 4096 bits. Written files are always PKCS#8 / SPKI.
+//! PKCS#1 (`BEGIN RSA PUBLIC KEY`) public keys and OpenSSH `ssh-rsa` lines,
+//! all unencrypted, with moduli of 2048 to 4096 bits. Written files are
+//! always PKCS#8 / SPKI. Files that decide who may connect, and the
+//! directories above keys, must pass sshd-style StrictModes checks
+//! (`strict`).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
 mod error;
 mod fingerprint;
 mod load;
+mod openssh;
 mod pem;
+mod strict;
 mod write;
 
 pub use error::{KeyError, KeyKind};
 pub use fingerprint::{Fingerprint, fingerprint, spki_der};
-pub use load::{AuthorizedKey, load_authorized_keys, load_private_key, load_public_key};
+pub use load::{
+    AuthorizedKey, KeyListing, fingerprint_file, load_authorized_keys, load_private_key,
+    load_public_key,
+};
+pub use strict::{Insecurity, check_secure_dirs, check_secure_file};
 pub use write::{KeyPaths, SUPPORTED_GENERATE_BITS, generate, write_keypair};
 
 /// RSA private key type used throughout hytun (`rsa::PrivateKey`).
@@ -46,6 +55,9 @@ pub(crate) mod test_support {
 
     use std::sync::OnceLock;
 
+    use base64::Engine as _;
+    use rsa::traits::PublicKeyParts as _;
+
     use crate::RsaPrivateKey;
 
     /// A 2048-bit key generated on first use and shared by every test.
@@ -64,5 +76,28 @@ pub(crate) mod test_support {
             Ok(key) => key,
             Err(e) => panic!("test key generation failed: {e}"),
         })
+    }
+
+    /// The OpenSSH encoding of `key`, as `ssh-keygen` writes it.
+    pub(crate) fn ssh_rsa_line(key: &crate::RsaPublicKey, comment: &str) -> String {
+        let mut blob = Vec::new();
+        let mut put = |bytes: &[u8]| {
+            blob.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            blob.extend_from_slice(bytes);
+        };
+        let mpint = |magnitude: Vec<u8>| {
+            let mut v: Vec<u8> = magnitude.into_iter().skip_while(|&b| b == 0).collect();
+            if v.first().is_some_and(|b| b & 0x80 != 0) {
+                v.insert(0, 0);
+            }
+            v
+        };
+        put(b"ssh-rsa");
+        put(&mpint(key.e_bytes().to_vec()));
+        put(&mpint(key.n_bytes().to_vec()));
+        format!(
+            "ssh-rsa {} {comment}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
     }
 }

@@ -1,9 +1,12 @@
 //! Loading keys from disk: a private key (`--key`), a single public key
 //! (`--server-key`) and an `authorized_keys` file of concatenated public
 //! keys. This module owns the file-level policy: size cap, the OpenSSH-style
-//! refusal of private keys readable by group/others, which PEM labels are
-//! accepted where, the 2048..=4096-bit size window and de-duplication of
-//! authorized keys by fingerprint.
+//! refusal of private keys readable by group/others (checked after the
+//! contents, so a public key given as a private one is named as such), the
+//! StrictModes checks of [`crate::strict`], which PEM labels are accepted
+//! where, the 2048..=4096-bit size window and de-duplication of authorized
+//! keys by fingerprint. It also lists the keys of any key file with their
+//! fingerprints ([`fingerprint_file`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -36,13 +39,40 @@ pub struct AuthorizedKey {
 /// Loads an unencrypted PKCS#8 or PKCS#1 RSA private key from a PEM file.
 ///
 /// # Errors
-/// On unix, a file with any group/other permission bit set is refused
-/// ([`KeyError::PermissionsTooOpen`]). Missing or unreadable files, non-PEM
-/// content, a public key or other PEM kind, an encrypted key, invalid key data
-/// and moduli outside 2048..=4096 bits each give their own [`KeyError`].
+/// The contents are checked first: missing or unreadable files, non-PEM
+/// content and a public key or other PEM kind each give their own
+/// [`KeyError`]. Then, on unix, a file with any group/other permission bit
+/// set is refused ([`KeyError::PermissionsTooOpen`]), and so is a directory
+/// above it that others can write ([`KeyError::Insecure`]). Last, an
+/// encrypted key, invalid key data and moduli outside 2048..=4096 bits.
 pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey, KeyError> {
-    let text = read_key_file(path, true)?;
+    let (text, meta) = read_key_file(path)?;
     let block = single_block(path, &text)?;
+    let line = block.line;
+    if !is_private_label(&block.label) {
+        return Err(KeyError::WrongKind {
+            path: path.to_path_buf(),
+            line,
+            found: block.label,
+            expected: KeyKind::Private,
+        });
+    }
+    check_private_permissions(path, &meta)?;
+    crate::strict::check_secure_dirs(path)?;
+    let key = decode_private(path, &block)?;
+    check_size(path, line, key.as_public_key())?;
+    Ok(key)
+}
+
+fn is_private_label(label: &str) -> bool {
+    matches!(
+        label,
+        "PRIVATE KEY" | "RSA PRIVATE KEY" | "ENCRYPTED PRIVATE KEY"
+    )
+}
+
+/// Decodes a block with a private-key label (see [`is_private_label`]).
+fn decode_private(path: &Path, block: &Block) -> Result<RsaPrivateKey, KeyError> {
     let line = block.line;
     let malformed = |reason: String| KeyError::Malformed {
         path: path.to_path_buf(),
@@ -55,22 +85,68 @@ pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey, KeyError> {
             line,
         });
     }
-    let key = match block.label.as_str() {
+    match block.label.as_str() {
         "PRIVATE KEY" => RsaPrivateKey::from_pkcs8_der(&block.der)
-            .map_err(|e| malformed(format!("not a valid PKCS#8 RSA private key ({e})")))?,
+            .map_err(|e| malformed(format!("not a valid PKCS#8 RSA private key ({e})"))),
         "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(&block.der)
-            .map_err(|e| malformed(format!("not a valid PKCS#1 RSA private key ({e})")))?,
-        other => {
-            return Err(KeyError::WrongKind {
-                path: path.to_path_buf(),
-                line,
-                found: other.to_string(),
-                expected: KeyKind::Private,
-            });
-        }
-    };
-    check_size(path, line, key.as_public_key())?;
-    Ok(key)
+            .map_err(|e| malformed(format!("not a valid PKCS#1 RSA private key ({e})"))),
+        other => Err(KeyError::WrongKind {
+            path: path.to_path_buf(),
+            line,
+            found: other.to_string(),
+            expected: KeyKind::Private,
+        }),
+    }
+}
+
+/// One key found by [`fingerprint_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    /// The fingerprint of the (public half of the) key.
+    pub fingerprint: Fingerprint,
+    /// Its modulus size in bits.
+    pub bits: usize,
+    /// Whether the file holds the private key or only the public one.
+    pub kind: KeyKind,
+    /// 1-based line where the key starts.
+    pub line: usize,
+    /// The `#` comment before it, or an `ssh-rsa` line's comment.
+    pub comment: Option<String>,
+}
+
+/// Lists every key in a `.pub`, `.key` or `authorized_keys` file with its
+/// fingerprint, the value the server and client log. Only reads the file:
+/// the permission and StrictModes checks of the loaders do not apply.
+///
+/// # Errors
+/// Missing or unreadable files, non-PEM content, a file without keys and
+/// any block that is not a valid 2048..=4096-bit RSA key (or is encrypted).
+pub fn fingerprint_file(path: &Path) -> Result<Vec<KeyListing>, KeyError> {
+    let (text, _) = read_key_file(path)?;
+    let blocks = parse_blocks(path, &text)?;
+    if blocks.is_empty() {
+        return Err(KeyError::NoKeys {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut out = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let (public, kind) = if is_private_label(&block.label) {
+            let key = decode_private(path, &block)?;
+            (key.to_public_key(), KeyKind::Private)
+        } else {
+            (decode_public(path, &block)?, KeyKind::Public)
+        };
+        check_size(path, block.line, &public)?;
+        out.push(KeyListing {
+            fingerprint: fingerprint(&public),
+            bits: key_bits(&public),
+            kind,
+            line: block.line,
+            comment: block.comment,
+        });
+    }
+    Ok(out)
 }
 
 /// Loads one SPKI (`PUBLIC KEY`) or PKCS#1 (`RSA PUBLIC KEY`) PEM public key.
@@ -78,24 +154,30 @@ pub fn load_private_key(path: &Path) -> Result<RsaPrivateKey, KeyError> {
 /// # Errors
 /// Missing or unreadable files, non-PEM content, more than one block, a
 /// private key given by mistake, invalid key data and moduli outside
-/// 2048..=4096 bits each give their own [`KeyError`].
+/// 2048..=4096 bits each give their own [`KeyError`]; so does a directory
+/// above the file that others can write ([`KeyError::Insecure`]).
 pub fn load_public_key(path: &Path) -> Result<RsaPublicKey, KeyError> {
-    let text = read_key_file(path, false)?;
+    let (text, _) = read_key_file(path)?;
     let block = single_block(path, &text)?;
-    decode_public(path, &block)
+    let key = decode_public(path, &block)?;
+    crate::strict::check_secure_dirs(path)?;
+    Ok(key)
 }
 
-/// Loads an `authorized_keys` file: PEM public keys concatenated, with `#`
-/// comment lines and blank lines between blocks. Each key's comment is the
-/// last `#` line since the previous block. A key listed twice is returned
-/// once (the first occurrence, with its comment).
+/// Loads an `authorized_keys` file: PEM public keys and OpenSSH `ssh-rsa`
+/// lines, with `#` comment lines and blank lines between them. Each key's
+/// comment is an `ssh-rsa` line's own comment, else the last `#` line since
+/// the previous key. A key listed twice is returned once (the first
+/// occurrence, with its comment).
 ///
 /// # Errors
-/// Any line that is neither a comment, a blank line nor part of a PEM block,
-/// any block that is not a valid 2048..=4096-bit RSA public key, and a file
-/// with no key at all are errors naming the file and line.
+/// Any line that is neither a comment, a blank line, an `ssh-rsa` line nor
+/// part of a PEM block, any key that is not a valid 2048..=4096-bit RSA
+/// public key, and a file with no key at all are errors naming the file and
+/// line. Then StrictModes: a file or a directory above it that others can
+/// write, or that another user owns, is refused ([`KeyError::Insecure`]).
 pub fn load_authorized_keys(path: &Path) -> Result<Vec<AuthorizedKey>, KeyError> {
-    let text = read_key_file(path, false)?;
+    let (text, _) = read_key_file(path)?;
     let blocks = parse_blocks(path, &text)?;
     if blocks.is_empty() {
         return Err(KeyError::NoKeys {
@@ -115,6 +197,7 @@ pub fn load_authorized_keys(path: &Path) -> Result<Vec<AuthorizedKey>, KeyError>
             });
         }
     }
+    crate::strict::check_secure_file(path)?;
     Ok(keys)
 }
 
@@ -129,6 +212,8 @@ fn decode_public(path: &Path, block: &Block) -> Result<RsaPublicKey, KeyError> {
             .map_err(|e| malformed(format!("not a valid RSA SubjectPublicKeyInfo ({e})")))?,
         "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_der(&block.der)
             .map_err(|e| malformed(format!("not a valid PKCS#1 RSA public key ({e})")))?,
+        crate::openssh::SSH_RSA => RsaPublicKey::from_pkcs1_der(&block.der)
+            .map_err(|e| malformed(format!("not a valid ssh-rsa public key ({e})")))?,
         other => {
             return Err(KeyError::WrongKind {
                 path: path.to_path_buf(),
@@ -172,9 +257,10 @@ fn single_block(path: &Path, text: &str) -> Result<Block, KeyError> {
     Ok(first)
 }
 
-/// Opens and reads a key file as UTF-8 text. When `private`, the permission
-/// check is made on the opened file (no race between check and read).
-fn read_key_file(path: &Path, private: bool) -> Result<String, KeyError> {
+/// Opens and reads a key file as UTF-8 text, and returns it with the opened
+/// file's metadata (for a permission check without a race between check
+/// and read).
+fn read_key_file(path: &Path) -> Result<(String, std::fs::Metadata), KeyError> {
     let unreadable = |source: io::Error| KeyError::Unreadable {
         path: path.to_path_buf(),
         source,
@@ -195,9 +281,6 @@ fn read_key_file(path: &Path, private: bool) -> Result<String, KeyError> {
             "is a directory",
         )));
     }
-    if private {
-        check_private_permissions(path, &meta)?;
-    }
     if meta.len() > MAX_FILE_BYTES {
         return Err(KeyError::TooLarge {
             path: path.to_path_buf(),
@@ -214,11 +297,12 @@ fn read_key_file(path: &Path, private: bool) -> Result<String, KeyError> {
             limit: MAX_FILE_BYTES,
         });
     }
-    String::from_utf8(bytes).map_err(|_| KeyError::NotPem {
+    let text = String::from_utf8(bytes).map_err(|_| KeyError::NotPem {
         path: path.to_path_buf(),
         line: 0,
         reason: "the file is binary, not text (DER keys must be converted to PEM)".into(),
-    })
+    })?;
+    Ok((text, meta))
 }
 
 #[cfg(unix)]
@@ -509,6 +593,182 @@ mod tests {
         let path = write_file(dir.path(), "authorized_keys", "# nobody yet\n", 0o644);
         assert!(matches!(
             load_authorized_keys(&path),
+            Err(KeyError::NoKeys { .. })
+        ));
+    }
+
+    #[test]
+    fn contents_are_checked_before_permissions() {
+        let dir = tempdir();
+        // A world-readable .pub given as the private key: the message says
+        // what the file is, not "chmod 600".
+        let path = write_file(dir.path(), "server.pub", &public_pem(test_key()), 0o644);
+        match load_private_key(&path) {
+            Err(e @ KeyError::WrongKind { .. }) => {
+                let shown = e.to_string();
+                assert!(shown.contains("this is a public key"), "{shown}");
+                assert!(!shown.contains("chmod"), "{shown}");
+            }
+            other => panic!("expected WrongKind, got {other:?}"),
+        }
+        let path = write_file(dir.path(), "notes.key", "hello\n", 0o644);
+        assert!(matches!(
+            load_private_key(&path),
+            Err(KeyError::NotPem { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn ssh_rsa_lines_are_accepted_beside_pem() {
+        let dir = tempdir();
+        let a = crate::test_support::ssh_rsa_line(&test_key().to_public_key(), "alice@laptop");
+        let b = public_pem(other_key());
+        let text = format!("# bob\n{b}\n# ignored: the line has its own\n{a}\n");
+        let path = write_file(dir.path(), "authorized_keys", &text, 0o600);
+        let keys = match load_authorized_keys(&path) {
+            Ok(k) => k,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[1].key, test_key().to_public_key());
+        assert_eq!(keys[1].comment.as_deref(), Some("alice@laptop"));
+        // The fingerprint is hytun's (SPKI), whatever the file format.
+        assert_eq!(
+            keys[1].fingerprint,
+            fingerprint(&test_key().to_public_key())
+        );
+        // A one-line .pub in OpenSSH format works as a pinned key too, and
+        // is named as a public key when given as a private one.
+        let pub_path = write_file(dir.path(), "id_rsa.pub", &format!("{a}\n"), 0o644);
+        assert!(matches!(load_public_key(&pub_path), Ok(k) if k == test_key().to_public_key()));
+        match load_private_key(&pub_path) {
+            Err(e @ KeyError::WrongKind { .. }) => {
+                assert!(
+                    e.to_string()
+                        .contains("this is a public key (an OpenSSH ssh-rsa line)"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected WrongKind, got {other:?}"),
+        }
+        let ed = write_file(
+            dir.path(),
+            "ak2",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me\n",
+            0o600,
+        );
+        assert!(matches!(
+            load_authorized_keys(&ed),
+            Err(KeyError::UnsupportedOpenSsh { line: 1, .. })
+        ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn authorized_keys_writable_by_others_is_refused() {
+        let dir = tempdir();
+        let path = write_file(
+            dir.path(),
+            "authorized_keys",
+            &public_pem(test_key()),
+            0o664,
+        );
+        match load_authorized_keys(&path) {
+            Err(e @ KeyError::Insecure { .. }) => {
+                let shown = e.to_string();
+                assert!(
+                    shown.contains(&format!("run chmod go-w {}", path.display())),
+                    "{shown}"
+                );
+            }
+            other => panic!("expected Insecure, got {other:?}"),
+        }
+        let path = write_file(
+            dir.path(),
+            "authorized_keys",
+            &public_pem(test_key()),
+            0o644,
+        );
+        assert!(load_authorized_keys(&path).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_writable_directory_above_a_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempdir();
+        let sub = dir.path().join("open");
+        if let Err(e) = fs::create_dir(&sub) {
+            panic!("{e}");
+        }
+        let pem = match test_key().to_pkcs8_pem(LineEnding::LF) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let key = write_file(&sub, "server.key", &pem, 0o600);
+        let public = write_file(&sub, "server.pub", &public_pem(test_key()), 0o644);
+        if let Err(e) = fs::set_permissions(&sub, fs::Permissions::from_mode(0o775)) {
+            panic!("{e}");
+        }
+        for err in [load_private_key(&key).err(), load_public_key(&public).err()] {
+            match err {
+                Some(e @ KeyError::Insecure { .. }) => {
+                    let shown = e.to_string();
+                    assert!(shown.starts_with("directory '"), "{shown}");
+                    assert!(
+                        shown.contains(&format!("chmod go-w {}", sub.display())),
+                        "{shown}"
+                    );
+                }
+                other => panic!("expected Insecure, got {other:?}"),
+            }
+        }
+        if let Err(e) = fs::set_permissions(&sub, fs::Permissions::from_mode(0o700)) {
+            panic!("{e}");
+        }
+        assert!(load_private_key(&key).is_ok());
+    }
+
+    #[test]
+    fn fingerprint_file_lists_every_key_of_any_key_file() {
+        let dir = tempdir();
+        let paths = match write_keypair(dir.path(), "server", test_key(), false) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        let expected = fingerprint(&test_key().to_public_key());
+        for (path, kind) in [
+            (&paths.private, KeyKind::Private),
+            (&paths.public, KeyKind::Public),
+        ] {
+            match fingerprint_file(path).as_deref() {
+                Ok([one]) => {
+                    assert_eq!(one.fingerprint, expected);
+                    assert_eq!(one.kind, kind);
+                    assert_eq!(one.bits, 2048);
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        let text = format!(
+            "# a\n{}# b\n{}",
+            public_pem(test_key()),
+            public_pem(other_key())
+        );
+        let ak = write_file(dir.path(), "authorized_keys", &text, 0o644);
+        let listed = match fingerprint_file(&ak) {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let fps: Vec<_> = listed.iter().map(|l| l.fingerprint).collect();
+        assert_eq!(
+            fps,
+            vec![expected, fingerprint(&other_key().to_public_key())]
+        );
+        assert_eq!(listed[1].comment.as_deref(), Some("b"));
+        let empty = write_file(dir.path(), "empty", "# none\n", 0o644);
+        assert!(matches!(
+            fingerprint_file(&empty),
             Err(KeyError::NoKeys { .. })
         ));
     }

@@ -1,7 +1,8 @@
 //! A small line-oriented PEM reader for key files. It splits a text file into
 //! `-----BEGIN X-----` / `-----END X-----` blocks, remembering each block's
-//! starting line and the nearest `#` comment before it, and rejects any other
-//! text outside blocks with the offending line number. Decoding the DER inside
+//! starting line and the nearest `#` comment before it, takes OpenSSH
+//! `ssh-rsa` lines as one-line blocks (labelled `ssh-rsa`, see `openssh`),
+//! and rejects any other text outside blocks with the offending line number. Decoding the DER inside
 //! a block is left to the callers in `load`.
 
 use std::path::Path;
@@ -58,6 +59,17 @@ pub(crate) fn parse_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KeyErr
                 }
                 if boundary(line, "-----END ").is_some() {
                     return Err(not_pem(number, "END line without a BEGIN line".into()));
+                }
+                if let Some(ssh) = crate::openssh::parse_line(path, number, line)? {
+                    blocks.push(Block {
+                        label: crate::openssh::SSH_RSA.to_string(),
+                        der: ssh.pkcs1_der,
+                        line: number,
+                        comment: ssh.comment.or_else(|| comment.take()),
+                        encrypted: false,
+                    });
+                    comment = None;
+                    continue;
                 }
                 return Err(not_pem(
                     number,

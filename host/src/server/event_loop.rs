@@ -2,7 +2,9 @@
 //! socket, applies admission ([`super::admission`]), routes readiness to
 //! its sessions, runs their timers, and delivers name lookups. It holds no
 //! per-session state itself: sessions own their sockets, core connection
-//! and budget share.
+//! and budget share. At every wake it checks the server's [`LiveConfig`]
+//! for a reloaded configuration and, taking it, ends the sessions of client
+//! keys that are no longer authorized.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -16,9 +18,9 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::Shared;
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
+use super::{LiveConfig, ReloadFn, Shared};
 use crate::keywork::KeyWorkHandle;
 use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
@@ -38,6 +40,8 @@ pub struct EventLoop {
     poll: Poll,
     listener: TcpListener,
     shared: Arc<Shared>,
+    live: Arc<LiveConfig>,
+    reload: Option<ReloadFn>,
     stop: StopHandle,
     resolver: LoopResolver<(Token, StreamId)>,
     keys: KeyWorkHandle,
@@ -70,17 +74,19 @@ macro_rules! ctx {
 
 impl EventLoop {
     /// A loop over `listener` (a clone of the server's socket), one of
-    /// `loops`.
+    /// `loops`, taking its configuration from `live`.
     pub fn new(
-        shared: Arc<Shared>,
+        live: &Arc<LiveConfig>,
         listener: std::net::TcpListener,
         loops: usize,
     ) -> io::Result<Self> {
+        let shared = live.current();
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        live.add_waker(waker.clone());
         let resolver = shared.dns.attach(waker.clone());
         let keys = shared.keywork.handle(waker.clone());
         let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker);
@@ -92,6 +98,8 @@ impl EventLoop {
             poll,
             listener,
             shared,
+            live: live.clone(),
+            reload: None,
             stop,
             resolver,
             keys,
@@ -137,6 +145,11 @@ impl EventLoop {
         Ok(())
     }
 
+    /// How this loop answers SIGHUP (when it handles the signals).
+    pub fn set_reload(&mut self, reload: ReloadFn) {
+        self.reload = Some(reload);
+    }
+
     /// A handle that stops this loop from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -167,21 +180,12 @@ impl EventLoop {
                         self.take_key_results();
                     }
                     SIGNALS => {
-                        if let Some(s) = signals.as_mut() {
-                            for sig in s.pending() {
-                                if self.stop.is_stopped() {
-                                    info!("signal {sig} again: closing every session now");
-                                    self.shared.drain_cut.store(true, Ordering::SeqCst);
-                                } else {
-                                    info!(
-                                        "signal {sig}: shutting down gracefully (waiting up to \
-                                         {} s for open streams; repeat to stop now)",
-                                        self.shared.limits.drain.as_secs()
-                                    );
-                                }
-                                self.shared.stop_all_loops();
-                                self.stop.stop();
-                            }
+                        let pending: Vec<i32> = signals
+                            .as_mut()
+                            .map(|s| s.pending().collect())
+                            .unwrap_or_default();
+                        for sig in pending {
+                            self.on_signal(sig);
                         }
                     }
                     token => self.dispatch(
@@ -193,6 +197,9 @@ impl EventLoop {
                         },
                     ),
                 }
+            }
+            if self.live.generation() != self.shared.generation {
+                self.adopt(self.live.current());
             }
             if self.stop.is_stopped() && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
@@ -219,6 +226,71 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if sig != signal_hook::consts::SIGHUP {
+            if self.stop.is_stopped() {
+                info!("signal {sig} again: closing every session now");
+                self.shared.drain_cut.store(true, Ordering::SeqCst);
+            } else {
+                info!(
+                    "signal {sig}: shutting down gracefully (waiting up to {} s for open \
+                     streams; repeat to stop now)",
+                    self.shared.limits.drain.as_secs()
+                );
+            }
+            self.shared.stop_all_loops();
+            self.stop.stop();
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            info!("SIGHUP: shutting down, not reloading");
+            return;
+        }
+        match self.reload.as_mut() {
+            Some(reload) => {
+                info!("SIGHUP: reloading the configuration");
+                self.live.reload(reload);
+            }
+            None => warn!("SIGHUP: this server has no configuration to reload; ignored"),
+        }
+    }
+
+    /// Takes a reloaded configuration: new sessions and new streams use it
+    /// from now on, streams already open keep running, and established
+    /// sessions of client keys it no longer authorizes are ended.
+    fn adopt(&mut self, next: Arc<Shared>) {
+        self.shared = next;
+        let revoked: Vec<Token> = self
+            .sessions
+            .values()
+            .filter(|s| s.established && !self.key_authorized(s))
+            .map(|s| s.token)
+            .collect();
+        for t in revoked {
+            self.revoke(t);
+        }
+    }
+
+    fn key_authorized(&self, s: &Session) -> bool {
+        s.client_key().is_some_and(|k| self.shared.authorizes(&k))
+    }
+
+    /// Ends session `t` because its client key is no longer authorized:
+    /// an authenticated CLOSE, then its streams are aborted.
+    fn revoke(&mut self, t: Token) {
+        let Some(s) = self.sessions.get_mut(&t) else {
+            return;
+        };
+        let key = s.client_key().map(|k| k.to_string()).unwrap_or_default();
+        warn!(
+            "{}: client key {key} is no longer in authorized_keys: session ended ({} open streams aborted)",
+            s.peer,
+            s.stream_count()
+        );
+        s.close_now();
+        self.close_session(t);
     }
 
     fn next_timeout(&self) -> Option<Duration> {
@@ -448,6 +520,12 @@ impl EventLoop {
         let alive = s.service(&mut ctx!(self));
         if s.established && self.admission.remove(t) {
             self.shared.session_established();
+            // Its handshake may have begun under a configuration that a
+            // reload has replaced since.
+            let authorized = s.client_key().is_some_and(|k| self.shared.authorizes(&k));
+            if alive && !authorized {
+                return self.revoke(t);
+            }
         }
         if !alive {
             self.close_session(t);

@@ -19,12 +19,13 @@ pub mod upstream;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hytun_core::ServerConfig;
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::allow::AllowList;
 use crate::keywork::KeyWork;
@@ -73,13 +74,13 @@ pub struct Limits {
     /// Private-key operations waiting for a worker, server-wide
     /// (`--key-queue`, 64); past that a handshake gets Busy.
     pub key_queue: usize,
+    /// How long a graceful stop waits for open streams
+    /// (`--drain-timeout`, 5 s; a second SIGINT/SIGTERM cuts it short).
+    pub drain: Duration,
     /// Name lookups: workers (`--dns-workers`, 4), in flight server-wide
     /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
     /// the deadline (`--dns-timeout`, 5 s).
     pub dns: ResolverConfig,
-    /// How long a graceful stop waits for open streams
-    /// (`--drain-timeout`, 5 s; a second SIGINT/SIGTERM cuts it short).
-    pub drain: Duration,
 }
 
 impl Default for Limits {
@@ -96,8 +97,8 @@ impl Default for Limits {
             max_descriptors: None,
             key_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             key_queue: 64,
-            dns: ResolverConfig::default(),
             drain: SHUTDOWN_GRACE,
+            dns: ResolverConfig::default(),
         }
     }
 }
@@ -141,14 +142,35 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// What every event loop of one server shares.
+/// What every event loop of one server shares: one generation of the
+/// reloadable configuration, over the [`Common`] state (pools, budgets,
+/// counters) that every generation shares. Fields of [`Common`] are reached
+/// through `Deref`.
 pub struct Shared {
-    /// The core configuration.
+    /// The core configuration (server key, authorized client keys, session
+    /// parameters for new sessions).
     pub core: Arc<ServerConfig>,
     /// The destination allowlist.
     pub allow: AllowList,
     /// The limits.
     pub limits: Limits,
+    /// The address the server was asked to listen on.
+    pub listen: SocketAddr,
+    /// 0 for the configuration the server started with, +1 per reload.
+    pub generation: u64,
+    common: Arc<Common>,
+}
+
+impl Deref for Shared {
+    type Target = Common;
+
+    fn deref(&self) -> &Common {
+        &self.common
+    }
+}
+
+/// Server state that no reload replaces.
+pub struct Common {
     /// Receive credit and session state, in bytes.
     pub memory: Arc<Pool>,
     /// Descriptors for upstream sockets (accepts have their own headroom).
@@ -160,6 +182,8 @@ pub struct Shared {
     /// The private-key worker pool every loop submits to.
     pub keywork: KeyWork,
     rate: Mutex<HandshakeRateLimiter>,
+    established: AtomicUsize,
+    refusals: Mutex<LogLimiter>,
     /// Set by a second stop signal: every loop ends its drain at once.
     drain_cut: AtomicBool,
     /// Every loop's stop handle: a signal stops them all.
@@ -167,8 +191,6 @@ pub struct Shared {
     /// Loops still running; the loop that handles signals returns last,
     /// so a second signal is heard during every loop's drain.
     loops_live: AtomicUsize,
-    established: AtomicUsize,
-    refusals: Mutex<LogLimiter>,
 }
 
 impl Shared {
@@ -209,26 +231,61 @@ impl Shared {
         );
         let dns = ResolverPool::new(limits.dns)?;
         let keywork = KeyWork::new(limits.key_workers.max(1), limits.key_queue.max(1))?;
-        Ok(Shared {
+        let common = Arc::new(Common {
             dns,
             keywork,
-            core: opts.core.clone(),
-            allow: opts.allow.clone(),
             memory: Arc::new(Pool::new("memory", limits.memory_budget)),
             fds: Arc::new(Pool::new("descriptors", upstream_fds)),
             key_ops: RateCap::new(limits.key_ops_per_sec.get(), Instant::now()),
             rate: Mutex::new(HandshakeRateLimiter::new(
                 limits.handshakes_per_source_per_sec,
             )),
+            established: AtomicUsize::new(0),
+            refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
             drain_cut: AtomicBool::new(false),
             loop_stops: Mutex::new(Vec::new()),
             loops_live: AtomicUsize::new(0),
-            established: AtomicUsize::new(0),
-            refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
+        });
+        Ok(Shared {
+            core: opts.core.clone(),
+            allow: opts.allow.clone(),
+            listen: opts.listen,
+            generation: 0,
             limits,
+            common,
         })
     }
 
+    /// The options this generation was built from (what a [`ReloadFn`]
+    /// compares the re-read configuration with).
+    pub fn options(&self) -> ServerOptions {
+        ServerOptions {
+            listen: self.listen,
+            core: self.core.clone(),
+            allow: self.allow.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// The next generation: `opts` over the same [`Common`] state.
+    fn next(&self, opts: ServerOptions) -> Shared {
+        Shared {
+            core: opts.core,
+            allow: opts.allow,
+            limits: opts.limits,
+            listen: self.listen,
+            generation: self.generation + 1,
+            common: self.common.clone(),
+        }
+    }
+
+    /// True if `key` is an authorized client key of this generation.
+    pub fn authorizes(&self, key: &hytun_core::KeyId) -> bool {
+        self.core.authorized.iter().any(|k| k.id() == *key)
+    }
+}
+
+impl Common {
     /// Asks every loop of this server for a graceful stop.
     fn stop_all_loops(&self) {
         if let Ok(stops) = self.loop_stops.lock() {
@@ -292,11 +349,133 @@ impl Shared {
     }
 }
 
+/// Re-reads the configuration for a reload: given the options in force,
+/// returns the options to use from now on, or why the files could not be
+/// used (the message is logged and the options in force stay).
+pub type ReloadFn = Box<dyn FnMut(&ServerOptions) -> Result<ServerOptions, String> + Send>;
+
+/// The slot every loop of one server takes its [`Shared`] generation from.
+/// A reload writes it once and wakes every loop; each loop compares the
+/// generation number at every wake (one atomic load) and takes the new
+/// `Arc` when it changed.
+pub struct LiveConfig {
+    current: RwLock<Arc<Shared>>,
+    generation: AtomicU64,
+    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+}
+
+impl LiveConfig {
+    fn new(shared: Shared) -> LiveConfig {
+        LiveConfig {
+            generation: AtomicU64::new(shared.generation),
+            current: RwLock::new(Arc::new(shared)),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The generation now in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The configuration now in force.
+    pub fn current(&self) -> Arc<Shared> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn add_waker(&self, waker: Arc<mio::Waker>) {
+        if let Ok(mut w) = self.wakers.lock() {
+            w.push(waker);
+        }
+    }
+
+    /// Publishes `opts` as the next generation (the listen address and the
+    /// server-wide pools stay) and wakes every loop to take it.
+    pub fn publish(&self, opts: ServerOptions) -> Arc<Shared> {
+        let next = {
+            let mut slot = match self.current.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let next = Arc::new(slot.next(opts));
+            *slot = next.clone();
+            self.generation.store(next.generation, Ordering::Release);
+            next
+        };
+        if let Ok(wakers) = self.wakers.lock() {
+            for w in wakers.iter() {
+                if let Err(e) = w.wake() {
+                    warn!("cannot wake a server loop for the reload: {e}");
+                }
+            }
+        }
+        next
+    }
+
+    /// Runs `reload` against the configuration in force and publishes the
+    /// result; when it fails, logs why and keeps the configuration in force.
+    /// True if a new generation was published.
+    pub fn reload(&self, reload: &mut ReloadFn) -> bool {
+        let old = self.current();
+        match reload(&old.options()) {
+            Ok(opts) => {
+                let new = self.publish(opts);
+                log_reload(&old, &new);
+                true
+            }
+            Err(why) => {
+                error!("reload failed, keeping the previous configuration: {why}");
+                false
+            }
+        }
+    }
+}
+
+/// Logs what a reload changed: the client keys added and removed (by
+/// fingerprint), whether the allowlist changed, and the live limits.
+fn log_reload(old: &Shared, new: &Shared) {
+    let ids = |s: &Shared| -> Vec<hytun_core::KeyId> {
+        s.core.authorized.iter().map(|k| k.id()).collect()
+    };
+    let (before, after) = (ids(old), ids(new));
+    for id in after.iter().filter(|k| !before.contains(k)) {
+        info!("reload: client key {id} added");
+    }
+    for id in before.iter().filter(|k| !after.contains(k)) {
+        info!("reload: client key {id} removed; its sessions will be ended");
+    }
+    info!(
+        "reloaded configuration (generation {}): {} authorized client keys, allowlist {}, \
+         {} sessions, {} MiB per session, hello timeout {:?}",
+        new.generation,
+        after.len(),
+        if old.allow == new.allow {
+            "unchanged"
+        } else {
+            "changed"
+        },
+        new.limits.max_sessions,
+        new.limits.session_memory >> 20,
+        new.limits.hello_timeout
+    );
+    if new.allow.is_empty() {
+        warn!("the reloaded allowlist is empty: every new stream will be refused");
+    } else if new.allow.allows_all() && !old.allow.allows_all() {
+        warn!(
+            "--allow '*': this server will now connect streams to ANY destination its clients name"
+        );
+    }
+}
+
 /// A bound, not yet running server: one event loop per thread over one
 /// listening socket.
 pub struct Server {
     loops: Vec<EventLoop>,
     local_addr: SocketAddr,
+    live: Arc<LiveConfig>,
 }
 
 impl Server {
@@ -313,17 +492,24 @@ impl Server {
         let threads = threads.max(1);
         let listener = bind_listener(opts.listen).map_err(|e| ServerError::Bind(opts.listen, e))?;
         let local_addr = listener.local_addr().map_err(ServerError::Io)?;
-        let shared = Arc::new(Shared::new(&opts).map_err(ServerError::Io)?);
+        let live = Arc::new(LiveConfig::new(
+            Shared::new(&opts).map_err(ServerError::Io)?,
+        ));
         let mut loops = Vec::with_capacity(threads);
         for _ in 0..threads {
             let l = listener.try_clone().map_err(ServerError::Io)?;
-            loops.push(EventLoop::new(shared.clone(), l, threads).map_err(ServerError::Io)?);
+            loops.push(EventLoop::new(&live, l, threads).map_err(ServerError::Io)?);
         }
+        let shared = live.current();
         if let Ok(mut stops) = shared.loop_stops.lock() {
             *stops = loops.iter().map(EventLoop::stop_handle).collect();
         }
         shared.loops_live.store(loops.len(), Ordering::SeqCst);
-        Ok(Server { loops, local_addr })
+        Ok(Server {
+            loops,
+            local_addr,
+            live,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -339,6 +525,20 @@ impl Server {
             Some(l) => l.use_signals(signals),
             None => Ok(()),
         }
+    }
+
+    /// How SIGHUP re-reads the configuration (without it, SIGHUP is logged
+    /// and ignored). Runs on the loop that handles the signals.
+    pub fn set_reload(&mut self, reload: ReloadFn) {
+        if let Some(l) = self.loops.first_mut() {
+            l.set_reload(reload);
+        }
+    }
+
+    /// The configuration slot of this server's loops: publish a new
+    /// generation from another thread (what SIGHUP does).
+    pub fn live(&self) -> Arc<LiveConfig> {
+        self.live.clone()
     }
 
     /// Handles that stop the loops from another thread.
@@ -381,11 +581,16 @@ impl Server {
     }
 }
 
-/// Takes over SIGINT and SIGTERM now: from here on they are delivered to
-/// the loop that [`Server::handle_signals`] gives them to, as a graceful
-/// stop.
+/// Takes over SIGINT, SIGTERM and SIGHUP now: from here on they are
+/// delivered to the loop that [`Server::handle_signals`] gives them to,
+/// SIGINT and SIGTERM as a graceful stop, SIGHUP as a reload
+/// ([`Server::set_reload`]).
 pub fn stop_signals() -> io::Result<signal_hook_mio::v1_0::Signals> {
-    signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+    signal_hook_mio::v1_0::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
 }
 
 /// Stops every loop of a server.

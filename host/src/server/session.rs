@@ -213,6 +213,14 @@ impl Session {
         self.upstreams.len()
     }
 
+    /// The client's key, once the handshake has completed.
+    pub fn client_key(&self) -> Option<hytun_core::KeyId> {
+        match &self.phase {
+            Phase::Core(c) => c.peer_key(),
+            Phase::Pending(_) => None,
+        }
+    }
+
     /// The first message arrived (pending sessions only).
     pub fn hello_started(&self) -> bool {
         match &self.phase {
