@@ -50,6 +50,8 @@ impl Fixture {
         let mut child = spawn_hytun(
             dir.path(),
             &[
+                // Debug: per-stream refusals are logged at that level.
+                "-v",
                 "server",
                 "--listen",
                 &listen,
