@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub dns_per_session: Option<NonZeroU32>,
     /// Seconds before a name lookup is answered as timed out.
     pub dns_timeout: Option<NonZeroU64>,
+    /// Where to serve Prometheus metrics (`[BIND:]PORT`).
+    pub metrics: Option<ListenSpec>,
 }
 
 /// `[client]`: settings of `hytun client`.
@@ -98,6 +100,8 @@ pub struct ClientConfig {
     pub http_proxy: Option<Vec<ListenSpec>>,
     /// Seconds between keepalives.
     pub keepalive_secs: Option<NonZeroU64>,
+    /// Where to serve Prometheus metrics (`[BIND:]PORT`).
+    pub metrics: Option<ListenSpec>,
 }
 
 impl Config {

@@ -11,6 +11,7 @@ use hytun_host::client::Client;
 use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec};
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
+use hytun_host::service;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
 
 /// hytun: an encrypted TCP forwarding tunnel (RSA-OAEP + X25519 handshake,
@@ -21,6 +22,9 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Warnings and errors only. RUST_LOG overrides.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,6 +139,9 @@ struct ServerArgs {
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    metrics: Option<ListenSpec>,
     /// TOML config file ([server] table); flags win.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -172,6 +179,9 @@ struct ClientArgs {
     /// Seconds between keepalive pings [default: 15].
     #[arg(long)]
     keepalive: Option<u64>,
+    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    metrics: Option<ListenSpec>,
 }
 
 fn parse_bits(s: &str) -> Result<usize, String> {
@@ -181,15 +191,27 @@ fn parse_bits(s: &str) -> Result<usize, String> {
     }
 }
 
-fn init_logs(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+/// Logs go to stderr: with a timestamp and level on a terminal or in a
+/// file, and with a syslog level prefix (`<3>`..`<7>`) and no timestamp
+/// when stderr is the systemd journal (which adds both itself).
+fn init_logs(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_target(false)
-        .init();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if service::stderr_is_journal() {
+        builder.format(|buf, record| {
+            let message = record.args().to_string();
+            buf.write_all(service::journal_lines(record.level(), &message).as_bytes())
+        });
+    } else {
+        builder.format_target(false);
+    }
+    builder.init();
 }
 
 fn client_flags(conn: ClientConnArgs) -> ClientFlags {
@@ -242,6 +264,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_queue: a.dns_queue,
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
+                metrics: a.metrics,
                 config: a.config,
             })?;
             let threads = a.threads.unwrap_or_else(|| {
@@ -257,6 +280,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let signals = hytun_host::server::stop_signals()?;
             let mut server = Server::bind_group(opts, threads)?;
             server.handle_signals(signals)?;
+            service::notify_ready(&format!("listening on {}", server.local_addr()));
             server.run(true)?;
             Ok(())
         }
@@ -266,11 +290,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             flags.socks = a.socks;
             flags.http_proxy = a.http_proxy;
             flags.keepalive = a.keepalive;
+            flags.metrics = a.metrics;
             let opts = setup::client_options(flags)?;
             if opts.listeners.is_empty() {
                 log::warn!("no -L, -D or --http-proxy given: the tunnel will carry nothing");
             }
-            Client::bind(opts)?.run(true)?;
+            let client = Client::bind(opts)?;
+            service::notify_ready("listeners bound");
+            client.run(true)?;
             Ok(())
         }
         Command::Fetch { url, output, conn } => {
@@ -317,7 +344,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.verbose);
+    init_logs(cli.verbose, cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

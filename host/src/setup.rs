@@ -91,6 +91,8 @@ pub struct ServerFlags {
     pub dns_per_session: Option<u32>,
     /// `--dns-timeout` seconds.
     pub dns_timeout: Option<u64>,
+    /// `--metrics`.
+    pub metrics: Option<ListenSpec>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -112,6 +114,8 @@ pub struct ClientFlags {
     pub http_proxy: Vec<ListenSpec>,
     /// `--keepalive` seconds.
     pub keepalive: Option<u64>,
+    /// `--metrics`.
+    pub metrics: Option<ListenSpec>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -282,6 +286,7 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
         allow,
         limits,
+        metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
     })
 }
 
@@ -349,6 +354,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         server,
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),
         listeners,
+        metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
         fail_fast_on_auth: true,
         fail_fast_on_first_attempt: false,
     })

@@ -38,6 +38,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::allow::DestHost;
 use crate::backoff::Backoff;
 use crate::config::Endpoint;
+use crate::metrics::{ClientMetrics, Exporter, ExporterError};
 use crate::pipe::{Pipe, ReadOutcome};
 use crate::proxy::http::{HttpProxyParser, ProxyRequest, ProxyStatus};
 use crate::proxy::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
@@ -76,6 +77,8 @@ pub struct ClientOptions {
     pub core: Arc<ClientConfig>,
     /// Local listeners.
     pub listeners: Vec<(SocketAddr, ListenerKind)>,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// Exit instead of retrying when the very first handshake is refused
     /// for a key reason (pinned key mismatch, unauthorized client).
     pub fail_fast_on_auth: bool,
@@ -96,6 +99,8 @@ pub enum ClientError {
     Authentication(String),
     /// The server could not be reached (fail-fast mode only).
     Unreachable(String),
+    /// The metrics endpoint could not start.
+    Metrics(ExporterError),
 }
 
 impl std::fmt::Display for ClientError {
@@ -107,6 +112,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ClientError::Io(e) => write!(f, "event loop setup failed: {e}"),
             ClientError::Authentication(msg) | ClientError::Unreachable(msg) => f.write_str(msg),
+            ClientError::Metrics(e) => e.fmt(f),
         }
     }
 }
@@ -196,6 +202,8 @@ pub struct Client {
     scratch: Vec<u8>,
     fatal: Option<ClientError>,
     bound: Vec<SocketAddr>,
+    metrics: Arc<ClientMetrics>,
+    exporter: Option<Exporter>,
 }
 
 fn destination(host: &DestHost, port: u16) -> Destination<'_> {
@@ -226,6 +234,17 @@ impl Client {
             bound.push(l.local_addr().map_err(ClientError::Io)?);
             listeners.insert(token, (l, kind.clone()));
         }
+        let metrics = Arc::new(ClientMetrics::new());
+        let exporter = match opts.metrics {
+            Some(addr) => {
+                let m = metrics.clone();
+                let render = Arc::new(move |f| m.encode(f));
+                let e =
+                    Exporter::start(addr, render, "hytun-metrics").map_err(ClientError::Metrics)?;
+                Some(e)
+            }
+            None => None,
+        };
         Ok(Client {
             poll,
             opts,
@@ -244,7 +263,14 @@ impl Client {
             scratch: vec![0; READ_CHUNK],
             fatal: None,
             bound,
+            metrics,
+            exporter,
         })
+    }
+
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(Exporter::local_addr)
     }
 
     /// The bound local addresses, in the order of the options' listeners.
@@ -289,6 +315,9 @@ impl Client {
             };
             info!("listening on {addr}: {what}");
         }
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             if let Some(e) = self.fatal.take() {
@@ -329,6 +358,7 @@ impl Client {
             }
             self.run_timers();
             self.service();
+            self.metrics.set_streams(self.streams.len());
         }
     }
 
@@ -490,6 +520,7 @@ impl Client {
                     return;
                 }
                 Ok(n) => {
+                    self.metrics.tunnel_received(n);
                     let now = self.clock.now();
                     let mut off = 0;
                     let mut rng = os_rng();
@@ -533,6 +564,7 @@ impl Client {
             let Some(ev) = conn.poll_event() else { return };
             match ev {
                 Event::Connected => {
+                    self.metrics.handshake_ok(started.elapsed());
                     let suite = conn.suite();
                     info!(
                         "tunnel up to {addr} (server key {}, {:?}, handshake {} ms)",
@@ -545,6 +577,7 @@ impl Client {
                     self.open_waiting();
                 }
                 Event::Opened { id } => {
+                    self.metrics.stream_opened();
                     let Some(&t) = self.streams.get(&id) else {
                         continue;
                     };
@@ -564,6 +597,7 @@ impl Client {
                     }
                 }
                 Event::OpenFailed { id, code } => {
+                    self.metrics.stream_refused(code);
                     let Some(&t) = self.streams.get(&id) else {
                         continue;
                     };
@@ -619,6 +653,7 @@ impl Client {
     }
 
     fn on_tunnel_closed(&mut self, error: ConnectionError) {
+        self.metrics.session_closed(&error);
         let auth = is_key_error(&error);
         let pinned = self.opts.core.server.id();
         let hint = match error {
@@ -1223,6 +1258,7 @@ impl Client {
             match sock.write(pending) {
                 Ok(n) => {
                     total += n;
+                    self.metrics.tunnel_sent(n);
                     conn.transmit_done(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
@@ -1238,6 +1274,7 @@ impl Client {
     }
 
     fn shutdown(&mut self) {
+        crate::service::notify_stopping();
         // Streams still open are cut, not complete: reset their sockets.
         let live: Vec<Token> = self.locals.keys().copied().collect();
         for t in live {

@@ -28,6 +28,7 @@ use log::{info, warn};
 
 use crate::allow::AllowList;
 use crate::keywork::KeyWork;
+use crate::metrics::{Exporter, ExporterError, Format, ServerGauges, ServerMetrics};
 use crate::ratelimit::HandshakeRateLimiter;
 use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
@@ -109,6 +110,8 @@ pub struct ServerOptions {
     pub allow: AllowList,
     /// The budgets.
     pub limits: Limits,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the server could not start.
@@ -118,6 +121,8 @@ pub enum ServerError {
     Bind(SocketAddr, io::Error),
     /// Setting up the event loop failed.
     Io(io::Error),
+    /// The metrics endpoint could not start.
+    Metrics(ExporterError),
 }
 
 impl std::fmt::Display for ServerError {
@@ -131,6 +136,7 @@ impl std::fmt::Display for ServerError {
             }
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::Io(e) => write!(f, "event loop setup failed: {e}"),
+            ServerError::Metrics(e) => e.fmt(f),
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct Shared {
     pub dns: ResolverPool,
     /// The private-key worker pool every loop submits to.
     pub keywork: KeyWork,
+    /// Counters every loop adds to (see [`crate::metrics`]).
+    pub metrics: Arc<ServerMetrics>,
     rate: Mutex<HandshakeRateLimiter>,
     established: AtomicUsize,
     refusals: Mutex<LogLimiter>,
@@ -211,6 +219,7 @@ impl Shared {
             )),
             established: AtomicUsize::new(0),
             refusals: Mutex::new(LogLimiter::new(Duration::from_secs(1))),
+            metrics: Arc::new(ServerMetrics::new()),
             limits,
         })
     }
@@ -226,6 +235,18 @@ impl Shared {
 
     fn session_ended(&self) {
         self.established.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The metrics exposition, with the gauges read now.
+    pub fn render_metrics(&self, format: Format) -> String {
+        let gauges = ServerGauges {
+            sessions: self.established(),
+            memory_used: self.memory.used(),
+            memory_limit: self.memory.limit(),
+            fds_used: self.fds.used(),
+            fds_limit: self.fds.limit(),
+        };
+        self.metrics.encode(gauges, format)
     }
 
     /// The most upstream descriptors one session may hold: half the
@@ -274,6 +295,7 @@ impl Shared {
 pub struct Server {
     loops: Vec<EventLoop>,
     local_addr: SocketAddr,
+    exporter: Option<Exporter>,
 }
 
 impl Server {
@@ -296,7 +318,25 @@ impl Server {
             let l = listener.try_clone().map_err(ServerError::Io)?;
             loops.push(EventLoop::new(shared.clone(), l, threads).map_err(ServerError::Io)?);
         }
-        Ok(Server { loops, local_addr })
+        let exporter = match opts.metrics {
+            Some(addr) => {
+                let render = Arc::new(move |f| shared.render_metrics(f));
+                let e =
+                    Exporter::start(addr, render, "hytun-metrics").map_err(ServerError::Metrics)?;
+                Some(e)
+            }
+            None => None,
+        };
+        Ok(Server {
+            loops,
+            local_addr,
+            exporter,
+        })
+    }
+
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(Exporter::local_addr)
     }
 
     /// The bound address (useful with port 0).
@@ -326,6 +366,11 @@ impl Server {
         if let Some(l) = self.loops.first() {
             l.log_start(self.local_addr, self.loops.len());
         }
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
+        // The endpoint serves until the loops are done.
+        let _exporter = self.exporter;
         let mut loops = self.loops.into_iter();
         let Some(first) = loops.next() else {
             return Ok(());
