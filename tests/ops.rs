@@ -387,6 +387,12 @@ fn readiness_and_stopping_are_notified() {
     // READY comes after the listener is bound: connecting works at once.
     assert!(TcpStream::connect(loopback(port)).is_ok(), "{ready}");
     assert!(ready.contains("STATUS=listening on 127.0.0.1:"), "{ready}");
+    // The status line follows the session count.
+    let args = client_args(port, "client.key");
+    let client = spawn(&strs(&args), &[]);
+    wait_notify(&sock, "STATUS=1 sessions");
+    drop(client);
+    wait_notify(&sock, "STATUS=0 sessions");
     sigterm(&server);
     wait_notify(&sock, "STOPPING=1");
     let status = server.0.wait().expect("wait");

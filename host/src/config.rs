@@ -560,6 +560,19 @@ keepalive-secs = 15
     }
 
     #[test]
+    fn metrics_key_on_both_sides() {
+        let c = load("[server]\nmetrics = \"9100\"\n[client]\nmetrics = \"[::1]:9101\"\n")
+            .ok()
+            .unwrap_or_default();
+        let server = c.server.and_then(|s| s.metrics).map(|l| l.addr);
+        assert_eq!(server, Some(sock("127.0.0.1:9100")));
+        let client = c.client.and_then(|c| c.metrics).map(|l| l.addr);
+        assert_eq!(client, Some(sock("[::1]:9101")));
+        let err = load("[server]\nmetrics = \"nine\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2:"), "{err}");
+    }
+
+    #[test]
     fn empty_file_and_partial_tables() {
         assert_eq!(load("").ok(), Some(Config::default()));
         let c = load("[client]\nkeepalive-secs = 5\n")

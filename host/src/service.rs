@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use log::Level;
 use sd_notify::NotifyState;
@@ -37,6 +38,46 @@ pub fn notify_stopping() {
 /// Updates the status line `systemctl status` shows.
 pub fn notify_status(status: &str) {
     notify(&[NotifyState::Status(status)]);
+}
+
+/// The `STATUS=` line of a long-running loop: sent only under a service
+/// manager, only when it changed, and at most once per [`Self::PERIOD`].
+#[derive(Debug)]
+pub struct StatusLine {
+    last: String,
+    next: Instant,
+}
+
+impl StatusLine {
+    /// How often the line may change.
+    pub const PERIOD: Duration = Duration::from_secs(1);
+
+    /// A status line, if `NOTIFY_SOCKET` is set (else there is nobody to
+    /// tell).
+    pub fn if_supervised() -> Option<StatusLine> {
+        std::env::var_os("NOTIFY_SOCKET").map(|_| StatusLine {
+            last: String::new(),
+            next: Instant::now(),
+        })
+    }
+
+    /// When the line is next due.
+    pub fn next_due(&self) -> Instant {
+        self.next
+    }
+
+    /// Sends `text()` if due and changed.
+    pub fn update(&mut self, now: Instant, text: impl FnOnce() -> String) {
+        if now < self.next {
+            return;
+        }
+        self.next = now + Self::PERIOD;
+        let text = text();
+        if text != self.last {
+            notify_status(&text);
+            self.last = text;
+        }
+    }
 }
 
 /// `JOURNAL_STREAM`'s `DEVICE:INODE`.

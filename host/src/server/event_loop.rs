@@ -23,6 +23,7 @@ use crate::keywork::KeyWorkHandle;
 use crate::metrics::HandshakeOutcome;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
+use crate::service::StatusLine;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -53,6 +54,8 @@ pub struct EventLoop {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// Pending handshakes last reported to the metrics.
     pending_seen: usize,
+    /// The service manager's status line (the signal-handling loop only).
+    status: Option<StatusLine>,
 }
 
 /// Builds the [`Ctx`] a session borrows, from disjoint fields of the loop.
@@ -108,6 +111,7 @@ impl EventLoop {
             next_idle_sweep: StdInstant::now() + IDLE_RELEASE_AFTER,
             signals: None,
             pending_seen: 0,
+            status: None,
         })
     }
 
@@ -137,6 +141,7 @@ impl EventLoop {
             .registry()
             .register(&mut s, SIGNALS, Interest::READABLE)?;
         self.signals = Some(s);
+        self.status = StatusLine::if_supervised();
         Ok(())
     }
 
@@ -194,6 +199,12 @@ impl EventLoop {
                 .shared
                 .metrics
                 .pending_moved(self.pending_seen, self.admission.len());
+            if let Some(status) = self.status.as_mut()
+                && self.shutdown_deadline.is_none()
+            {
+                let sessions = self.shared.established();
+                status.update(StdInstant::now(), || format!("{sessions} sessions"));
+            }
             if let Some(deadline) = self.shutdown_deadline {
                 let streams: usize = self.sessions.values().map(Session::stream_count).sum();
                 if streams == 0 || StdInstant::now() >= deadline {
@@ -219,6 +230,9 @@ impl EventLoop {
         }
         if let Some(t) = self.accept_paused_until {
             take(t);
+        }
+        if let Some(status) = &self.status {
+            take(status.next_due());
         }
         if !self.sessions.is_empty() {
             take(self.next_idle_sweep);
