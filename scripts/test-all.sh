@@ -30,10 +30,20 @@ command -v riscv64-unknown-elf-size >/dev/null || missing+=(binutils-riscv64-unk
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# tests/ops.rs: systemd-analyze verifies the units in dist/; promtool
+# validates the /metrics output (Debian ships it only in 'prometheus').
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v promtool >/dev/null || missing+=(prometheus)
+apt_install() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"; }
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  rest=()
+  for p in "${missing[@]}"; do
+    # Only promtool is needed: not the recommended node exporter.
+    if [ "$p" = prometheus ]; then apt_install --no-install-recommends prometheus; else rest+=("$p"); fi
+  done
+  if [ ${#rest[@]} -gt 0 ]; then apt_install "${rest[@]}"; fi
 else
   echo "all present"
 fi

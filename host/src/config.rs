@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub dns_timeout: Option<DnsTimeout>,
     /// Seconds a graceful stop waits for open streams.
     pub drain_timeout: Option<DrainTimeout>,
+    /// Where to serve Prometheus metrics (`[BIND:]PORT`).
+    pub metrics: Option<ListenSpec>,
 }
 
 /// `[client]`: settings of `hytun client` (and `fetch`); each key is the
@@ -129,6 +131,8 @@ pub struct ClientConfig {
     /// Seconds between keepalives.
     #[serde(alias = "keepalive-secs")]
     pub keepalive: Option<Keepalive>,
+    /// Where to serve Prometheus metrics (`[BIND:]PORT`).
+    pub metrics: Option<ListenSpec>,
 }
 
 /// A number outside its option's range, or not a whole number.
@@ -922,6 +926,19 @@ keepalive = 15
             err.contains("a port number or a \"[BIND:]PORT\" string"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn metrics_key_on_both_sides() {
+        let c = load("[server]\nmetrics = \"9100\"\n[client]\nmetrics = \"[::1]:9101\"\n")
+            .ok()
+            .unwrap_or_default();
+        let server = c.server.and_then(|s| s.metrics).map(|l| l.addr);
+        assert_eq!(server, Some(sock("127.0.0.1:9100")));
+        let client = c.client.and_then(|c| c.metrics).map(|l| l.addr);
+        assert_eq!(client, Some(sock("[::1]:9101")));
+        let err = load("[server]\nmetrics = \"nine\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2:"), "{err}");
     }
 
     #[test]

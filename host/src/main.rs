@@ -17,6 +17,7 @@ use hytun_host::config::{
 };
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
+use hytun_host::service;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
 
 /// hytun: an encrypted TCP forwarding tunnel (RSA-OAEP + X25519 handshake,
@@ -27,6 +28,9 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Warnings and errors only. RUST_LOG overrides.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +154,9 @@ struct ServerArgs {
     /// Seconds a graceful stop (SIGINT/SIGTERM) waits for open streams; a second signal stops at once [default: 5].
     #[arg(long, value_name = "SECS")]
     drain_timeout: Option<DrainTimeout>,
+    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    metrics: Option<ListenSpec>,
     /// TOML config file ([server] table, keys named like these flags); flags win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -187,17 +194,32 @@ struct ClientArgs {
     /// Seconds between keepalive pings [default: 15].
     #[arg(long, value_name = "SECS")]
     keepalive: Option<Keepalive>,
+    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
+    metrics: Option<ListenSpec>,
 }
 
-fn init_logs(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+/// Logs go to stderr: with a timestamp and level on a terminal or in a
+/// file, and with a syslog level prefix (`<3>`..`<7>`) and no timestamp
+/// when stderr is the systemd journal (which adds both itself).
+fn init_logs(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_target(false)
-        .init();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if service::stderr_is_journal() {
+        builder.format(|buf, record| {
+            let message = record.args().to_string();
+            buf.write_all(service::journal_lines(record.level(), &message).as_bytes())
+        });
+    } else {
+        builder.format_target(false);
+    }
+    builder.init();
 }
 
 fn client_flags(conn: ClientConnArgs) -> ClientFlags {
@@ -257,6 +279,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
                 drain_timeout: a.drain_timeout,
+                metrics: a.metrics,
                 config: a.config,
             };
             let (opts, threads) = setup::server_setup(flags.clone())?;
@@ -265,6 +288,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let signals = hytun_host::server::stop_signals()?;
             let mut server = Server::bind_group(opts, threads)?;
             server.handle_signals(signals)?;
+            service::notify_ready(&format!("listening on {}", server.local_addr()));
             // SIGHUP re-reads the config file and authorized_keys.
             server.set_reload(setup::server_reloader(flags));
             server.run(true)?;
@@ -276,11 +300,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             flags.socks = a.socks;
             flags.http_proxy = a.http_proxy;
             flags.keepalive = a.keepalive;
+            flags.metrics = a.metrics;
             let opts = setup::client_options(flags)?;
             if opts.listeners.is_empty() {
                 log::warn!("no -L, -D or --http-proxy given: the tunnel will carry nothing");
             }
-            Client::bind(opts)?.run(true)?;
+            let client = Client::bind(opts)?;
+            service::notify_ready("listeners bound");
+            client.run(true)?;
             Ok(())
         }
         Command::Fetch { url, output, conn } => {
@@ -372,7 +399,7 @@ fn print_fingerprints(files: &[PathBuf]) -> Result<(), Box<dyn std::error::Error
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.verbose);
+    init_logs(cli.verbose, cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

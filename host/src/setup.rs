@@ -101,6 +101,8 @@ pub struct ServerFlags {
     pub dns_timeout: Option<DnsTimeout>,
     /// `--drain-timeout` seconds.
     pub drain_timeout: Option<DrainTimeout>,
+    /// `--metrics`.
+    pub metrics: Option<ListenSpec>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -122,6 +124,8 @@ pub struct ClientFlags {
     pub http_proxy: Vec<ListenSpec>,
     /// `--keepalive` seconds.
     pub keepalive: Option<Keepalive>,
+    /// `--metrics`.
+    pub metrics: Option<ListenSpec>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -173,6 +177,8 @@ struct ServerSettings {
     limits: Limits,
     /// Event-loop threads (fixed at start).
     threads: usize,
+    /// Where to serve metrics (fixed at start).
+    metrics: Option<SocketAddr>,
 }
 
 /// Builds the server's options.
@@ -203,6 +209,7 @@ pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupE
     log::info!("allowed destinations: {}", settings.allow);
     let opts = ServerOptions {
         listen: settings.listen,
+        metrics: settings.metrics,
         core: Arc::new(CoreServerConfig::new(
             identity,
             settings.authorized,
@@ -279,6 +286,7 @@ pub fn reload_server_options(
     core.suites = current.core.suites.clone();
     Ok(ServerOptions {
         listen: current.listen,
+        metrics: current.metrics,
         core: Arc::new(core),
         allow: settings.allow,
         limits,
@@ -429,6 +437,7 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
         session,
         limits,
         threads,
+        metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
     })
 }
 
@@ -498,6 +507,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         server,
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),
         listeners,
+        metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
         fail_fast_on_auth: true,
         fail_fast_on_first_attempt: false,
     })

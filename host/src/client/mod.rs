@@ -39,6 +39,7 @@ use crate::allow::DestHost;
 use crate::backoff::Backoff;
 use crate::config::Endpoint;
 use crate::keywork::{KeyWork, KeyWorkHandle};
+use crate::metrics::{ClientMetrics, Exporter, ExporterError};
 use crate::pipe::{Pipe, ReadOutcome};
 use crate::proxy::http::{HttpProxyParser, ProxyRequest, ProxyStatus};
 use crate::proxy::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
@@ -77,6 +78,8 @@ pub struct ClientOptions {
     pub core: Arc<ClientConfig>,
     /// Local listeners.
     pub listeners: Vec<(SocketAddr, ListenerKind)>,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// Exit instead of retrying when the very first handshake is refused
     /// for a key reason (pinned key mismatch, unauthorized client).
     pub fail_fast_on_auth: bool,
@@ -97,6 +100,8 @@ pub enum ClientError {
     Authentication(String),
     /// The server could not be reached (fail-fast mode only).
     Unreachable(String),
+    /// The metrics endpoint could not start.
+    Metrics(ExporterError),
 }
 
 impl std::fmt::Display for ClientError {
@@ -108,6 +113,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ClientError::Io(e) => write!(f, "event loop setup failed: {e}"),
             ClientError::Authentication(msg) | ClientError::Unreachable(msg) => f.write_str(msg),
+            ClientError::Metrics(e) => e.fmt(f),
         }
     }
 }
@@ -207,6 +213,8 @@ pub struct Client {
     /// Tunnel input that arrived while the handshake waited for the
     /// private-key result (at most [`MAX_HELD`]).
     held: Vec<u8>,
+    metrics: Arc<ClientMetrics>,
+    exporter: Option<Exporter>,
 }
 
 /// Server bytes a client keeps while its private-key operation runs: the
@@ -243,6 +251,17 @@ impl Client {
             bound.push(l.local_addr().map_err(ClientError::Io)?);
             listeners.insert(token, (l, kind.clone()));
         }
+        let metrics = Arc::new(ClientMetrics::new());
+        let exporter = match opts.metrics {
+            Some(addr) => {
+                let m = metrics.clone();
+                let render = Arc::new(move |f| m.encode(f));
+                let e =
+                    Exporter::start(addr, render, "hytun-metrics").map_err(ClientError::Metrics)?;
+                Some(e)
+            }
+            None => None,
+        };
         Ok(Client {
             poll,
             opts,
@@ -265,7 +284,14 @@ impl Client {
             key_jobs,
             key_generation: 0,
             held: Vec::new(),
+            metrics,
+            exporter,
         })
+    }
+
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(Exporter::local_addr)
     }
 
     /// The bound local addresses, in the order of the options' listeners.
@@ -309,6 +335,9 @@ impl Client {
                 ListenerKind::HttpProxy => "HTTP proxy".into(),
             };
             info!("listening on {addr}: {what}");
+        }
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -358,6 +387,7 @@ impl Client {
             }
             self.run_timers();
             self.service();
+            self.metrics.set_streams(self.streams.len());
         }
     }
 
@@ -536,6 +566,7 @@ impl Client {
                     return;
                 }
                 Ok(n) => {
+                    self.metrics.tunnel_received(n);
                     let input = std::mem::take(&mut self.scratch);
                     self.feed_tunnel(&input[..n]);
                     self.scratch = input;
@@ -636,6 +667,7 @@ impl Client {
             let Some(ev) = conn.poll_event() else { return };
             match ev {
                 Event::Connected => {
+                    self.metrics.handshake_ok(started.elapsed());
                     let suite = conn.suite();
                     info!(
                         "tunnel up to {addr} (server key {}, {}, handshake {} ms)",
@@ -648,6 +680,7 @@ impl Client {
                     self.open_waiting();
                 }
                 Event::Opened { id } => {
+                    self.metrics.stream_opened();
                     let Some(&t) = self.streams.get(&id) else {
                         continue;
                     };
@@ -667,6 +700,7 @@ impl Client {
                     }
                 }
                 Event::OpenFailed { id, code } => {
+                    self.metrics.stream_refused(code);
                     let Some(&t) = self.streams.get(&id) else {
                         continue;
                     };
@@ -722,6 +756,7 @@ impl Client {
     }
 
     fn on_tunnel_closed(&mut self, error: ConnectionError) {
+        self.metrics.session_closed(&error);
         let auth = is_key_error(&error);
         let pinned = self.opts.core.server.id();
         let hint = match error {
@@ -1328,6 +1363,7 @@ impl Client {
             match sock.write(pending) {
                 Ok(n) => {
                     total += n;
+                    self.metrics.tunnel_sent(n);
                     conn.transmit_done(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
@@ -1343,6 +1379,7 @@ impl Client {
     }
 
     fn shutdown(&mut self) {
+        crate::service::notify_stopping();
         // Streams still open are cut, not complete: reset their sockets.
         let live: Vec<Token> = self.locals.keys().copied().collect();
         for t in live {

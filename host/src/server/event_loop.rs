@@ -22,9 +22,11 @@ use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{LiveConfig, ReloadFn, Shared};
 use crate::keywork::KeyWorkHandle;
+use crate::metrics::HandshakeOutcome;
 use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
+use crate::service::StatusLine;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -55,6 +57,10 @@ pub struct EventLoop {
     scratch: Vec<u8>,
     next_idle_sweep: StdInstant,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// Pending handshakes last reported to the metrics.
+    pending_seen: usize,
+    /// The service manager's status line (the signal-handling loop only).
+    status: Option<StatusLine>,
 }
 
 /// Builds the [`Ctx`] a session borrows, from disjoint fields of the loop.
@@ -113,6 +119,8 @@ impl EventLoop {
             scratch: vec![0; READ_CHUNK],
             next_idle_sweep: StdInstant::now() + IDLE_RELEASE_AFTER,
             signals: None,
+            pending_seen: 0,
+            status: None,
         })
     }
 
@@ -142,6 +150,7 @@ impl EventLoop {
             .registry()
             .register(&mut s, SIGNALS, Interest::READABLE)?;
         self.signals = Some(s);
+        self.status = StatusLine::if_supervised();
         Ok(())
     }
 
@@ -208,6 +217,16 @@ impl EventLoop {
             let touched: Vec<Token> = self.touched.drain().collect();
             for t in touched {
                 self.service(t);
+            }
+            self.pending_seen = self
+                .shared
+                .metrics
+                .pending_moved(self.pending_seen, self.admission.len());
+            if let Some(status) = self.status.as_mut()
+                && self.shutdown_deadline.is_none()
+            {
+                let sessions = self.shared.established();
+                status.update(StdInstant::now(), || format!("{sessions} sessions"));
             }
             if let Some(deadline) = self.shutdown_deadline {
                 let streams: usize = self.sessions.values().map(Session::stream_count).sum();
@@ -308,6 +327,9 @@ impl EventLoop {
         if let Some(t) = self.accept_paused_until {
             take(t);
         }
+        if let Some(status) = &self.status {
+            take(status.next_due());
+        }
         if !self.sessions.is_empty() {
             take(self.next_idle_sweep);
         }
@@ -342,12 +364,13 @@ impl EventLoop {
     fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
         let _ = sock.set_nodelay(true);
         let token = self.routes.add(Route::Session);
-        let mut session = Session::new(token, peer, sock);
+        let mut session = Session::new(token, peer, sock, self.shared.metrics.clone());
         if self.shared.established() >= self.shared.limits.max_sessions {
             return self.refuse(session, "at the session limit");
         }
         if !self.shared.rate_allows(peer.ip()) {
-            return self.refuse(session, "handshake rate limit for this source");
+            let why = "handshake rate limit for this source";
+            return self.refuse_as(session, HandshakeOutcome::RateLimited, why);
         }
         match self.admission.admit(token, peer.ip(), StdInstant::now()) {
             Err(Refusal::SourcePending) => {
@@ -355,6 +378,7 @@ impl EventLoop {
             }
             Ok(Some(victim)) => {
                 if let Some(v) = self.sessions.remove(&victim) {
+                    self.shared.metrics.handshake(HandshakeOutcome::Failed);
                     debug!("{}: pending handshake evicted for a newcomer", v.peer);
                     v.close(&mut ctx!(self));
                 }
@@ -377,7 +401,13 @@ impl EventLoop {
     }
 
     /// Refuses a connection with the Busy alert; the client retries.
-    fn refuse(&mut self, mut session: Session, why: &str) {
+    fn refuse(&mut self, session: Session, why: &str) {
+        self.refuse_as(session, HandshakeOutcome::Busy, why);
+    }
+
+    /// [`Self::refuse`], counted as `outcome`.
+    fn refuse_as(&mut self, mut session: Session, outcome: HandshakeOutcome, why: &str) {
+        self.shared.metrics.handshake(outcome);
         session.send_busy();
         self.shared.log_refusal(session.peer, why);
         self.admission.remove(session.token);
@@ -539,11 +569,15 @@ impl EventLoop {
         if s.established && !self.admission.contains(t) {
             self.shared.session_ended();
         }
+        self.shared
+            .metrics
+            .connection_closed(s.established, s.error());
         self.admission.remove(t);
         s.close(&mut ctx!(self));
     }
 
     fn begin_shutdown(&mut self) {
+        crate::service::notify_stopping();
         self.shutdown_deadline = Some(StdInstant::now() + self.shared.limits.drain);
         let _ = self.poll.registry().deregister(&mut self.listener);
         for (t, s) in self.sessions.iter_mut() {

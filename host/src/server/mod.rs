@@ -29,6 +29,7 @@ use log::{error, info, warn};
 
 use crate::allow::AllowList;
 use crate::keywork::KeyWork;
+use crate::metrics::{Exporter, ExporterError, Format, ServerGauges, ServerMetrics};
 use crate::ratelimit::HandshakeRateLimiter;
 use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
@@ -114,6 +115,8 @@ pub struct ServerOptions {
     pub allow: AllowList,
     /// The budgets.
     pub limits: Limits,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the server could not start.
@@ -123,6 +126,8 @@ pub enum ServerError {
     Bind(SocketAddr, io::Error),
     /// Setting up the event loop failed.
     Io(io::Error),
+    /// The metrics endpoint could not start.
+    Metrics(ExporterError),
 }
 
 impl std::fmt::Display for ServerError {
@@ -136,6 +141,7 @@ impl std::fmt::Display for ServerError {
             }
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::Io(e) => write!(f, "event loop setup failed: {e}"),
+            ServerError::Metrics(e) => e.fmt(f),
         }
     }
 }
@@ -156,6 +162,8 @@ pub struct Shared {
     pub limits: Limits,
     /// The address the server was asked to listen on.
     pub listen: SocketAddr,
+    /// Where the metrics endpoint was asked to listen (fixed at start).
+    pub metrics_listen: Option<SocketAddr>,
     /// 0 for the configuration the server started with, +1 per reload.
     pub generation: u64,
     common: Arc<Common>,
@@ -181,6 +189,8 @@ pub struct Common {
     pub dns: ResolverPool,
     /// The private-key worker pool every loop submits to.
     pub keywork: KeyWork,
+    /// Counters every loop adds to (see [`crate::metrics`]).
+    pub metrics: Arc<ServerMetrics>,
     rate: Mutex<HandshakeRateLimiter>,
     established: AtomicUsize,
     refusals: Mutex<LogLimiter>,
@@ -245,11 +255,13 @@ impl Shared {
             drain_cut: AtomicBool::new(false),
             loop_stops: Mutex::new(Vec::new()),
             loops_live: AtomicUsize::new(0),
+            metrics: Arc::new(ServerMetrics::new()),
         });
         Ok(Shared {
             core: opts.core.clone(),
             allow: opts.allow.clone(),
             listen: opts.listen,
+            metrics_listen: opts.metrics,
             generation: 0,
             limits,
             common,
@@ -261,6 +273,7 @@ impl Shared {
     pub fn options(&self) -> ServerOptions {
         ServerOptions {
             listen: self.listen,
+            metrics: self.metrics_listen,
             core: self.core.clone(),
             allow: self.allow.clone(),
             limits: self.limits.clone(),
@@ -274,6 +287,7 @@ impl Shared {
             allow: opts.allow,
             limits: opts.limits,
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             generation: self.generation + 1,
             common: self.common.clone(),
         }
@@ -306,6 +320,18 @@ impl Common {
 
     fn session_ended(&self) {
         self.established.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The metrics exposition, with the gauges read now.
+    pub fn render_metrics(&self, format: Format) -> String {
+        let gauges = ServerGauges {
+            sessions: self.established(),
+            memory_used: self.memory.used(),
+            memory_limit: self.memory.limit(),
+            fds_used: self.fds.used(),
+            fds_limit: self.fds.limit(),
+        };
+        self.metrics.encode(gauges, format)
     }
 
     /// The most upstream descriptors one session may hold: half the
@@ -476,6 +502,7 @@ pub struct Server {
     loops: Vec<EventLoop>,
     local_addr: SocketAddr,
     live: Arc<LiveConfig>,
+    exporter: Option<Exporter>,
 }
 
 impl Server {
@@ -505,11 +532,28 @@ impl Server {
             *stops = loops.iter().map(EventLoop::stop_handle).collect();
         }
         shared.loops_live.store(loops.len(), Ordering::SeqCst);
+        let exporter = match opts.metrics {
+            Some(addr) => {
+                // Rendered from the generation in force at each scrape.
+                let slot = live.clone();
+                let render = Arc::new(move |f| slot.current().render_metrics(f));
+                let e =
+                    Exporter::start(addr, render, "hytun-metrics").map_err(ServerError::Metrics)?;
+                Some(e)
+            }
+            None => None,
+        };
         Ok(Server {
             loops,
             local_addr,
             live,
+            exporter,
         })
+    }
+
+    /// Where the metrics endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.exporter.as_ref().map(Exporter::local_addr)
     }
 
     /// The bound address (useful with port 0).
@@ -553,6 +597,11 @@ impl Server {
         if let Some(l) = self.loops.first() {
             l.log_start(self.local_addr, self.loops.len());
         }
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
+        // The endpoint serves until the loops are done.
+        let _exporter = self.exporter;
         let mut loops = self.loops.into_iter();
         let Some(first) = loops.next() else {
             return Ok(());

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use hytun_core::{
@@ -27,6 +28,7 @@ use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
 use crate::keywork::KeyWorkHandle;
+use crate::metrics::ServerMetrics;
 use crate::pipe::{ReadOutcome, Readiness};
 use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
@@ -161,11 +163,17 @@ pub struct Session {
     held: Vec<u8>,
     /// The worker pool refused this session's private-key operation.
     key_refused: bool,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Session {
     /// A freshly accepted connection, pending its first message.
-    pub fn new(token: Token, peer: SocketAddr, sock: TcpStream) -> Self {
+    pub fn new(
+        token: Token,
+        peer: SocketAddr,
+        sock: TcpStream,
+        metrics: Arc<ServerMetrics>,
+    ) -> Self {
         Session {
             token,
             peer,
@@ -184,6 +192,7 @@ impl Session {
             released: false,
             held: Vec::new(),
             key_refused: false,
+            metrics,
         }
     }
 
@@ -206,6 +215,14 @@ impl Session {
     /// True while the core has not been started.
     pub fn is_pending(&self) -> bool {
         matches!(self.phase, Phase::Pending(_))
+    }
+
+    /// Why the core ended the session, once it has.
+    pub fn error(&self) -> Option<ConnectionError> {
+        match &self.phase {
+            Phase::Core(c) => c.error(),
+            Phase::Pending(_) => None,
+        }
     }
 
     /// Streams with an upstream.
@@ -408,6 +425,7 @@ impl Session {
                     return;
                 }
                 Ok(n) => {
+                    self.metrics.tunnel_received(n);
                     self.last_io = StdInstant::now();
                     self.released = false;
                     n
@@ -447,6 +465,7 @@ impl Session {
             match ev {
                 Event::Connected => {
                     self.established = true;
+                    self.metrics.handshake_ok(self.started.elapsed());
                     let key = conn.peer_key().map(|k| k.to_string()).unwrap_or_default();
                     info!(
                         "{}: session up, client key {key}, handshake {} ms",
@@ -625,6 +644,7 @@ impl Session {
     }
 
     fn refuse(&mut self, id: StreamId, label: &str, code: StreamErrorCode, why: &str) {
+        self.metrics.stream_refused(code);
         debug!("{}: stream {id} to {label} refused: {why}", self.peer);
         if let Some(c) = self.conn() {
             let _ = c.refuse_stream(id, code);
@@ -705,6 +725,7 @@ impl Session {
                     return self.end_upstream(ctx, id, End::Refuse(error_code(&e), &why));
                 }
                 ConnectProgress::Connected => {
+                    self.metrics.stream_opened();
                     debug!("{}: stream {id} connected to {}", self.peer, up.dest);
                     // Budget first: an accepted stream's window may grow
                     // at once.
@@ -772,6 +793,9 @@ impl Session {
         if let Some(t) = up.token {
             ctx.routes.remove(t);
         }
+        if up.is_connected() {
+            self.metrics.stream_closed();
+        }
         if let Some((ticket, _)) = up.lookup {
             ctx.dns.cancel(ticket);
         }
@@ -793,6 +817,9 @@ impl Session {
             }
             End::Refuse(code, why) => {
                 let accepted = up.is_connected();
+                if !accepted {
+                    self.metrics.stream_refused(code);
+                }
                 debug!("{}: stream {id} to {} refused: {why}", self.peer, up.dest);
                 if let Phase::Core(c) = &mut self.phase
                     && c.refuse_stream(id, code).is_err()
@@ -905,6 +932,7 @@ impl Session {
             match self.sock.write(pending) {
                 Ok(n) => {
                     total += n;
+                    self.metrics.tunnel_sent(n);
                     conn.transmit_done(n);
                     self.last_io = StdInstant::now();
                     self.released = false;
