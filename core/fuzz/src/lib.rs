@@ -156,6 +156,14 @@ pub enum Ev {
     GoAway(hytun_core::CloseCode),
     /// [`Event::Closed`].
     Closed(ConnectionError),
+    /// [`Event::ListenRequest`] (bind address rendered as text).
+    ListenRequest(hytun_core::ListenId, String),
+    /// [`Event::ListenGranted`].
+    ListenGranted(hytun_core::ListenId),
+    /// [`Event::ListenRefused`].
+    ListenRefused(hytun_core::ListenId, hytun_core::ListenErrorCode),
+    /// [`Event::IncomingStream`] (origin rendered as text).
+    Incoming(StreamId, hytun_core::ListenId, String),
 }
 
 /// Copies an event out of the connection's borrow.
@@ -181,6 +189,22 @@ pub fn own(ev: Event<'_>) -> Ev {
         Event::Writable { id } => Ev::Writable(id),
         Event::GoAway { code } => Ev::GoAway(code),
         Event::Closed { error } => Ev::Closed(error),
+        Event::ListenRequest { id, bind } => {
+            assert!(
+                bind.validate().is_ok(),
+                "ListenRequest with invalid bind {bind:?}"
+            );
+            Ev::ListenRequest(id, bind.to_string())
+        }
+        Event::ListenGranted { id } => Ev::ListenGranted(id),
+        Event::ListenRefused { id, code } => Ev::ListenRefused(id, code),
+        Event::IncomingStream { id, listen, origin } => {
+            assert!(
+                !matches!(origin.host, hytun_core::Host::Domain(_)),
+                "IncomingStream with a domain origin"
+            );
+            Ev::Incoming(id, listen, origin.to_string())
+        }
     }
 }
 
@@ -363,7 +387,6 @@ pub fn fill_pattern(id: StreamId, server_to_client: bool, offset: u64, buf: &mut
         *b = pattern(id, server_to_client, offset + i as u64);
     }
 }
-
 
 /// Parses the handshake header at the front of `data` (if 3 bytes are
 /// there) and checks the rule: known type and a body of at most

@@ -606,10 +606,14 @@ impl Client {
                         *going_away = true;
                     }
                 }
-                Event::OpenRequest { id, .. } => {
-                    // The core refuses OPEN from a server; unreachable.
+                Event::OpenRequest { id, .. } | Event::IncomingStream { id, .. } => {
+                    // The core refuses OPEN from a server, and INCOMING for
+                    // a listener it never asked for; unreachable.
                     debug!("ignoring open request {id} on the client");
                 }
+                Event::ListenRequest { .. }
+                | Event::ListenGranted { .. }
+                | Event::ListenRefused { .. } => {}
                 Event::Closed { error } => {
                     self.on_tunnel_closed(error);
                     return;

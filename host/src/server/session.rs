@@ -472,10 +472,16 @@ impl Session {
                     self.closed = true;
                     return;
                 }
+                Event::ListenRequest { id, .. } => {
+                    let _ = conn.refuse_listen(id, hytun_core::ListenErrorCode::Unsupported);
+                }
                 Event::Writable { .. }
                 | Event::Opened { .. }
                 | Event::OpenFailed { .. }
-                | Event::GoAway { .. } => {}
+                | Event::GoAway { .. }
+                | Event::ListenGranted { .. }
+                | Event::ListenRefused { .. }
+                | Event::IncomingStream { .. } => {}
             }
         }
     }
