@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hytun_host::client::Client;
-use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec};
+use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec, ReverseSpec};
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
+use hytun_host::server::listener::PermitListen;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
 
 /// hytun: an encrypted TCP forwarding tunnel (RSA-OAEP + X25519 handshake,
@@ -132,6 +133,9 @@ struct ServerArgs {
     /// Seconds before a name lookup is answered as timed out [default: 5].
     #[arg(long)]
     dns_timeout: Option<u64>,
+    /// Address clients may ask the server to listen on for them (-R): HOST:PORT or HOST:*, HOST an IP, localhost or *. Repeatable. Default: none.
+    #[arg(long = "permit-listen", value_parser = PermitListen::parse, value_name = "HOST:PORT")]
+    permit_listen: Vec<PermitListen>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long)]
     threads: Option<usize>,
@@ -163,6 +167,9 @@ struct ClientArgs {
     /// Local port forward [BIND:]PORT:HOST:PORT. Repeatable.
     #[arg(short = 'L', value_parser = ForwardSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
     forward: Vec<ForwardSpec>,
+    /// Reverse forward [BIND:]PORT:HOST:PORT: the server listens on BIND:PORT, we connect HOST:PORT here. Repeatable.
+    #[arg(short = 'R', value_parser = ReverseSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
+    reverse: Vec<ReverseSpec>,
     /// SOCKS5 proxy on [BIND:]PORT (names resolved by the server). Repeatable.
     #[arg(short = 'D', value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     socks: Vec<ListenSpec>,
@@ -242,6 +249,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_queue: a.dns_queue,
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
+                permit_listen: a.permit_listen,
                 config: a.config,
             })?;
             let threads = a.threads.unwrap_or_else(|| {
@@ -263,12 +271,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Client(a) => {
             let mut flags = client_flags(a.conn);
             flags.forward = a.forward;
+            flags.reverse = a.reverse;
             flags.socks = a.socks;
             flags.http_proxy = a.http_proxy;
             flags.keepalive = a.keepalive;
             let opts = setup::client_options(flags)?;
-            if opts.listeners.is_empty() {
-                log::warn!("no -L, -D or --http-proxy given: the tunnel will carry nothing");
+            if opts.listeners.is_empty() && opts.reverse.is_empty() {
+                log::warn!("no -L, -R, -D or --http-proxy given: the tunnel will carry nothing");
             }
             Client::bind(opts)?.run(true)?;
             Ok(())

@@ -16,9 +16,10 @@ use hytun_core::{
 
 use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
-use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
+use crate::config::{self, Endpoint, ForwardSpec, ListenSpec, ReverseSpec};
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
+use crate::server::listener::{ListenPolicy, PermitListen};
 use crate::server::{Limits, ServerOptions};
 
 /// Default server listen address.
@@ -91,6 +92,8 @@ pub struct ServerFlags {
     pub dns_per_session: Option<u32>,
     /// `--dns-timeout` seconds.
     pub dns_timeout: Option<u64>,
+    /// `--permit-listen` (replaces the config's list when given).
+    pub permit_listen: Vec<PermitListen>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -106,6 +109,8 @@ pub struct ClientFlags {
     pub server_key: Option<PathBuf>,
     /// `-L`.
     pub forward: Vec<ForwardSpec>,
+    /// `-R`.
+    pub reverse: Vec<ReverseSpec>,
     /// `-D`.
     pub socks: Vec<ListenSpec>,
     /// `--http-proxy`.
@@ -171,9 +176,33 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     let identity = load_identity(&key)?;
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
+    let mut listen_policy = ListenPolicy {
+        server: if flags.permit_listen.is_empty() {
+            cfg.permit_listen.unwrap_or_default()
+        } else {
+            flags.permit_listen
+        },
+        ..ListenPolicy::default()
+    };
     for k in keys {
+        let narrow = k
+            .options
+            .permit_listen
+            .iter()
+            .map(|p| PermitListen::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SetupError(format!(
+                    "{}: key {}: {e}",
+                    authorized.display(),
+                    k.fingerprint
+                ))
+            })?;
         let id = PublicIdentity::new(k.key)
             .map_err(|e| SetupError(format!("{}: {e}", authorized.display())))?;
+        if !narrow.is_empty() {
+            listen_policy.per_key.insert(id.id(), narrow);
+        }
         authorized_ids.push(id);
     }
     let max_streams = flags
@@ -275,6 +304,7 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
             },
             ..defaults.dns
         },
+        max_listeners: defaults.max_listeners,
     };
     log::info!("server key {} ({})", identity.public().id(), key.display());
     Ok(ServerOptions {
@@ -282,6 +312,7 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
         allow,
         limits,
+        listen_policy,
     })
 }
 
@@ -340,6 +371,11 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
     for h in http {
         listeners.push((h.addr, ListenerKind::HttpProxy));
     }
+    let reverse = if flags.reverse.is_empty() {
+        cfg.reverse.unwrap_or_default()
+    } else {
+        flags.reverse
+    };
     log::info!(
         "client key {}, pinned server key {}",
         identity.public().id(),
@@ -349,6 +385,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         server,
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),
         listeners,
+        reverse,
         fail_fast_on_auth: true,
         fail_fast_on_first_attempt: false,
     })

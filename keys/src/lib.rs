@@ -15,12 +15,14 @@
 mod error;
 mod fingerprint;
 mod load;
+mod options;
 mod pem;
 mod write;
 
 pub use error::{KeyError, KeyKind};
 pub use fingerprint::{Fingerprint, fingerprint, spki_der};
 pub use load::{AuthorizedKey, load_authorized_keys, load_private_key, load_public_key};
+pub use options::{KeyOptions, parse_key_options};
 pub use write::{KeyPaths, SUPPORTED_GENERATE_BITS, generate, write_keypair};
 
 /// RSA private key type used throughout hytun (`rsa::PrivateKey`).

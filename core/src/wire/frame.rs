@@ -339,6 +339,9 @@ pub enum ListenErrorCode {
     AddressUnavailable,
     /// The server does not offer remote listeners at all.
     Unsupported,
+    /// The server cannot take another listener now (descriptors or memory
+    /// spent); a later session may succeed.
+    ResourceExhausted,
     /// Any other failure (including unknown codes from the peer).
     Other,
 }
@@ -352,6 +355,7 @@ impl ListenErrorCode {
             ListenErrorCode::TooManyListeners => 3,
             ListenErrorCode::AddressUnavailable => 4,
             ListenErrorCode::Unsupported => 5,
+            ListenErrorCode::ResourceExhausted => 6,
             ListenErrorCode::Other => 255,
         }
     }
@@ -364,6 +368,7 @@ impl ListenErrorCode {
             3 => ListenErrorCode::TooManyListeners,
             4 => ListenErrorCode::AddressUnavailable,
             5 => ListenErrorCode::Unsupported,
+            6 => ListenErrorCode::ResourceExhausted,
             _ => ListenErrorCode::Other,
         }
     }
@@ -377,6 +382,7 @@ impl fmt::Display for ListenErrorCode {
             ListenErrorCode::TooManyListeners => "too many listeners in this session",
             ListenErrorCode::AddressUnavailable => "the server cannot listen on that address",
             ListenErrorCode::Unsupported => "the server does not offer remote listeners",
+            ListenErrorCode::ResourceExhausted => "server out of resources for a listener",
             ListenErrorCode::Other => "listen refused",
         })
     }
@@ -947,6 +953,7 @@ mod tests {
             (3, ListenErrorCode::TooManyListeners),
             (4, ListenErrorCode::AddressUnavailable),
             (5, ListenErrorCode::Unsupported),
+            (6, ListenErrorCode::ResourceExhausted),
             (255, ListenErrorCode::Other),
         ] {
             assert_eq!(name.code(), code);

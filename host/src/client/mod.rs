@@ -20,6 +20,8 @@
 //! connections wait and the session is closed as soon as its last stream
 //! ends, so they get a new session then.
 
+mod reverse;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -76,6 +78,8 @@ pub struct ClientOptions {
     pub core: Arc<ClientConfig>,
     /// Local listeners.
     pub listeners: Vec<(SocketAddr, ListenerKind)>,
+    /// Reverse forwards (`-R`): the server listens, we connect the target.
+    pub reverse: Vec<crate::config::ReverseSpec>,
     /// Exit instead of retrying when the very first handshake is refused
     /// for a key reason (pinned key mismatch, unauthorized client).
     pub fail_fast_on_auth: bool,
@@ -96,6 +100,8 @@ pub enum ClientError {
     Authentication(String),
     /// The server could not be reached (fail-fast mode only).
     Unreachable(String),
+    /// The server refused a reverse forward at first contact.
+    ReverseRefused(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -106,7 +112,9 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ClientError::Io(e) => write!(f, "event loop setup failed: {e}"),
-            ClientError::Authentication(msg) | ClientError::Unreachable(msg) => f.write_str(msg),
+            ClientError::Authentication(msg)
+            | ClientError::Unreachable(msg)
+            | ClientError::ReverseRefused(msg) => f.write_str(msg),
         }
     }
 }
@@ -126,6 +134,8 @@ enum Phase {
     Opening(StreamId),
     /// Relaying.
     Streaming(StreamId),
+    /// (`-R`) The server opened the stream; connecting to the target.
+    Connecting(StreamId),
     /// Closing after a final local reply was flushed.
     Closing,
 }
@@ -196,6 +206,7 @@ pub struct Client {
     scratch: Vec<u8>,
     fatal: Option<ClientError>,
     bound: Vec<SocketAddr>,
+    reverse: reverse::ReverseState,
 }
 
 fn destination(host: &DestHost, port: u16) -> Destination<'_> {
@@ -244,6 +255,7 @@ impl Client {
             scratch: vec![0; READ_CHUNK],
             fatal: None,
             bound,
+            reverse: reverse::ReverseState::default(),
         })
     }
 
@@ -543,6 +555,7 @@ impl Client {
                     self.backoff.reset();
                     self.established_once = true;
                     self.open_waiting();
+                    self.request_listeners();
                 }
                 Event::Opened { id } => {
                     let Some(&t) = self.streams.get(&id) else {
@@ -606,14 +619,16 @@ impl Client {
                         *going_away = true;
                     }
                 }
-                Event::OpenRequest { id, .. } | Event::IncomingStream { id, .. } => {
-                    // The core refuses OPEN from a server, and INCOMING for
-                    // a listener it never asked for; unreachable.
-                    debug!("ignoring open request {id} on the client");
+                Event::OpenRequest { .. } | Event::ListenRequest { .. } => {
+                    // The core refuses OPEN and LISTEN from a server.
+                    debug!("ignoring a server-side request on the client");
                 }
-                Event::ListenRequest { .. }
-                | Event::ListenGranted { .. }
-                | Event::ListenRefused { .. } => {}
+                Event::IncomingStream { id, listen, origin } => {
+                    let origin = origin.to_string();
+                    self.on_incoming(id, listen, origin);
+                }
+                Event::ListenGranted { id } => self.on_listen_granted(id),
+                Event::ListenRefused { id, code } => self.on_listen_refused(id, code),
                 Event::Closed { error } => {
                     self.on_tunnel_closed(error);
                     return;
@@ -831,6 +846,16 @@ impl Client {
         if !self.locals.contains_key(&t) {
             return;
         }
+        if self
+            .locals
+            .get(&t)
+            .is_some_and(|l| matches!(l.phase, Phase::Connecting(_)))
+        {
+            if readable || writable {
+                self.finish_target_connect(t);
+            }
+            return;
+        }
         if readable {
             let negotiating = self
                 .locals
@@ -947,7 +972,7 @@ impl Client {
             let _ = self.poll.registry().deregister(sock);
         }
         let id = match l.phase {
-            Phase::Streaming(id) | Phase::Opening(id) => {
+            Phase::Streaming(id) | Phase::Opening(id) | Phase::Connecting(id) => {
                 self.streams.remove(&id);
                 Some(id)
             }
@@ -1084,6 +1109,10 @@ impl Client {
             let Some(l) = self.locals.get_mut(&t) else {
                 continue;
             };
+            if let Phase::Connecting(id) = l.phase {
+                self.fail_target(t, id, StreamErrorCode::TimedOut, "target connect timed out");
+                continue;
+            }
             warn!(
                 "{}: tunnel not available in time; closing local connection",
                 l.peer

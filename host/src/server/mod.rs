@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod budget;
 mod event_loop;
+pub mod listener;
 pub mod session;
 pub mod upstream;
 
@@ -77,6 +78,9 @@ pub struct Limits {
     /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
     /// the deadline (`--dns-timeout`, 5 s).
     pub dns: ResolverConfig,
+    /// Remote listeners (`-R`) one session may hold at once (16, the
+    /// protocol's per-session LISTEN limit, and never more).
+    pub max_listeners: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +98,7 @@ impl Default for Limits {
             key_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             key_queue: 64,
             dns: ResolverConfig::default(),
+            max_listeners: listener::MAX_LISTENERS_PER_SESSION,
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct ServerOptions {
     pub allow: AllowList,
     /// The budgets.
     pub limits: Limits,
+    /// Where clients may ask the server to listen (`-R`).
+    pub listen_policy: listener::ListenPolicy,
 }
 
 /// Why the server could not start.
@@ -145,6 +152,8 @@ pub struct Shared {
     pub allow: AllowList,
     /// The limits.
     pub limits: Limits,
+    /// Where clients may ask the server to listen.
+    pub listen_policy: listener::ListenPolicy,
     /// Receive credit and session state, in bytes.
     pub memory: Arc<Pool>,
     /// Descriptors for upstream sockets (accepts have their own headroom).
@@ -203,6 +212,7 @@ impl Shared {
             keywork,
             core: opts.core.clone(),
             allow: opts.allow.clone(),
+            listen_policy: opts.listen_policy.clone(),
             memory: Arc::new(Pool::new("memory", limits.memory_budget)),
             fds: Arc::new(Pool::new("descriptors", upstream_fds)),
             key_ops: RateCap::new(limits.key_ops_per_sec.get(), Instant::now()),
