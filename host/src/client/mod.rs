@@ -1182,6 +1182,11 @@ impl Client {
         let Some(l) = self.locals.get_mut(&t) else {
             return;
         };
+        if matches!(l.phase, Phase::Connecting(_)) {
+            // Nothing is written to (or shut down on) a socket that is
+            // still connecting; the stream is not accepted yet.
+            return;
+        }
         let id = match l.phase {
             Phase::Streaming(id) | Phase::Opening(id) => Some(id),
             _ => None,
