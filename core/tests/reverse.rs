@@ -441,3 +441,67 @@ fn goaway_stops_server_opened_streams_too() {
         Err(StreamError::GoingAway)
     );
 }
+
+/// Moves bytes between two connections of different sizes until quiet.
+fn pump_apart<const A: usize, const B: usize>(
+    client: &mut Connection<{ 64 * 1024 }, { 16384 + 18 }, A>,
+    server: &mut Connection<{ 64 * 1024 }, { 16384 + 18 }, B>,
+    rng: &mut TestRng,
+) -> (Vec<Ev>, Vec<Ev>) {
+    let now = Instant::from_millis(1_000);
+    let (mut c, mut s) = (Vec::new(), Vec::new());
+    loop {
+        let to_server = client.transmit_pending().to_vec();
+        client.transmit_done(to_server.len());
+        let to_client = server.transmit_pending().to_vec();
+        server.transmit_done(to_client.len());
+        if to_server.is_empty() && to_client.is_empty() {
+            return (c, s);
+        }
+        s.extend(feed(server, &to_server, now, rng));
+        c.extend(feed(client, &to_client, now, rng));
+    }
+}
+
+#[test]
+fn a_server_stream_finding_no_client_slot_is_refused_without_taking_one() {
+    let mut rng = TestRng::new("keys");
+    let c = client_config("client", "server", SessionConfig::HOST, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    // A client with two stream slots, a server with 64.
+    let mut client: Connection<{ 64 * 1024 }, { 16384 + 18 }, 2> =
+        Connection::client(c, now, &mut rng);
+    let mut server: Connection<{ 64 * 1024 }, { 16384 + 18 }, 64> = Connection::server(s, now);
+    pump_apart(&mut client, &mut server, &mut rng);
+    assert!(client.is_established() && server.is_established());
+    let l = client.request_listen(bind(8080)).unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    server.grant_listen(l).unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    // The client's own streams take both of its slots.
+    client.open_stream(bind(1)).unwrap();
+    client.open_stream(bind(2)).unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    let id = server.open_incoming(l, origin()).unwrap();
+    let (c, s) = pump_apart(&mut client, &mut server, &mut rng);
+    assert!(c.is_empty(), "{c:?}");
+    assert_eq!(
+        s,
+        vec![Ev::OpenFailed(id, StreamErrorCode::ResourceExhausted)]
+    );
+    assert_eq!(client.stream_count(), 2);
+    // The id was used: a late frame for it is ignored, and the next server
+    // stream gets a fresh id once a slot is free.
+    let first = StreamId(1);
+    client
+        .stream_reset(first, StreamErrorCode::Cancelled)
+        .unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    let next = server.open_incoming(l, origin()).unwrap();
+    assert_eq!(next, StreamId(id.0 + 2));
+    let (c, _) = pump_apart(&mut client, &mut server, &mut rng);
+    assert_eq!(c, vec![Ev::Incoming(next, l, "127.0.0.9:40000".into())]);
+    assert!(client.is_established() && server.is_established());
+}
