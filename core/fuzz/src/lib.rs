@@ -411,7 +411,7 @@ pub fn check_header(data: &[u8]) -> Option<hytun_core::wire::handshake::Handshak
 }
 
 /// The bytes a parsed frame re-emits to: the input with an unknown
-/// stream-error or close code replaced by `Other` (255), which is how the
+/// stream-error, close or listen-error code replaced by `Other` (255), which is how the
 /// protocol maps codes it does not know.
 pub fn canonical_frame_bytes(input: &[u8]) -> Vec<u8> {
     let mut out = input.to_vec();
@@ -421,6 +421,10 @@ pub fn canonical_frame_bytes(input: &[u8]) -> Vec<u8> {
         // GOAWAY, CLOSE: type, code.
         Some(0x0a | 0x0c) if out.len() >= 2 => {
             out[1] = hytun_core::CloseCode::from_code(out[1]).code()
+        }
+        // LISTEN_FAIL: type, listen id (4), code.
+        Some(0x0f) if out.len() >= 6 => {
+            out[5] = hytun_core::ListenErrorCode::from_code(out[5]).code()
         }
         _ => {}
     }
