@@ -61,7 +61,8 @@ use crate::memory::{ByteStore, Heap, Inline, Memory, VecStore};
 use crate::stream::{EndState, OpenState, Stream};
 use crate::time::Instant;
 use crate::wire::frame::{
-    CloseCode, Destination, Frame, MAX_CONTROL_FRAME_LEN, StreamErrorCode, StreamId,
+    CloseCode, Destination, Frame, ListenErrorCode, ListenId, MAX_CONTROL_FRAME_LEN,
+    StreamErrorCode, StreamId,
 };
 use crate::wire::handshake::{
     HEADER_LEN as HS_HEADER, HandshakeHeader, MAX_BODY_LEN, MAX_RECORD_LIMIT, MIN_RECORD_LIMIT,
@@ -77,6 +78,10 @@ pub const MIN_TX_BUFFER: usize = 2048;
 /// The longest pause between round-trip samples of the window tuner once
 /// windows stopped growing.
 const MAX_SAMPLE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Most LISTEN requests one session may make (PROTOCOL.md §7.15): each
+/// side keeps a fixed table of this many listeners.
+pub const MAX_LISTENERS: usize = 16;
 
 /// Transmit space kept free for control frames, so WINDOW, PONG, FIN and
 /// CLOSE can always be queued even when stream data fills the buffer.
@@ -98,12 +103,46 @@ pub enum Event<'a> {
         /// Where the client wants it connected.
         dest: Destination<'a>,
     },
-    /// (client) The server connected the stream.
+    /// (server) The client asks the server to listen on `bind` for it;
+    /// answer with [`Connection::grant_listen`] or
+    /// [`Connection::refuse_listen`].
+    ListenRequest {
+        /// The listener the client named.
+        id: ListenId,
+        /// Where to listen, on the server's side.
+        bind: Destination<'a>,
+    },
+    /// (client) The server listens as asked; connections accepted there
+    /// arrive as [`Event::IncomingStream`].
+    ListenGranted {
+        /// The listener.
+        id: ListenId,
+    },
+    /// (client) The server refused the listener; it is gone.
+    ListenRefused {
+        /// The listener.
+        id: ListenId,
+        /// Why.
+        code: ListenErrorCode,
+    },
+    /// (client) The server opened a stream for a connection it accepted on
+    /// a granted listener; answer with [`Connection::accept_stream`] or
+    /// [`Connection::refuse_stream`].
+    IncomingStream {
+        /// The new stream (an even id).
+        id: StreamId,
+        /// The listener that accepted the connection.
+        listen: ListenId,
+        /// Address of the accepted connection's peer, for logs.
+        origin: Destination<'a>,
+    },
+    /// The peer connected a stream this side opened (client: OPEN; server:
+    /// INCOMING).
     Opened {
         /// The stream.
         id: StreamId,
     },
-    /// (client) The server could not connect the stream; it is gone.
+    /// The peer could not connect a stream this side opened; it is gone.
     OpenFailed {
         /// The stream.
         id: StreamId,
@@ -197,6 +236,22 @@ enum State {
     Failed,
 }
 
+/// Where a listener is in its LISTEN exchange.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListenState {
+    /// Client: LISTEN sent, no answer yet. Server: received, the driver has
+    /// not answered yet.
+    Requested,
+    /// LISTEN_OK sent (server) or received (client).
+    Granted,
+}
+
+#[derive(Clone, Copy)]
+struct Listener {
+    id: ListenId,
+    state: ListenState,
+}
+
 /// The window tuner's round-trip sample.
 #[derive(Clone, Copy)]
 enum RttSample {
@@ -235,8 +290,16 @@ struct Inner<const TX: usize, const S: usize, M: Memory> {
     tx: TxBuffer<M::Bytes<TX>>,
     streams: M::Vec<Stream, S>,
     dirty: heapless::Deque<StreamId, S>,
+    /// Next id this side assigns to a stream it opens (client odd, server
+    /// even).
     next_stream_id: u32,
     highest_peer_stream: u32,
+    /// Listeners requested (client) or received (server) and not refused.
+    listeners: heapless::Vec<Listener, MAX_LISTENERS>,
+    /// LISTEN requests made (client) or received (server) this session.
+    listen_requests: u8,
+    /// Client: the last listener id assigned. Server: the highest seen.
+    last_listen_id: u32,
     created: Instant,
     last_rx: Instant,
     ping_outstanding: bool,
@@ -310,6 +373,9 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
                 dirty: heapless::Deque::new(),
                 next_stream_id: 0,
                 highest_peer_stream: 0,
+                listeners: heapless::Vec::new(),
+                listen_requests: 0,
+                last_listen_id: 0,
                 created: Instant::from_millis(0),
                 last_rx: Instant::from_millis(0),
                 ping_outstanding: false,
@@ -346,6 +412,11 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         i.local_max_record = usize::from(session.max_record)
             .min(RX - OVERHEAD)
             .clamp(usize::from(MIN_RECORD_LIMIT), usize::from(MAX_RECORD_LIMIT));
+        i.next_stream_id = if matches!(role, Role::Client(_)) {
+            1
+        } else {
+            2
+        };
         i.role = Some(role);
         i.state = state;
         i.private_key_op = None;
@@ -354,8 +425,10 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         i.tx.clear();
         i.streams.clear();
         i.dirty.clear();
-        i.next_stream_id = 1;
         i.highest_peer_stream = 0;
+        i.listeners.clear();
+        i.listen_requests = 0;
+        i.last_listen_id = 0;
         i.created = now;
         i.last_rx = now;
         i.ping_outstanding = false;
@@ -514,21 +587,29 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         self.inner.stats
     }
 
-    /// Number of live streams.
+    /// Number of live streams (opened by either side).
     pub fn stream_count(&self) -> usize {
         self.inner.streams.len()
     }
 
-    /// True if a new stream can be opened now (client).
+    /// Number of live streams this side opened (the count the stream limit
+    /// applies to, PROTOCOL.md §7.5).
+    pub fn local_stream_count(&self) -> usize {
+        self.inner.count_streams(true)
+    }
+
+    /// True if a new stream can be opened now (client: `open_stream`;
+    /// server: `open_incoming`).
     pub fn can_open_stream(&self) -> bool {
         self.is_established()
             && !self.inner.peer_going_away
             && !self.inner.sent_goaway
+            && self.inner.streams.len() < S
             && self
                 .inner
                 .keys
                 .as_ref()
-                .is_some_and(|k| self.inner.streams.len() < k.max_streams)
+                .is_some_and(|k| self.inner.count_streams(true) < k.max_streams)
     }
 
     // ------------------------------------------------------------ input --
@@ -764,7 +845,42 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         self.inner.open_stream(dest)
     }
 
-    /// (server) Confirms a requested stream: the destination is connected.
+    /// (client) Asks the server to listen on `bind`; the answer arrives as
+    /// [`Event::ListenGranted`] or [`Event::ListenRefused`].
+    pub fn request_listen(&mut self, bind: Destination<'_>) -> Result<ListenId, StreamError> {
+        self.inner.request_listen(bind)
+    }
+
+    /// (server) Grants a listener the client asked for: the server listens
+    /// now. Streams for it are opened with [`Self::open_incoming`].
+    pub fn grant_listen(&mut self, id: ListenId) -> Result<(), StreamError> {
+        self.inner.answer_listen(id, Ok(()))
+    }
+
+    /// (server) Refuses a listener with a reason; it is gone.
+    pub fn refuse_listen(
+        &mut self,
+        id: ListenId,
+        code: ListenErrorCode,
+    ) -> Result<(), StreamError> {
+        self.inner.answer_listen(id, Err(code))
+    }
+
+    /// (server) Opens a stream toward the client for a connection accepted
+    /// on granted listener `listen`; `origin` is that connection's peer
+    /// (IPv4 or IPv6). The client answers with [`Event::Opened`] or
+    /// [`Event::OpenFailed`]; the stream has no send credit until the
+    /// client grants some (with its OPEN_OK).
+    pub fn open_incoming(
+        &mut self,
+        listen: ListenId,
+        origin: Destination<'_>,
+    ) -> Result<StreamId, StreamError> {
+        self.inner.open_incoming(listen, origin)
+    }
+
+    /// Confirms a stream the peer opened (server: OPEN, the destination is
+    /// connected; client: INCOMING, the target is connected).
     pub fn accept_stream(&mut self, id: StreamId) -> Result<(), StreamError> {
         let i = &mut self.inner;
         let idx = i.find(id).ok_or(StreamError::UnknownStream)?;
@@ -783,7 +899,7 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         Ok(())
     }
 
-    /// (server) Refuses a requested stream with a reason; it is gone.
+    /// Refuses a stream the peer opened with a reason; it is gone.
     pub fn refuse_stream(
         &mut self,
         id: StreamId,
@@ -982,6 +1098,210 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
 impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
     fn find(&self, id: StreamId) -> Option<usize> {
         self.streams.binary_search_by_key(&id, |s| s.id).ok()
+    }
+
+    fn is_client(&self) -> bool {
+        matches!(self.role, Some(Role::Client(_)))
+    }
+
+    /// True for ids in this side's own space (client odd, server even).
+    fn is_own_id(&self, id: StreamId) -> bool {
+        id.is_client_initiated() == self.is_client()
+    }
+
+    /// Live streams opened by this side (`own`) or by the peer.
+    fn count_streams(&self, own: bool) -> usize {
+        self.streams
+            .iter()
+            .filter(|s| self.is_own_id(s.id) == own)
+            .count()
+    }
+
+    /// Inserts a stream keeping the table sorted by id (ids of the two
+    /// spaces interleave). `Err` when every slot is taken.
+    fn insert_stream(&mut self, stream: Stream) -> Result<usize, Stream> {
+        let at = match self.streams.binary_search_by_key(&stream.id, |s| s.id) {
+            Ok(at) | Err(at) => at,
+        };
+        self.streams.insert(at, stream).map(|()| at)
+    }
+
+    /// Refuses a peer-opened stream for which no slot is free, without
+    /// taking one: the OPEN_FAIL goes straight into the transmit buffer.
+    fn refuse_without_slot(&mut self, id: StreamId) -> Result<(), ConnectionError> {
+        let frame = Frame::OpenFail {
+            id,
+            code: StreamErrorCode::ResourceExhausted,
+        };
+        match self.push_control(&frame) {
+            Ok(true) => Ok(()),
+            // The peer does not read what we send: nothing bounded is left.
+            Ok(false) => Err(ConnectionError::LocallyClosed(CloseCode::Internal)),
+            Err(e) => Err(ConnectionError::Record(e)),
+        }
+    }
+
+    /// A peer-opened stream (OPEN at the server, INCOMING at the client):
+    /// checks the id space, order and limit, then takes a slot.
+    fn admit_peer_stream(
+        &mut self,
+        id: StreamId,
+        window: u32,
+    ) -> Result<Option<usize>, ConnectionError> {
+        if self.is_own_id(id) || id.0 <= self.highest_peer_stream {
+            return Err(ProtocolViolation::BadStreamId.into());
+        }
+        self.highest_peer_stream = id.0;
+        let limit = self.keys.as_ref().map_or(0, |k| k.max_streams);
+        if self.count_streams(false) >= limit {
+            return Err(ProtocolViolation::TooManyStreams.into());
+        }
+        let mut stream = Stream::new(
+            id,
+            OpenState::AwaitingAccept,
+            window,
+            self.session.stream_window,
+        );
+        if self.is_client() {
+            // The server opened it with no credit toward the client; the
+            // client grants its window with the OPEN_OK (§7.7).
+            stream.recv_credit = 0;
+            stream.credit_to_return = self.session.stream_window;
+        }
+        let refused = self.sent_goaway;
+        if refused {
+            stream.reply_to_send = Some(Err(StreamErrorCode::SessionClosing));
+            stream.local = EndState::Done;
+            stream.remote = EndState::Done;
+            stream.credit_to_return = 0;
+        }
+        let Ok(idx) = self.insert_stream(stream) else {
+            self.refuse_without_slot(id)?;
+            return Ok(None);
+        };
+        if refused {
+            self.mark_dirty(idx);
+            return Ok(None);
+        }
+        Ok(Some(idx))
+    }
+
+    fn find_listener(&self, id: ListenId) -> Option<usize> {
+        self.listeners.iter().position(|l| l.id == id)
+    }
+
+    fn request_listen(&mut self, bind: Destination<'_>) -> Result<ListenId, StreamError> {
+        if !self.is_client() {
+            return Err(StreamError::InvalidState);
+        }
+        if self.error.is_some() || !matches!(self.state, State::Established) {
+            return Err(StreamError::NotEstablished);
+        }
+        if self.peer_going_away || self.sent_goaway {
+            return Err(StreamError::GoingAway);
+        }
+        bind.validate().map_err(|_| StreamError::BadDestination)?;
+        if usize::from(self.listen_requests) >= MAX_LISTENERS {
+            return Err(StreamError::TooManyListeners);
+        }
+        let id = ListenId(self.last_listen_id + 1);
+        if !self
+            .push_control(&Frame::Listen { id, bind })
+            .map_err(|_| StreamError::NotEstablished)?
+        {
+            return Err(StreamError::Blocked);
+        }
+        self.last_listen_id = id.0;
+        self.listen_requests += 1;
+        // At most MAX_LISTENERS requests, so the table has room.
+        let _ = self.listeners.push(Listener {
+            id,
+            state: ListenState::Requested,
+        });
+        Ok(id)
+    }
+
+    fn answer_listen(
+        &mut self,
+        id: ListenId,
+        answer: Result<(), ListenErrorCode>,
+    ) -> Result<(), StreamError> {
+        if self.is_client() {
+            return Err(StreamError::InvalidState);
+        }
+        if self.error.is_some() || self.keys.is_none() {
+            return Err(StreamError::NotEstablished);
+        }
+        let idx = self.find_listener(id).ok_or(StreamError::UnknownListener)?;
+        if self.listeners[idx].state != ListenState::Requested {
+            return Err(StreamError::InvalidState);
+        }
+        let frame = match answer {
+            Ok(()) => Frame::ListenOk { id },
+            Err(code) => Frame::ListenFail { id, code },
+        };
+        if !self
+            .push_control(&frame)
+            .map_err(|_| StreamError::NotEstablished)?
+        {
+            return Err(StreamError::Blocked);
+        }
+        if answer.is_ok() {
+            self.listeners[idx].state = ListenState::Granted;
+        } else {
+            self.listeners.remove(idx);
+        }
+        Ok(())
+    }
+
+    fn open_incoming(
+        &mut self,
+        listen: ListenId,
+        origin: Destination<'_>,
+    ) -> Result<StreamId, StreamError> {
+        if self.is_client() {
+            return Err(StreamError::InvalidState);
+        }
+        if self.error.is_some() || !matches!(self.state, State::Established) {
+            return Err(StreamError::NotEstablished);
+        }
+        if self.peer_going_away || self.sent_goaway {
+            return Err(StreamError::GoingAway);
+        }
+        if matches!(origin.host, crate::wire::frame::Host::Domain(_)) {
+            return Err(StreamError::BadDestination);
+        }
+        origin.validate().map_err(|_| StreamError::BadDestination)?;
+        match self.find_listener(listen) {
+            Some(idx) if self.listeners[idx].state == ListenState::Granted => {}
+            _ => return Err(StreamError::UnknownListener),
+        }
+        let max = self.keys.as_ref().map_or(0, |k| k.max_streams);
+        if self.count_streams(true) >= max
+            || self.streams.len() >= S
+            || self.next_stream_id >= u32::MAX - 1
+        {
+            return Err(StreamError::TooManyStreams);
+        }
+        let id = StreamId(self.next_stream_id);
+        let frame = Frame::Incoming {
+            id,
+            window: self.session.stream_window,
+            listen,
+            origin,
+        };
+        if !self
+            .push_control(&frame)
+            .map_err(|_| StreamError::NotEstablished)?
+        {
+            return Err(StreamError::Blocked);
+        }
+        self.next_stream_id += 2;
+        // No credit toward the client until its OPEN_OK's WINDOW.
+        let stream = Stream::new(id, OpenState::AwaitingReply, 0, self.session.stream_window);
+        self.insert_stream(stream)
+            .map_err(|_| StreamError::TooManyStreams)?;
+        Ok(id)
     }
 
     /// Receive memory committed over all streams (windows of streams the
@@ -1293,38 +1613,70 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
                 if !is_server || self.peer_going_away {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
-                if id.0 <= self.highest_peer_stream {
-                    return Err(ProtocolViolation::BadStreamId.into());
+                match self.admit_peer_stream(id, window)? {
+                    Some(_) => Ok(Some(Event::OpenRequest { id, dest })),
+                    None => Ok(None),
                 }
-                self.highest_peer_stream = id.0;
-                let limit = self.keys.as_ref().map_or(0, |k| k.max_streams);
-                if self.streams.len() >= limit {
-                    return Err(ProtocolViolation::TooManyStreams.into());
+            }
+            Frame::Incoming {
+                id,
+                window,
+                listen,
+                origin,
+            } => {
+                // A server that announced GOAWAY opens nothing more.
+                if is_server || self.peer_going_away {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
-                let mut stream = Stream::new(
+                match self.find_listener(listen) {
+                    Some(idx) if self.listeners[idx].state == ListenState::Granted => {}
+                    _ => return Err(ProtocolViolation::BadListenId.into()),
+                }
+                match self.admit_peer_stream(id, window)? {
+                    Some(_) => Ok(Some(Event::IncomingStream { id, listen, origin })),
+                    None => Ok(None),
+                }
+            }
+            Frame::Listen { id, bind } => {
+                if !is_server || self.peer_going_away {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
+                }
+                if id.0 <= self.last_listen_id {
+                    return Err(ProtocolViolation::BadListenId.into());
+                }
+                if usize::from(self.listen_requests) >= MAX_LISTENERS {
+                    return Err(ProtocolViolation::TooManyListeners.into());
+                }
+                self.last_listen_id = id.0;
+                self.listen_requests += 1;
+                // At most MAX_LISTENERS requests, so the table has room.
+                let _ = self.listeners.push(Listener {
                     id,
-                    OpenState::AwaitingAccept,
-                    window,
-                    self.session.stream_window,
-                );
-                if self.sent_goaway {
-                    stream.reply_to_send = Some(Err(StreamErrorCode::SessionClosing));
-                    stream.local = EndState::Done;
-                    stream.remote = EndState::Done;
+                    state: ListenState::Requested,
+                });
+                Ok(Some(Event::ListenRequest { id, bind }))
+            }
+            Frame::ListenOk { id } | Frame::ListenFail { id, .. } => {
+                if is_server {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
-                let refused = self.sent_goaway;
-                if self.streams.push(stream).is_err() {
-                    return Err(ProtocolViolation::TooManyStreams.into());
+                let Some(idx) = self.find_listener(id) else {
+                    return Err(ProtocolViolation::BadListenId.into());
+                };
+                if self.listeners[idx].state != ListenState::Requested {
+                    return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
-                if refused {
-                    let idx = self.streams.len() - 1;
-                    self.mark_dirty(idx);
-                    return Ok(None);
+                if let Frame::ListenFail { code, .. } = frame {
+                    self.listeners.remove(idx);
+                    Ok(Some(Event::ListenRefused { id, code }))
+                } else {
+                    self.listeners[idx].state = ListenState::Granted;
+                    Ok(Some(Event::ListenGranted { id }))
                 }
-                Ok(Some(Event::OpenRequest { id, dest }))
             }
             Frame::OpenOk { id } | Frame::OpenFail { id, .. } => {
-                if is_server {
+                // Only the side that opened a stream is answered.
+                if !self.is_own_id(id) {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
                 let Some(idx) = self.find_or_forgotten(id)? else {
@@ -1351,7 +1703,8 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
                     return Ok(None);
                 };
                 let s = &mut self.streams[idx];
-                if !is_server && s.open == OpenState::AwaitingReply {
+                // No DATA or FIN before the peer answered our open.
+                if s.open == OpenState::AwaitingReply {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
                 match s.remote {
@@ -1396,7 +1749,8 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
                     return Ok(None);
                 };
                 let s = &mut self.streams[idx];
-                if !is_server && s.open == OpenState::AwaitingReply {
+                // No DATA or FIN before the peer answered our open.
+                if s.open == OpenState::AwaitingReply {
                     return Err(ProtocolViolation::UnexpectedFrame.into());
                 }
                 match s.remote {
@@ -1476,10 +1830,12 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         if let Some(idx) = self.find(id) {
             return Ok(Some(idx));
         }
-        let known = match self.role {
-            Some(Role::Client(_)) => id.0 < self.next_stream_id,
-            Some(Role::Server(_)) => id.0 <= self.highest_peer_stream,
-            None => false,
+        let known = if self.role.is_none() {
+            false
+        } else if self.is_own_id(id) {
+            id.0 < self.next_stream_id
+        } else {
+            id.0 <= self.highest_peer_stream
         };
         if known {
             Ok(None)
@@ -1502,7 +1858,10 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         let Some(keys) = self.keys.as_ref() else {
             return Err(StreamError::NotEstablished);
         };
-        if self.streams.len() >= keys.max_streams || self.next_stream_id == u32::MAX {
+        if self.count_streams(true) >= keys.max_streams
+            || self.streams.len() >= S
+            || self.next_stream_id >= u32::MAX - 1
+        {
             return Err(StreamError::TooManyStreams);
         }
         let id = StreamId(self.next_stream_id);
@@ -1517,7 +1876,7 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         {
             return Err(StreamError::Blocked);
         }
-        self.next_stream_id += 1;
+        self.next_stream_id += 2;
         let send_credit = self.keys.as_ref().map_or(0, |k| k.peer_stream_window);
         let stream = Stream::new(
             id,
@@ -1525,9 +1884,8 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             send_credit,
             self.session.stream_window,
         );
-        // Capacity was checked against max_streams ≤ S above.
-        self.streams
-            .push(stream)
+        // A free slot was checked above.
+        self.insert_stream(stream)
             .map_err(|_| StreamError::TooManyStreams)?;
         Ok(id)
     }

@@ -80,6 +80,11 @@ pub enum ProtocolViolation {
     FrameAfterEnd,
     /// Window credit overflowed 2^32-1.
     WindowOverflow,
+    /// A listener id that is not greater than every earlier one, or names
+    /// a listener that was never requested or granted.
+    BadListenId,
+    /// More LISTEN requests in one session than the protocol allows.
+    TooManyListeners,
 }
 
 impl fmt::Display for ProtocolViolation {
@@ -92,6 +97,8 @@ impl fmt::Display for ProtocolViolation {
             ProtocolViolation::TooManyStreams => "stream limit exceeded",
             ProtocolViolation::FrameAfterEnd => "frame after KEY_UPDATE or CLOSE in a record",
             ProtocolViolation::WindowOverflow => "window credit overflow",
+            ProtocolViolation::BadListenId => "invalid listener id",
+            ProtocolViolation::TooManyListeners => "listener limit exceeded",
         })
     }
 }
@@ -204,6 +211,10 @@ pub enum StreamError {
     BadDestination,
     /// The peer sent GOAWAY: no new streams on this session.
     GoingAway,
+    /// The session already made as many LISTEN requests as allowed.
+    TooManyListeners,
+    /// No such listener (never requested, refused, or not granted yet).
+    UnknownListener,
 }
 
 impl fmt::Display for StreamError {
@@ -217,6 +228,8 @@ impl fmt::Display for StreamError {
             StreamError::Blocked => "transmit buffer full",
             StreamError::BadDestination => "invalid destination",
             StreamError::GoingAway => "peer is going away; no new streams",
+            StreamError::TooManyListeners => "listener limit reached",
+            StreamError::UnknownListener => "unknown listener",
         })
     }
 }

@@ -36,7 +36,7 @@ use crate::crypto::{
 use crate::error::{ConnectionError, HandshakeError};
 use crate::wire::handshake::{
     Alert, AlertReason, ClientHello, Finished, HEADER_LEN, ServerHello, Suite, TYPE_ALERT,
-    TYPE_CLIENT_HELLO, TYPE_FINISHED, TYPE_SERVER_HELLO, VERSION_1,
+    TYPE_CLIENT_HELLO, TYPE_FINISHED, TYPE_SERVER_HELLO, VERSION,
 };
 
 /// What both sides agreed on, and the record keys.
@@ -164,7 +164,7 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
         *slot = s.code();
     }
     let hello = ClientHello {
-        version: VERSION_1,
+        version: VERSION,
         suites: &suites[..config.suites.len()],
         max_record,
         random: &random,
@@ -215,7 +215,7 @@ impl ClientExpectServerHello {
             _ => return Err(HandshakeError::UnexpectedMessage.into()),
         }
         let sh = ServerHello::parse(&whole[HEADER_LEN..])?;
-        if sh.version != VERSION_1 {
+        if sh.version != VERSION {
             return Err(HandshakeError::UnsupportedVersion.into());
         }
         let suite = Suite::from_code(sh.suite)
@@ -335,7 +335,7 @@ fn precheck<'a>(
     config: &'a ServerConfig,
     ch: &ClientHello<'_>,
 ) -> Result<(Suite, &'a crate::crypto::PublicIdentity), Rejection> {
-    if ch.version != VERSION_1 {
+    if ch.version != VERSION {
         return Err(Rejection {
             error: HandshakeError::UnsupportedVersion,
             alert: Some((AlertReason::UnsupportedVersion, None)),
@@ -418,7 +418,7 @@ pub fn server_hello<R: CryptoRng + ?Sized>(
         .encrypt_secret(rng, LABEL_SERVER_SECRET, &server_secret)
         .map_err(|e| Rejection::from(HandshakeError::Crypto(e)))?;
     let sh = ServerHello {
-        version: VERSION_1,
+        version: VERSION,
         suite: suite.code(),
         max_record,
         stream_window: config.session.stream_window.max(1),

@@ -50,5 +50,7 @@ pub use connection::{Connection, Event, HostConnection, Stats};
 pub use crypto::{KeyId, PrivateIdentity, PublicIdentity};
 pub use error::{ConnectionError, HandshakeError, ProtocolViolation, StreamError, TimeoutKind};
 pub use time::Instant;
-pub use wire::frame::{CloseCode, Destination, Host, StreamErrorCode, StreamId};
+pub use wire::frame::{
+    CloseCode, Destination, Host, ListenErrorCode, ListenId, StreamErrorCode, StreamId,
+};
 pub use wire::handshake::{AlertReason, Suite};

@@ -35,6 +35,9 @@ pub trait VecStore<T>: Deref<Target = [T]> + DerefMut {
     fn push(&mut self, value: T) -> Result<(), T>;
     /// Removes and returns the element at `index`, shifting the rest.
     fn remove(&mut self, index: usize) -> T;
+    /// Inserts at `index` (≤ len), shifting the rest, or gives the value
+    /// back when full.
+    fn insert(&mut self, index: usize, value: T) -> Result<(), T>;
     /// Drops every element.
     fn clear(&mut self);
     /// Gives the memory back if empty and on the heap; a no-op inline.
@@ -130,6 +133,9 @@ impl<T, const S: usize> VecStore<T> for heapless::Vec<T, S> {
     fn remove(&mut self, index: usize) -> T {
         heapless::Vec::remove(self, index)
     }
+    fn insert(&mut self, index: usize, value: T) -> Result<(), T> {
+        heapless::Vec::insert(self, index, value)
+    }
     fn clear(&mut self) {
         heapless::Vec::clear(self);
     }
@@ -166,6 +172,13 @@ impl<T, const S: usize> VecStore<T> for HeapVec<T, S> {
     }
     fn remove(&mut self, index: usize) -> T {
         self.0.remove(index)
+    }
+    fn insert(&mut self, index: usize, value: T) -> Result<(), T> {
+        if self.0.len() >= S {
+            return Err(value);
+        }
+        self.0.insert(index, value);
+        Ok(())
     }
     fn clear(&mut self) {
         self.0.clear();
@@ -210,6 +223,10 @@ mod tests {
         v.release();
         assert_eq!(&v[..], &[1, 2]);
         assert_eq!(VecStore::remove(&mut v, 0), 1);
+        assert_eq!(VecStore::insert(&mut v, 0, 5), Ok(()));
+        assert_eq!(VecStore::insert(&mut v, 0, 6), Err(6));
+        assert_eq!(&v[..], &[5, 2]);
+        assert_eq!(VecStore::remove(&mut v, 0), 5);
         VecStore::clear(&mut v);
         v.release();
         assert_eq!(v.heap_bytes(), 0);

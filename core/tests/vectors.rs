@@ -290,7 +290,7 @@ fn captured_hellos_have_expected_fields() {
     assert_eq!(c2s[0], TYPE_CLIENT_HELLO);
     let ch = ClientHello::parse(&c2s[HEADER_LEN..ch_unit.end]).unwrap();
     assert_eq!(&c2s[HEADER_LEN..HEADER_LEN + 4], &MAGIC);
-    assert_eq!(ch.version, 1);
+    assert_eq!(ch.version, 2);
     assert_eq!(ch.suites, &[1, 2]);
     assert_eq!(ch.max_record, 16384);
     assert_eq!(ch.client_key_id, &client_id);
@@ -310,7 +310,7 @@ fn captured_hellos_have_expected_fields() {
     let sh_unit = &units[0];
     assert_eq!(s2c[0], TYPE_SERVER_HELLO);
     let sh = ServerHello::parse(&s2c[HEADER_LEN..sh_unit.end]).unwrap();
-    assert_eq!(sh.version, 1);
+    assert_eq!(sh.version, 2);
     assert_eq!(
         sh.suite, 1,
         "server picks the client's first suite (AES-128-GCM)"

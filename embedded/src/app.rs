@@ -389,8 +389,15 @@ impl<'m> Client<'m> {
                 Event::GoAway { code } => Owned::GoAway(code),
                 Event::Closed { error } => Owned::Closed(error),
                 // Writable: `progress` retries sends anyway; OpenRequest
-                // only reaches servers.
-                Event::Writable { .. } | Event::OpenRequest { .. } => Owned::Ignored,
+                // and ListenRequest only reach servers. The firmware asks
+                // for no listener, so the core never grants one and closes
+                // the session on an INCOMING (no stream arrives here).
+                Event::Writable { .. }
+                | Event::OpenRequest { .. }
+                | Event::ListenRequest { .. }
+                | Event::ListenGranted { .. }
+                | Event::ListenRefused { .. }
+                | Event::IncomingStream { .. } => Owned::Ignored,
             };
             if let Owned::Data { id, len, .. } = event {
                 conn.stream_consumed(id, len);

@@ -109,6 +109,9 @@ pub struct ServerConfig {
     pub drain_timeout: Option<DrainTimeout>,
     /// Where to serve Prometheus metrics (`[BIND:]PORT`).
     pub metrics: Option<ListenSpec>,
+    /// Where clients may ask the server to listen (`-R`): `HOST:PORT` or
+    /// `HOST:*`. Default: nowhere.
+    pub permit_listen: Option<Vec<crate::server::listener::PermitListen>>,
 }
 
 /// `[client]`: settings of `hytun client` (and `fetch`); each key is the
@@ -124,6 +127,8 @@ pub struct ClientConfig {
     pub server_key: Option<PathBuf>,
     /// Local port forwards (`-L` / `--forward`).
     pub forward: Option<Vec<ForwardSpec>>,
+    /// Reverse forwards (`-R`): the server listens, the client connects.
+    pub reverse: Option<Vec<ReverseSpec>>,
     /// SOCKS5 listeners (`-D` / `--socks`).
     pub socks: Option<Vec<ListenSpec>>,
     /// HTTP proxy listeners.
@@ -526,6 +531,47 @@ impl ForwardSpec {
     }
 }
 
+/// `[BIND:]PORT:HOST:PORT` — a `-R` reverse forward: the server listens on
+/// BIND:PORT (BIND defaults to 127.0.0.1) and the client connects each
+/// connection accepted there to HOST:PORT on its own side.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ReverseSpec {
+    /// Address the server listens on (on the server machine).
+    pub bind: SocketAddr,
+    /// Target host, resolved by the client.
+    pub host: DestHost,
+    /// Target port.
+    pub port: u16,
+}
+
+impl ReverseSpec {
+    /// Parses `PORT:HOST:PORT` or `BIND:PORT:HOST:PORT` like `-L`, except
+    /// that the server-side port must be 1-65535.
+    ///
+    /// # Errors
+    /// [`ConfigError::Spec`] saying which part is wrong.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let err = |reason| ConfigError::Spec {
+            kind: "reverse",
+            spec: spec.to_string(),
+            reason,
+        };
+        let f = ForwardSpec::parse(spec).map_err(|e| match e {
+            ConfigError::Spec { reason, .. } => err(reason),
+            other => other,
+        })?;
+        if f.listen.port() == 0 {
+            return Err(err(SpecProblem::Port));
+        }
+        Ok(Self {
+            bind: f.listen,
+            host: f.host,
+            port: f.port,
+        })
+    }
+}
+
 /// `HOST[:PORT]` — a remote endpoint such as the tunnel server; the port
 /// defaults to [`DEFAULT_SERVER_PORT`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -600,7 +646,7 @@ macro_rules! spec_conversions {
         }
     )*};
 }
-spec_conversions!(ListenSpec, ForwardSpec, Endpoint);
+spec_conversions!(ListenSpec, ForwardSpec, ReverseSpec, Endpoint);
 
 /// What is wrong with a spec string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -688,7 +734,7 @@ impl fmt::Display for ConfigError {
             } => write!(f, "{}: {field}: {message}", path.display()),
             Self::Spec { kind, spec, reason } => {
                 let expected = match *kind {
-                    "forward" => "[BIND:]PORT:HOST:PORT",
+                    "forward" | "reverse" => "[BIND:]PORT:HOST:PORT",
                     "listen" => "[BIND:]PORT",
                     _ => "HOST[:PORT]",
                 };
@@ -1051,6 +1097,46 @@ keepalive = 15
         assert_eq!(
             shown,
             "invalid forward spec '8080': expected [BIND:]PORT:HOST:PORT"
+        );
+    }
+
+    #[test]
+    fn reverse_specs_and_permit_listen_keys() {
+        let r = ReverseSpec::parse("8080:127.0.0.1:3000").unwrap();
+        assert_eq!(r.bind, sock("127.0.0.1:8080"));
+        assert_eq!(
+            (r.host.to_string(), r.port),
+            ("127.0.0.1".to_string(), 3000)
+        );
+        let r = ReverseSpec::parse("*:9000:localhost:22").unwrap();
+        assert_eq!(r.bind, sock("0.0.0.0:9000"));
+        let shown = ReverseSpec::parse("0:h:80").unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            "invalid reverse spec '0:h:80': the port must be 1-65535"
+        );
+        let shown = ReverseSpec::parse("8080").unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            "invalid reverse spec '8080': expected [BIND:]PORT:HOST:PORT"
+        );
+        let c = Config::from_toml(
+            "[client]\nreverse = [\"8080:127.0.0.1:3000\"]\n\
+             [server]\npermit-listen = [\"127.0.0.1:*\", \"[::1]:8080\"]\n",
+            Path::new("hytun.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.client.and_then(|c| c.reverse).map(|r| r.len()), Some(1));
+        let permits = c.server.and_then(|s| s.permit_listen).unwrap();
+        assert_eq!(permits[1].to_string(), "[::1]:8080");
+        let err = Config::from_toml(
+            "[server]\npermit-listen = [\"nope\"]\n",
+            Path::new("hytun.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("invalid permit-listen 'nope'"),
+            "{err}"
         );
     }
 

@@ -13,10 +13,11 @@ use hytun_host::config::{
     DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
     HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
     KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
-    MaxStreams, MemoryBudget, SessionMemory, Threads,
+    MaxStreams, MemoryBudget, ReverseSpec, SessionMemory, Threads,
 };
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
+use hytun_host::server::listener::PermitListen;
 use hytun_host::service;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
 
@@ -148,6 +149,9 @@ struct ServerArgs {
     /// Seconds before a name lookup is answered as timed out [default: 5].
     #[arg(long, value_name = "SECS")]
     dns_timeout: Option<DnsTimeout>,
+    /// Address clients may ask the server to listen on for them (-R): HOST:PORT or HOST:*, HOST an IP, localhost or *. Repeatable. Default: none.
+    #[arg(long = "permit-listen", value_parser = PermitListen::parse, value_name = "HOST:PORT")]
+    permit_listen: Vec<PermitListen>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N")]
     threads: Option<Threads>,
@@ -185,6 +189,9 @@ struct ClientArgs {
     /// Local port forward [BIND:]PORT:HOST:PORT. Repeatable; replaces the config's list.
     #[arg(short = 'L', long, value_parser = ForwardSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
     forward: Vec<ForwardSpec>,
+    /// Reverse forward [BIND:]PORT:HOST:PORT: the server listens on BIND:PORT, we connect HOST:PORT here. Repeatable.
+    #[arg(short = 'R', value_parser = ReverseSpec::parse, value_name = "[BIND:]PORT:HOST:PORT")]
+    reverse: Vec<ReverseSpec>,
     /// SOCKS5 proxy on [BIND:]PORT (names resolved by the server; no authentication). Repeatable; replaces the config's list.
     #[arg(short = 'D', long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     socks: Vec<ListenSpec>,
@@ -280,6 +287,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_timeout: a.dns_timeout,
                 drain_timeout: a.drain_timeout,
                 metrics: a.metrics,
+                permit_listen: a.permit_listen,
                 config: a.config,
             };
             let (opts, threads) = setup::server_setup(flags.clone())?;
@@ -297,13 +305,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Client(a) => {
             let mut flags = client_flags(a.conn);
             flags.forward = a.forward;
+            flags.reverse = a.reverse;
             flags.socks = a.socks;
             flags.http_proxy = a.http_proxy;
             flags.keepalive = a.keepalive;
             flags.metrics = a.metrics;
             let opts = setup::client_options(flags)?;
-            if opts.listeners.is_empty() {
-                log::warn!("no -L, -D or --http-proxy given: the tunnel will carry nothing");
+            if opts.listeners.is_empty() && opts.reverse.is_empty() {
+                log::warn!("no -L, -R, -D or --http-proxy given: the tunnel will carry nothing");
             }
             let client = Client::bind(opts)?;
             service::notify_ready("listeners bound");

@@ -19,10 +19,11 @@ use crate::config::{
     self, DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
     HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
     KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
-    MaxStreams, MemoryBudget, SessionMemory, Threads,
+    MaxStreams, MemoryBudget, ReverseSpec, SessionMemory, Threads,
 };
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
+use crate::server::listener::{ListenPolicy, PermitListen};
 use crate::server::{Limits, ReloadFn, ServerOptions};
 
 /// Default server listen address.
@@ -103,6 +104,8 @@ pub struct ServerFlags {
     pub drain_timeout: Option<DrainTimeout>,
     /// `--metrics`.
     pub metrics: Option<ListenSpec>,
+    /// `--permit-listen` (replaces the config's list when given).
+    pub permit_listen: Vec<PermitListen>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -118,6 +121,8 @@ pub struct ClientFlags {
     pub server_key: Option<PathBuf>,
     /// `-L` / `--forward` (replaces the config's list when given).
     pub forward: Vec<ForwardSpec>,
+    /// `-R` (replaces the config's list when given).
+    pub reverse: Vec<ReverseSpec>,
     /// `-D` / `--socks` (replaces the config's list when given).
     pub socks: Vec<ListenSpec>,
     /// `--http-proxy` (replaces the config's list when given).
@@ -179,6 +184,8 @@ struct ServerSettings {
     threads: usize,
     /// Where to serve metrics (fixed at start).
     metrics: Option<SocketAddr>,
+    /// Where clients may ask the server to listen (`-R`).
+    listen_policy: ListenPolicy,
 }
 
 /// Builds the server's options.
@@ -210,6 +217,7 @@ pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupE
     let opts = ServerOptions {
         listen: settings.listen,
         metrics: settings.metrics,
+        listen_policy: settings.listen_policy,
         core: Arc::new(CoreServerConfig::new(
             identity,
             settings.authorized,
@@ -287,6 +295,7 @@ pub fn reload_server_options(
     Ok(ServerOptions {
         listen: current.listen,
         metrics: current.metrics,
+        listen_policy: settings.listen_policy,
         core: Arc::new(core),
         allow: settings.allow,
         limits,
@@ -327,9 +336,33 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
     };
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
     let mut authorized_ids = Vec::new();
+    let mut listen_policy = ListenPolicy {
+        server: if flags.permit_listen.is_empty() {
+            cfg.permit_listen.unwrap_or_default()
+        } else {
+            flags.permit_listen
+        },
+        ..ListenPolicy::default()
+    };
     for k in keys {
+        let narrow = k
+            .options
+            .permit_listen
+            .iter()
+            .map(|p| PermitListen::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SetupError(format!(
+                    "{}: key {}: {e}",
+                    authorized.display(),
+                    k.fingerprint
+                ))
+            })?;
         let id = PublicIdentity::new(k.key)
             .map_err(|e| SetupError(format!("{}: {e}", authorized.display())))?;
+        if !narrow.is_empty() {
+            listen_policy.per_key.insert(id.id(), narrow);
+        }
         authorized_ids.push(id);
     }
     let max_streams = flags
@@ -423,6 +456,7 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
             .drain_timeout
             .or(cfg.drain_timeout)
             .map_or(defaults.drain, DrainTimeout::secs),
+        max_listeners: defaults.max_listeners,
     };
     let threads = flags
         .threads
@@ -438,6 +472,7 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
         limits,
         threads,
         metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
+        listen_policy,
     })
 }
 
@@ -491,6 +526,11 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         warn_if_open("HTTP proxy", h.addr);
         listeners.push((h.addr, ListenerKind::HttpProxy));
     }
+    let reverse = if flags.reverse.is_empty() {
+        cfg.reverse.unwrap_or_default()
+    } else {
+        flags.reverse
+    };
     let identity = load_identity(&key)?;
     let pinned = load_public(&server_key)?;
     let mut session = SessionConfig::HOST;
@@ -508,6 +548,7 @@ pub fn client_options(flags: ClientFlags) -> Result<ClientOptions, SetupError> {
         core: Arc::new(CoreClientConfig::new(identity, pinned, session)),
         listeners,
         metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
+        reverse,
         fail_fast_on_auth: true,
         fail_fast_on_first_attempt: false,
     })

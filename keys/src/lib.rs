@@ -19,6 +19,7 @@ mod error;
 mod fingerprint;
 mod load;
 mod openssh;
+mod options;
 mod pem;
 mod strict;
 mod write;
@@ -29,6 +30,7 @@ pub use load::{
     AuthorizedKey, KeyListing, fingerprint_file, load_authorized_keys, load_private_key,
     load_public_key,
 };
+pub use options::{KeyOptions, parse_key_options};
 pub use strict::{Insecurity, check_secure_dirs, check_secure_file};
 pub use write::{KeyPaths, SUPPORTED_GENERATE_BITS, generate, write_keypair};
 

@@ -34,6 +34,8 @@ pub struct AuthorizedKey {
     pub fingerprint: Fingerprint,
     /// The nearest `#` comment line before the key's PEM block, if any.
     pub comment: Option<String>,
+    /// The key's options line (`permitlisten="..."`), if any.
+    pub options: crate::KeyOptions,
 }
 
 /// Loads an unencrypted PKCS#8 or PKCS#1 RSA private key from a PEM file.
@@ -189,11 +191,22 @@ pub fn load_authorized_keys(path: &Path) -> Result<Vec<AuthorizedKey>, KeyError>
     for block in blocks {
         let key = decode_public(path, &block)?;
         let fingerprint = fingerprint(&key);
+        let options = match &block.options {
+            None => crate::KeyOptions::default(),
+            Some((line, text)) => {
+                crate::parse_key_options(text).map_err(|reason| KeyError::Malformed {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    reason,
+                })?
+            }
+        };
         if seen.insert(fingerprint) {
             keys.push(AuthorizedKey {
                 key,
                 fingerprint,
                 comment: block.comment,
+                options,
             });
         }
     }
@@ -585,6 +598,34 @@ mod tests {
         }
         let shown = err.to_string();
         assert!(shown.contains("authorized_keys' line"), "{shown}");
+    }
+
+    #[test]
+    fn authorized_keys_options_apply_to_the_next_key_only() {
+        let dir = tempdir();
+        let a = public_pem(test_key());
+        let b = public_pem(other_key());
+        let text = format!("# alice\npermitlisten=\"127.0.0.1:8080\"\n{a}\n{b}");
+        let path = write_file(dir.path(), "authorized_keys", &text, 0o644);
+        let keys = match load_authorized_keys(&path) {
+            Ok(k) => k,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(keys[0].options.permit_listen, vec!["127.0.0.1:8080"]);
+        assert_eq!(keys[0].comment.as_deref(), Some("alice"));
+        assert!(keys[1].options.permit_listen.is_empty());
+        // A bad option names its line; a dangling options line is an error.
+        let text = format!("\npermitopen=\"x:1\"\n{a}");
+        let path = write_file(dir.path(), "authorized_keys", &text, 0o644);
+        let shown = load_authorized_keys(&path).unwrap_err().to_string();
+        assert!(
+            shown.contains("line 2") && shown.contains("permitopen"),
+            "{shown}"
+        );
+        let text = format!("{a}permitlisten=\"x:1\"\n");
+        let path = write_file(dir.path(), "authorized_keys", &text, 0o644);
+        let shown = load_authorized_keys(&path).unwrap_err().to_string();
+        assert!(shown.contains("without a key"), "{shown}");
     }
 
     #[test]

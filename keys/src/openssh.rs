@@ -72,7 +72,8 @@ pub(crate) fn parse_line(
         {
             return Err(not_pem(
                 "OpenSSH options before the key type are not supported; keep only \
-                 'ssh-rsa AAAA... comment'"
+                 'ssh-rsa AAAA... comment' and put hytun's options (permitlisten=\"...\") \
+                 on the line before it"
                     .into(),
             ));
         }

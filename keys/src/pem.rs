@@ -25,6 +25,9 @@ pub(crate) struct Block {
     pub(crate) comment: Option<String>,
     /// Whether RFC 1421 headers mark the block as encrypted (`Proc-Type: 4,ENCRYPTED`).
     pub(crate) encrypted: bool,
+    /// The per-key options line right before the block (its line number
+    /// and text), if any (see `options`).
+    pub(crate) options: Option<(usize, String)>,
 }
 
 /// Parses every PEM block in `text`; `path` is only used for error messages.
@@ -37,6 +40,7 @@ pub(crate) fn parse_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KeyErr
 
     let mut blocks = Vec::new();
     let mut comment: Option<String> = None;
+    let mut options: Option<(usize, String)> = None;
     // (label, begin line, base64 text, encrypted)
     let mut open: Option<(String, usize, String, bool)> = None;
 
@@ -67,8 +71,16 @@ pub(crate) fn parse_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KeyErr
                         line: number,
                         comment: ssh.comment.or_else(|| comment.take()),
                         encrypted: false,
+                        options: options.take(),
                     });
                     comment = None;
+                    continue;
+                }
+                if crate::options::is_options_line(line) {
+                    if options.is_some() {
+                        return Err(not_pem(number, "two key option lines for one key".into()));
+                    }
+                    options = Some((number, line.to_string()));
                     continue;
                 }
                 return Err(not_pem(
@@ -96,6 +108,7 @@ pub(crate) fn parse_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KeyErr
                         line: begin,
                         comment: comment.take(),
                         encrypted,
+                        options: options.take(),
                     });
                     continue;
                 }
@@ -123,6 +136,12 @@ pub(crate) fn parse_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KeyErr
         return Err(not_pem(
             begin,
             format!("block is not terminated by '-----END {label}-----'"),
+        ));
+    }
+    if let Some((line, _)) = options {
+        return Err(not_pem(
+            line,
+            "key options line without a key after it".into(),
         ));
     }
     Ok(blocks)

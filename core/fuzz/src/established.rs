@@ -466,9 +466,11 @@ struct World {
 
 impl World {
     fn find(&mut self, id: StreamId) -> &mut Model {
+        // Client ids are 1, 3, 5, ...: stream n has id 2n - 1.
         let idx = usize::try_from(id.0)
             .ok()
-            .and_then(|i| i.checked_sub(1))
+            .filter(|i| i % 2 == 1)
+            .map(|i| i / 2)
             .filter(|&i| i < self.streams.len());
         let Some(idx) = idx else {
             panic!("event for stream {id} that the client never opened")
@@ -487,6 +489,12 @@ impl World {
         let rdir = who.peer().send_dir();
         match ev {
             Ev::Connected | Ev::Writable(_) => {}
+            Ev::ListenRequest(..)
+            | Ev::ListenGranted(_)
+            | Ev::ListenRefused(..)
+            | Ev::Incoming(..) => {
+                panic!("listener event {ev:?} though no side asked for a listener")
+            }
             Ev::OpenRequest(id, dest) => {
                 assert_eq!(who, Who::Server, "OpenRequest at the client");
                 let m = self.find(*id);
@@ -753,8 +761,8 @@ fn post_op<const TX: usize, const RX: usize, const S: usize>(
                     );
                     assert_eq!(
                         id.0 as usize,
-                        world.streams.len() + 1,
-                        "stream ids must be 1, 2, 3, ..."
+                        2 * world.streams.len() + 1,
+                        "client stream ids must be 1, 3, 5, ..."
                     );
                     world.streams.push(Model {
                         id,

@@ -156,6 +156,14 @@ pub enum Ev {
     GoAway(hytun_core::CloseCode),
     /// [`Event::Closed`].
     Closed(ConnectionError),
+    /// [`Event::ListenRequest`] (bind address rendered as text).
+    ListenRequest(hytun_core::ListenId, String),
+    /// [`Event::ListenGranted`].
+    ListenGranted(hytun_core::ListenId),
+    /// [`Event::ListenRefused`].
+    ListenRefused(hytun_core::ListenId, hytun_core::ListenErrorCode),
+    /// [`Event::IncomingStream`] (origin rendered as text).
+    Incoming(StreamId, hytun_core::ListenId, String),
 }
 
 /// Copies an event out of the connection's borrow.
@@ -181,6 +189,22 @@ pub fn own(ev: Event<'_>) -> Ev {
         Event::Writable { id } => Ev::Writable(id),
         Event::GoAway { code } => Ev::GoAway(code),
         Event::Closed { error } => Ev::Closed(error),
+        Event::ListenRequest { id, bind } => {
+            assert!(
+                bind.validate().is_ok(),
+                "ListenRequest with invalid bind {bind:?}"
+            );
+            Ev::ListenRequest(id, bind.to_string())
+        }
+        Event::ListenGranted { id } => Ev::ListenGranted(id),
+        Event::ListenRefused { id, code } => Ev::ListenRefused(id, code),
+        Event::IncomingStream { id, listen, origin } => {
+            assert!(
+                !matches!(origin.host, hytun_core::Host::Domain(_)),
+                "IncomingStream with a domain origin"
+            );
+            Ev::Incoming(id, listen, origin.to_string())
+        }
     }
 }
 
@@ -364,7 +388,6 @@ pub fn fill_pattern(id: StreamId, server_to_client: bool, offset: u64, buf: &mut
     }
 }
 
-
 /// Parses the handshake header at the front of `data` (if 3 bytes are
 /// there) and checks the rule: known type and a body of at most
 /// `MAX_BODY_LEN` bytes. Returns the header if it parsed.
@@ -388,7 +411,7 @@ pub fn check_header(data: &[u8]) -> Option<hytun_core::wire::handshake::Handshak
 }
 
 /// The bytes a parsed frame re-emits to: the input with an unknown
-/// stream-error or close code replaced by `Other` (255), which is how the
+/// stream-error, close or listen-error code replaced by `Other` (255), which is how the
 /// protocol maps codes it does not know.
 pub fn canonical_frame_bytes(input: &[u8]) -> Vec<u8> {
     let mut out = input.to_vec();
@@ -398,6 +421,10 @@ pub fn canonical_frame_bytes(input: &[u8]) -> Vec<u8> {
         // GOAWAY, CLOSE: type, code.
         Some(0x0a | 0x0c) if out.len() >= 2 => {
             out[1] = hytun_core::CloseCode::from_code(out[1]).code()
+        }
+        // LISTEN_FAIL: type, listen id (4), code.
+        Some(0x0f) if out.len() >= 6 => {
+            out[5] = hytun_core::ListenErrorCode::from_code(out[5]).code()
         }
         _ => {}
     }

@@ -8,8 +8,9 @@ use core::fmt;
 
 use super::{Reader, WireError, Writer};
 
-/// Identifies one stream within a session. Chosen by the client: nonzero and
-/// strictly increasing.
+/// Identifies one stream within a session. Chosen by the side that opens
+/// the stream: nonzero and strictly increasing, odd for streams the client
+/// opens, even for streams the server opens (PROTOCOL.md §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct StreamId(pub u32);
@@ -17,6 +18,25 @@ pub struct StreamId(pub u32);
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "#{}", self.0)
+    }
+}
+
+impl StreamId {
+    /// True for ids in the client's space (odd).
+    pub fn is_client_initiated(self) -> bool {
+        self.0 % 2 == 1
+    }
+}
+
+/// Identifies one remote listener the client asked for (LISTEN): chosen
+/// by the client, nonzero and strictly increasing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ListenId(pub u32);
+
+impl fmt::Display for ListenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L{}", self.0)
     }
 }
 
@@ -39,6 +59,10 @@ const T_PONG: u8 = 0x09;
 const T_GOAWAY: u8 = 0x0a;
 const T_KEY_UPDATE: u8 = 0x0b;
 const T_CLOSE: u8 = 0x0c;
+const T_LISTEN: u8 = 0x0d;
+const T_LISTEN_OK: u8 = 0x0e;
+const T_LISTEN_FAIL: u8 = 0x0f;
+const T_INCOMING: u8 = 0x10;
 
 const ATYP_IPV4: u8 = 0x01;
 const ATYP_DOMAIN: u8 = 0x03;
@@ -300,6 +324,70 @@ impl fmt::Display for CloseCode {
     }
 }
 
+/// Why the server refused a LISTEN (PROTOCOL.md §7.15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ListenErrorCode {
+    /// The server's policy does not permit this key to listen there.
+    NotPermitted,
+    /// The address is already in use on the server.
+    AddressInUse,
+    /// The session already has the most listeners the server allows.
+    TooManyListeners,
+    /// The server cannot listen on that address (not local, name did not
+    /// resolve, no permission from the operating system).
+    AddressUnavailable,
+    /// The server does not offer remote listeners at all.
+    Unsupported,
+    /// The server cannot take another listener now (descriptors or memory
+    /// spent); a later session may succeed.
+    ResourceExhausted,
+    /// Any other failure (including unknown codes from the peer).
+    Other,
+}
+
+impl ListenErrorCode {
+    /// The code point on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            ListenErrorCode::NotPermitted => 1,
+            ListenErrorCode::AddressInUse => 2,
+            ListenErrorCode::TooManyListeners => 3,
+            ListenErrorCode::AddressUnavailable => 4,
+            ListenErrorCode::Unsupported => 5,
+            ListenErrorCode::ResourceExhausted => 6,
+            ListenErrorCode::Other => 255,
+        }
+    }
+
+    /// The reason for a code point; unknown codes map to `Other`.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            1 => ListenErrorCode::NotPermitted,
+            2 => ListenErrorCode::AddressInUse,
+            3 => ListenErrorCode::TooManyListeners,
+            4 => ListenErrorCode::AddressUnavailable,
+            5 => ListenErrorCode::Unsupported,
+            6 => ListenErrorCode::ResourceExhausted,
+            _ => ListenErrorCode::Other,
+        }
+    }
+}
+
+impl fmt::Display for ListenErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenErrorCode::NotPermitted => "listening there is not permitted for this key",
+            ListenErrorCode::AddressInUse => "address already in use on the server",
+            ListenErrorCode::TooManyListeners => "too many listeners in this session",
+            ListenErrorCode::AddressUnavailable => "the server cannot listen on that address",
+            ListenErrorCode::Unsupported => "the server does not offer remote listeners",
+            ListenErrorCode::ResourceExhausted => "server out of resources for a listener",
+            ListenErrorCode::Other => "listen refused",
+        })
+    }
+}
+
 /// One decoded frame, borrowing variable-length fields from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -376,6 +464,36 @@ pub enum Frame<'a> {
         /// Why.
         code: CloseCode,
     },
+    /// Client asks the server to listen on `bind` for it.
+    Listen {
+        /// New listener id (greater than every earlier one).
+        id: ListenId,
+        /// Address and port on the server's side.
+        bind: Destination<'a>,
+    },
+    /// Server listens as asked.
+    ListenOk {
+        /// The listener.
+        id: ListenId,
+    },
+    /// Server refused the listener; it is gone.
+    ListenFail {
+        /// The listener.
+        id: ListenId,
+        /// Why.
+        code: ListenErrorCode,
+    },
+    /// Server opens a stream for a connection accepted on a listener.
+    Incoming {
+        /// New stream id (even, greater than every earlier server id).
+        id: StreamId,
+        /// Credit the server grants for client→server data on this stream.
+        window: u32,
+        /// The listener that accepted the connection.
+        listen: ListenId,
+        /// Address of the accepted connection's peer (IPv4 or IPv6 only).
+        origin: Destination<'a>,
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -443,6 +561,32 @@ impl<'a> Frame<'a> {
             T_CLOSE => Frame::Close {
                 code: CloseCode::from_code(r.u8("close code")?),
             },
+            T_LISTEN => Frame::Listen {
+                id: listen_id(&mut r)?,
+                bind: Destination::parse(&mut r)?,
+            },
+            T_LISTEN_OK => Frame::ListenOk {
+                id: listen_id(&mut r)?,
+            },
+            T_LISTEN_FAIL => Frame::ListenFail {
+                id: listen_id(&mut r)?,
+                code: ListenErrorCode::from_code(r.u8("listen error code")?),
+            },
+            T_INCOMING => {
+                let id = stream_id(&mut r)?;
+                let window = r.u32("window")?;
+                let listen = listen_id(&mut r)?;
+                let origin = Destination::parse(&mut r)?;
+                if matches!(origin.host, Host::Domain(_)) {
+                    return Err(WireError::InvalidField("origin address type"));
+                }
+                Frame::Incoming {
+                    id,
+                    window,
+                    listen,
+                    origin,
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         let used = buf.len() - r.remaining();
@@ -459,13 +603,24 @@ impl<'a> Frame<'a> {
             Frame::Window { .. } => 8,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::GoAway { .. } | Frame::KeyUpdate { .. } | Frame::Close { .. } => 1,
+            Frame::Listen { bind, .. } => 4 + bind.encoded_len(),
+            Frame::ListenOk { .. } => 4,
+            Frame::ListenFail { .. } => 5,
+            Frame::Incoming { origin, .. } => 4 + 4 + 4 + origin.encoded_len(),
         }
     }
 
     /// Writes the frame to the front of `out`; returns the bytes used.
     pub fn emit(&self, out: &mut [u8]) -> Result<usize, WireError> {
-        if let Frame::Open { dest, .. } = self {
-            dest.validate()?;
+        match self {
+            Frame::Open { dest, .. } | Frame::Listen { bind: dest, .. } => dest.validate()?,
+            Frame::Incoming { origin, .. } => {
+                origin.validate()?;
+                if matches!(origin.host, Host::Domain(_)) {
+                    return Err(WireError::InvalidField("origin address type"));
+                }
+            }
+            _ => {}
         }
         if let Frame::Data { data, .. } = self
             && (data.is_empty() || data.len() > usize::from(u16::MAX))
@@ -529,6 +684,32 @@ impl<'a> Frame<'a> {
                 w.u8(T_CLOSE);
                 w.u8(code.code());
             }
+            Frame::Listen { id, bind } => {
+                w.u8(T_LISTEN);
+                w.u32(id.0);
+                bind.emit(&mut w);
+            }
+            Frame::ListenOk { id } => {
+                w.u8(T_LISTEN_OK);
+                w.u32(id.0);
+            }
+            Frame::ListenFail { id, code } => {
+                w.u8(T_LISTEN_FAIL);
+                w.u32(id.0);
+                w.u8(code.code());
+            }
+            Frame::Incoming {
+                id,
+                window,
+                listen,
+                origin,
+            } => {
+                w.u8(T_INCOMING);
+                w.u32(id.0);
+                w.u32(window);
+                w.u32(listen.0);
+                origin.emit(&mut w);
+            }
         }
         Ok(w.written())
     }
@@ -542,6 +723,13 @@ pub fn emit_data_header(id: StreamId, len: u16, out: &mut [u8; DATA_OVERHEAD]) {
     out[5..7].copy_from_slice(&len.to_be_bytes());
 }
 
+fn listen_id(r: &mut Reader<'_>) -> Result<ListenId, WireError> {
+    match r.u32("listen id")? {
+        0 => Err(WireError::InvalidField("listen id")),
+        id => Ok(ListenId(id)),
+    }
+}
+
 fn stream_id(r: &mut Reader<'_>) -> Result<StreamId, WireError> {
     match r.u32("stream id")? {
         0 => Err(WireError::InvalidField("stream id")),
@@ -553,7 +741,7 @@ fn stream_id(r: &mut Reader<'_>) -> Result<StreamId, WireError> {
 mod tests {
     use super::*;
 
-    fn all_frames() -> [Frame<'static>; 14] {
+    fn all_frames() -> [Frame<'static>; 19] {
         [
             Frame::Open {
                 id: StreamId(1),
@@ -607,6 +795,34 @@ mod tests {
             Frame::KeyUpdate { request_peer: true },
             Frame::Close {
                 code: CloseCode::Normal,
+            },
+            Frame::Listen {
+                id: ListenId(1),
+                bind: Destination {
+                    host: Host::Ipv4([127, 0, 0, 1]),
+                    port: 8080,
+                },
+            },
+            Frame::Listen {
+                id: ListenId(2),
+                bind: Destination {
+                    host: Host::Domain("localhost"),
+                    port: 8081,
+                },
+            },
+            Frame::ListenOk { id: ListenId(1) },
+            Frame::ListenFail {
+                id: ListenId(2),
+                code: ListenErrorCode::AddressInUse,
+            },
+            Frame::Incoming {
+                id: StreamId(2),
+                window: 65536,
+                listen: ListenId(1),
+                origin: Destination {
+                    host: Host::Ipv6([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                    port: 50000,
+                },
             },
         ]
     }
@@ -691,6 +907,59 @@ mod tests {
         let n = reset.emit(&mut buf).unwrap();
         assert_eq!(&buf[..n], &[T_RESET, 0, 0, 0, 5, 9]);
         assert_eq!(Frame::parse(&buf[..n]).unwrap(), (reset, n));
+    }
+
+    #[test]
+    fn listen_frames_have_the_documented_layout() {
+        // docs/PROTOCOL.md §7.1 / §7.15 byte layouts.
+        let mut buf = [0u8; 64];
+        let listen = Frame::Listen {
+            id: ListenId(1),
+            bind: Destination {
+                host: Host::Ipv4([127, 0, 0, 1]),
+                port: 8080,
+            },
+        };
+        let n = listen.emit(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &[T_LISTEN, 0, 0, 0, 1, 1, 127, 0, 0, 1, 0x1f, 0x90]
+        );
+        let incoming = Frame::Incoming {
+            id: StreamId(2),
+            window: 0x10000,
+            listen: ListenId(1),
+            origin: Destination {
+                host: Host::Ipv4([127, 0, 0, 1]),
+                port: 40000,
+            },
+        };
+        let n = incoming.emit(&mut buf).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &[
+                T_INCOMING, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0, 0, 1, 1, 127, 0, 0, 1, 0x9c, 0x40
+            ]
+        );
+        // listen id 0, and a domain as origin, are invalid.
+        assert!(Frame::parse(&[T_LISTEN_OK, 0, 0, 0, 0]).is_err());
+        let mut bad = [0u8; 32];
+        bad[..14].copy_from_slice(&[T_INCOMING, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, 3]);
+        bad[14..18].copy_from_slice(&[1, b'a', 0, 80]);
+        assert!(Frame::parse(&bad[..18]).is_err());
+        for (code, name) in [
+            (1, ListenErrorCode::NotPermitted),
+            (2, ListenErrorCode::AddressInUse),
+            (3, ListenErrorCode::TooManyListeners),
+            (4, ListenErrorCode::AddressUnavailable),
+            (5, ListenErrorCode::Unsupported),
+            (6, ListenErrorCode::ResourceExhausted),
+            (255, ListenErrorCode::Other),
+        ] {
+            assert_eq!(name.code(), code);
+            assert_eq!(ListenErrorCode::from_code(code), name);
+        }
+        assert_eq!(ListenErrorCode::from_code(0), ListenErrorCode::Other);
     }
 
     #[test]

@@ -19,8 +19,11 @@ pub const TYPE_ALERT: u8 = 0x15;
 
 /// The four magic bytes that open a `ClientHello` ("HYTN").
 pub const MAGIC: [u8; 4] = *b"HYTN";
-/// The only protocol version this implementation speaks.
-pub const VERSION_1: u8 = 1;
+/// The only protocol version this implementation speaks: 2, which added
+/// server-opened streams and remote listeners to version 1
+/// (PROTOCOL.md §12). A peer speaking another version is refused with a
+/// clear `UnsupportedVersion`.
+pub const VERSION: u8 = 2;
 /// Bytes of the outer handshake header (`type`, `length`).
 pub const HEADER_LEN: usize = 3;
 /// Largest handshake body accepted (enough for RSA-4096 ciphertexts).
@@ -415,7 +418,7 @@ mod tests {
 
     fn sample_ch(ct: &[u8]) -> ClientHello<'_> {
         ClientHello {
-            version: VERSION_1,
+            version: VERSION,
             suites: &[1, 2],
             max_record: 4096,
             random: &[1; 32],

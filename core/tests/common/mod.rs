@@ -13,7 +13,7 @@ use hytun_core::{
     ClientConfig, Connection, Event, Instant, PrivateIdentity, PublicIdentity, ServerConfig,
     SessionConfig, StreamErrorCode, StreamId,
 };
-use hytun_core::{CloseCode, ConnectionError};
+use hytun_core::{CloseCode, ConnectionError, ListenErrorCode, ListenId};
 
 pub fn vector(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -64,6 +64,10 @@ pub enum Ev {
     Writable(StreamId),
     GoAway(CloseCode),
     Closed(ConnectionError),
+    ListenRequest(ListenId, String),
+    ListenGranted(ListenId),
+    ListenRefused(ListenId, ListenErrorCode),
+    Incoming(StreamId, ListenId, String),
 }
 
 pub fn own(ev: Event<'_>) -> Ev {
@@ -78,6 +82,12 @@ pub fn own(ev: Event<'_>) -> Ev {
         Event::Writable { id } => Ev::Writable(id),
         Event::GoAway { code } => Ev::GoAway(code),
         Event::Closed { error } => Ev::Closed(error),
+        Event::ListenRequest { id, bind } => Ev::ListenRequest(id, bind.to_string()),
+        Event::ListenGranted { id } => Ev::ListenGranted(id),
+        Event::ListenRefused { id, code } => Ev::ListenRefused(id, code),
+        Event::IncomingStream { id, listen, origin } => {
+            Ev::Incoming(id, listen, origin.to_string())
+        }
     }
 }
 

@@ -20,6 +20,8 @@
 //! connections wait and the session is closed as soon as its last stream
 //! ends, so they get a new session then.
 
+mod reverse;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -80,6 +82,8 @@ pub struct ClientOptions {
     pub listeners: Vec<(SocketAddr, ListenerKind)>,
     /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Reverse forwards (`-R`): the server listens, we connect the target.
+    pub reverse: Vec<crate::config::ReverseSpec>,
     /// Exit instead of retrying when the very first handshake is refused
     /// for a key reason (pinned key mismatch, unauthorized client).
     pub fail_fast_on_auth: bool,
@@ -102,6 +106,8 @@ pub enum ClientError {
     Unreachable(String),
     /// The metrics endpoint could not start.
     Metrics(ExporterError),
+    /// The server refused a reverse forward at first contact.
+    ReverseRefused(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -112,7 +118,9 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ClientError::Io(e) => write!(f, "event loop setup failed: {e}"),
-            ClientError::Authentication(msg) | ClientError::Unreachable(msg) => f.write_str(msg),
+            ClientError::Authentication(msg)
+            | ClientError::Unreachable(msg)
+            | ClientError::ReverseRefused(msg) => f.write_str(msg),
             ClientError::Metrics(e) => e.fmt(f),
         }
     }
@@ -133,6 +141,8 @@ enum Phase {
     Opening(StreamId),
     /// Relaying.
     Streaming(StreamId),
+    /// (`-R`) The server opened the stream; connecting to the target.
+    Connecting(StreamId),
     /// Closing after a final local reply was flushed.
     Closing,
 }
@@ -215,6 +225,7 @@ pub struct Client {
     held: Vec<u8>,
     metrics: Arc<ClientMetrics>,
     exporter: Option<Exporter>,
+    reverse: reverse::ReverseState,
 }
 
 /// Server bytes a client keeps while its private-key operation runs: the
@@ -286,6 +297,7 @@ impl Client {
             held: Vec::new(),
             metrics,
             exporter,
+            reverse: reverse::ReverseState::default(),
         })
     }
 
@@ -678,6 +690,7 @@ impl Client {
                     self.backoff.reset();
                     self.established_once = true;
                     self.open_waiting();
+                    self.request_listeners();
                 }
                 Event::Opened { id } => {
                     self.metrics.stream_opened();
@@ -743,10 +756,16 @@ impl Client {
                         *going_away = true;
                     }
                 }
-                Event::OpenRequest { id, .. } => {
-                    // The core refuses OPEN from a server; unreachable.
-                    debug!("ignoring open request {id} on the client");
+                Event::OpenRequest { .. } | Event::ListenRequest { .. } => {
+                    // The core refuses OPEN and LISTEN from a server.
+                    debug!("ignoring a server-side request on the client");
                 }
+                Event::IncomingStream { id, listen, origin } => {
+                    let origin = origin.to_string();
+                    self.on_incoming(id, listen, origin);
+                }
+                Event::ListenGranted { id } => self.on_listen_granted(id),
+                Event::ListenRefused { id, code } => self.on_listen_refused(id, code),
                 Event::Closed { error } => {
                     self.on_tunnel_closed(error);
                     return;
@@ -966,6 +985,16 @@ impl Client {
         if !self.locals.contains_key(&t) {
             return;
         }
+        if self
+            .locals
+            .get(&t)
+            .is_some_and(|l| matches!(l.phase, Phase::Connecting(_)))
+        {
+            if readable || writable {
+                self.finish_target_connect(t);
+            }
+            return;
+        }
         if readable {
             let negotiating = self
                 .locals
@@ -1082,7 +1111,7 @@ impl Client {
             let _ = self.poll.registry().deregister(sock);
         }
         let id = match l.phase {
-            Phase::Streaming(id) | Phase::Opening(id) => {
+            Phase::Streaming(id) | Phase::Opening(id) | Phase::Connecting(id) => {
                 self.streams.remove(&id);
                 Some(id)
             }
@@ -1220,6 +1249,10 @@ impl Client {
             let Some(l) = self.locals.get_mut(&t) else {
                 continue;
             };
+            if let Phase::Connecting(id) = l.phase {
+                self.fail_target(t, id, StreamErrorCode::TimedOut, "target connect timed out");
+                continue;
+            }
             warn!(
                 "{}: tunnel not available in time; closing local connection",
                 l.peer
@@ -1289,6 +1322,11 @@ impl Client {
         let Some(l) = self.locals.get_mut(&t) else {
             return;
         };
+        if matches!(l.phase, Phase::Connecting(_)) {
+            // Nothing is written to (or shut down on) a socket that is
+            // still connecting; the stream is not accepted yet.
+            return;
+        }
         let id = match l.phase {
             Phase::Streaming(id) | Phase::Opening(id) => Some(id),
             _ => None,

@@ -433,6 +433,12 @@ impl EventLoop {
                     self.touched.insert(t);
                 }
             }
+            Some(Route::Listener(t, id)) => {
+                if let Some(s) = self.sessions.get_mut(&t) {
+                    s.on_listener(&mut ctx!(self), id);
+                    self.touched.insert(t);
+                }
+            }
             None => {}
         }
     }

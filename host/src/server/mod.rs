@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod budget;
 mod event_loop;
+pub mod listener;
 pub mod session;
 pub mod upstream;
 
@@ -82,6 +83,9 @@ pub struct Limits {
     /// (`--dns-queue`, 256) and per session (`--dns-per-session`, 8), and
     /// the deadline (`--dns-timeout`, 5 s).
     pub dns: ResolverConfig,
+    /// Remote listeners (`-R`) one session may hold at once (16, the
+    /// protocol's per-session LISTEN limit, and never more).
+    pub max_listeners: usize,
 }
 
 impl Default for Limits {
@@ -100,6 +104,7 @@ impl Default for Limits {
             key_queue: 64,
             drain: SHUTDOWN_GRACE,
             dns: ResolverConfig::default(),
+            max_listeners: listener::MAX_LISTENERS_PER_SESSION,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where clients may ask the server to listen (`-R`).
+    pub listen_policy: listener::ListenPolicy,
 }
 
 /// Why the server could not start.
@@ -160,6 +167,8 @@ pub struct Shared {
     pub allow: AllowList,
     /// The limits.
     pub limits: Limits,
+    /// Where clients may ask the server to listen (`-R`).
+    pub listen_policy: listener::ListenPolicy,
     /// The address the server was asked to listen on.
     pub listen: SocketAddr,
     /// Where the metrics endpoint was asked to listen (fixed at start).
@@ -260,6 +269,7 @@ impl Shared {
         Ok(Shared {
             core: opts.core.clone(),
             allow: opts.allow.clone(),
+            listen_policy: opts.listen_policy.clone(),
             listen: opts.listen,
             metrics_listen: opts.metrics,
             generation: 0,
@@ -276,6 +286,7 @@ impl Shared {
             metrics: self.metrics_listen,
             core: self.core.clone(),
             allow: self.allow.clone(),
+            listen_policy: self.listen_policy.clone(),
             limits: self.limits.clone(),
         }
     }
@@ -285,6 +296,7 @@ impl Shared {
         Shared {
             core: opts.core,
             allow: opts.allow,
+            listen_policy: opts.listen_policy,
             limits: opts.limits,
             listen: self.listen,
             metrics_listen: self.metrics_listen,

@@ -1,8 +1,10 @@
 //! One client connection on the server, from accept to close: its tunnel
 //! socket, the first-flight buffer while it is pending, the core
 //! [`HostConnection`] once its ClientHello is admitted, its upstream
-//! sockets, and its share of the server budgets (memory reserved for
-//! receive credit, descriptors held by upstreams, lookups in flight).
+//! sockets, its remote listeners (`-R`, [`super::listener`]) and the
+//! streams it opens for connections accepted on them, and its share of the
+//! server budgets (memory reserved for receive credit, descriptors held by
+//! upstreams and listeners, lookups in flight).
 //!
 //! The event loop ([`super::event_loop`]) only routes readiness to a
 //! session and gives it a [`Ctx`] with the shared pieces; everything a
@@ -15,8 +17,8 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use hytun_core::{
-    CloseCode, ConnectionError, Event, HandshakeError, Host, HostConnection, StreamErrorCode,
-    StreamId,
+    CloseCode, ConnectionError, Event, HandshakeError, Host, HostConnection, ListenErrorCode,
+    ListenId, StreamErrorCode, StreamId,
 };
 use log::{debug, info, warn};
 use mio::net::TcpStream;
@@ -24,6 +26,7 @@ use mio::{Registry, Token};
 
 use super::admission::{FirstFlight, FlightProgress};
 use super::budget::Permit;
+use super::listener::{self, RemoteListener};
 use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
@@ -55,6 +58,8 @@ pub enum Route {
     Session,
     /// An upstream socket of a session's stream.
     Upstream(Token, StreamId),
+    /// A remote listener of a session (`-R`).
+    Listener(Token, ListenId),
 }
 
 /// Token allocation and routing for one event loop. Tokens are never
@@ -139,6 +144,8 @@ pub struct Session {
     sock: TcpStream,
     phase: Phase,
     upstreams: HashMap<StreamId, Upstream>,
+    /// Remote listeners granted to the client.
+    listeners: HashMap<ListenId, RemoteListener>,
     /// Upstreams that received tunnel data since the last flush.
     to_flush: Vec<StreamId>,
     started: StdInstant,
@@ -180,6 +187,7 @@ impl Session {
             sock,
             phase: Phase::Pending(FirstFlight::default()),
             upstreams: HashMap::new(),
+            listeners: HashMap::new(),
             to_flush: Vec::new(),
             started: StdInstant::now(),
             established: false,
@@ -509,10 +517,30 @@ impl Session {
                     self.closed = true;
                     return;
                 }
+                Event::ListenRequest { id, bind } => {
+                    let label = bind.to_string();
+                    let addr = listener::bind_addr(&bind);
+                    self.listen(ctx, id, &label, addr);
+                }
+                Event::Opened { id } => {
+                    if let Some(up) = self.upstreams.get(&id) {
+                        debug!(
+                            "{}: stream {id} from {} accepted by the client",
+                            self.peer, up.dest
+                        );
+                    }
+                }
+                Event::OpenFailed { id, code } => {
+                    if self.upstreams.contains_key(&id) {
+                        let why = format!("refused by the client: {code}");
+                        self.end_upstream(ctx, id, End::Abort(&why));
+                    }
+                }
                 Event::Writable { .. }
-                | Event::Opened { .. }
-                | Event::OpenFailed { .. }
-                | Event::GoAway { .. } => {}
+                | Event::GoAway { .. }
+                | Event::ListenGranted { .. }
+                | Event::ListenRefused { .. }
+                | Event::IncomingStream { .. } => {}
             }
         }
     }
@@ -594,6 +622,180 @@ impl Session {
             }
             DestHost::Domain(_) => {}
         }
+    }
+
+    /// Answers a LISTEN: policy (server list narrowed by the key's own),
+    /// the per-session listener limit and a descriptor, then the bind.
+    fn listen(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ListenId,
+        label: &str,
+        addr: Result<SocketAddr, ListenErrorCode>,
+    ) {
+        let key = self.conn().and_then(|c| c.peer_key());
+        let refusal = match addr {
+            Err(code) => Err((
+                code,
+                "the server resolves no name but localhost".to_string(),
+            )),
+            Ok(addr) if !ctx.shared.listen_policy.allows(key, addr) => Err((
+                ListenErrorCode::NotPermitted,
+                "not permitted for this key (see --permit-listen)".to_string(),
+            )),
+            Ok(_)
+                if self.listeners.len()
+                    >= ctx
+                        .shared
+                        .limits
+                        .max_listeners
+                        .min(listener::MAX_LISTENERS_PER_SESSION) =>
+            {
+                Err((
+                    ListenErrorCode::TooManyListeners,
+                    format!(
+                        "session listener limit {} reached",
+                        ctx.shared.limits.max_listeners
+                    ),
+                ))
+            }
+            Ok(addr) => match Permit::take(&ctx.shared.fds) {
+                None => {
+                    ctx.shared.note_spent("descriptor budget spent");
+                    Err((
+                        ListenErrorCode::ResourceExhausted,
+                        "descriptor budget spent".into(),
+                    ))
+                }
+                Some(fd) => {
+                    let token = ctx.routes.add(Route::Listener(self.token, id));
+                    match RemoteListener::bind(id, addr, ctx.registry, token, fd) {
+                        Ok(l) => Ok(l),
+                        Err(e) => {
+                            ctx.routes.remove(token);
+                            Err((listener::bind_error_code(&e), e.to_string()))
+                        }
+                    }
+                }
+            },
+        };
+        let peer = self.peer;
+        let Some(conn) = self.conn() else {
+            return;
+        };
+        match refusal {
+            Ok(l) => {
+                if conn.grant_listen(id).is_err() {
+                    ctx.routes.remove(l.token);
+                    l.close(ctx.registry);
+                    return;
+                }
+                info!("{peer}: listening on {} for the client ({id})", l.addr);
+                self.listeners.insert(id, l);
+            }
+            Err((code, why)) => {
+                info!("{peer}: listen on {label} refused: {code} ({why})");
+                let _ = conn.refuse_listen(id, code);
+            }
+        }
+    }
+
+    /// Accept readiness on remote listener `id`: every pending connection
+    /// becomes a stream opened toward the client, within the same budgets
+    /// as a client's OPEN (memory for its window and bookkeeping, one
+    /// descriptor, the session's descriptor share, the stream limit);
+    /// a connection over budget is reset.
+    pub fn on_listener(&mut self, ctx: &mut Ctx<'_>, id: ListenId) {
+        loop {
+            let Some(l) = self.listeners.get(&id) else {
+                return;
+            };
+            let (sock, peer) = match l.accept() {
+                Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("{}: accept on {} failed: {e}", self.peer, l.addr);
+                    return;
+                }
+            };
+            let local = l.addr;
+            if let Err(why) = self.open_incoming(ctx, id, sock, peer) {
+                info!(
+                    "{}: connection from {peer} on {local} reset: {why}",
+                    self.peer
+                );
+            }
+        }
+    }
+
+    fn open_incoming(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ListenId,
+        sock: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
+        let reset = |sock: TcpStream, why: String| {
+            super::upstream::abort_on_close(&sock);
+            Err(why)
+        };
+        if self.closed || !self.conn().is_some_and(|c| c.can_open_stream()) {
+            return reset(sock, "session takes no new stream now".into());
+        }
+        let need = self.stream_cost(ctx.shared);
+        if self.charged + need > ctx.shared.limits.session_memory {
+            return reset(sock, "session memory budget spent".into());
+        }
+        if !ctx.shared.memory.try_take(need) {
+            ctx.shared.note_spent("server memory budget spent");
+            return reset(sock, "server memory budget spent".into());
+        }
+        self.charged += need;
+        let fds = self.upstreams.values().filter(|u| u.holds_fd()).count() + self.listeners.len();
+        let fd = if fds >= ctx.shared.fd_share_per_session() {
+            None
+        } else {
+            Permit::take(&ctx.shared.fds)
+        };
+        let Some(fd) = fd else {
+            self.give_back(ctx.shared, need);
+            return reset(sock, "descriptor budget spent".into());
+        };
+        let opened = match self.conn() {
+            Some(c) => c
+                .open_incoming(id, listener::origin(peer))
+                .map_err(|e| e.to_string()),
+            None => Err("session not established".into()),
+        };
+        let sid = match opened {
+            Ok(sid) => sid,
+            Err(why) => {
+                self.give_back(ctx.shared, need);
+                return reset(sock, why);
+            }
+        };
+        let token = ctx.routes.add(Route::Upstream(self.token, sid));
+        match Upstream::accepted(format!("{peer}"), sock, ctx.registry, token, fd) {
+            Ok(up) => {
+                debug!("{}: stream {sid} opened for {peer}", self.peer);
+                self.upstreams.insert(sid, up);
+                Ok(())
+            }
+            Err(e) => {
+                ctx.routes.remove(token);
+                self.give_back(ctx.shared, need);
+                if let Some(c) = self.conn() {
+                    let _ = c.stream_reset(sid, StreamErrorCode::Other);
+                }
+                Err(format!("cannot register: {e}"))
+            }
+        }
+    }
+
+    /// Remote listeners held (for tests and logs).
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
     }
 
     /// Lets stream windows grow only as far as the session and server
@@ -1004,6 +1206,11 @@ impl Session {
         };
         for id in ids {
             self.end_upstream(ctx, id, End::Abort(&why));
+        }
+        for (_, l) in self.listeners.drain() {
+            info!("{}: no longer listening on {}", self.peer, l.addr);
+            ctx.routes.remove(l.token);
+            l.close(ctx.registry);
         }
         ctx.dns.cancel_session(self.token.0 as u64);
         ctx.keys.cancel(self.token.0 as u64);

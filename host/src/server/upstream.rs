@@ -78,6 +78,30 @@ impl Upstream {
         }
     }
 
+    /// A connection accepted on a remote listener (`-R`): connected from
+    /// the start, registered under `token`, holding descriptor `fd`. Its
+    /// stream is opened by the server; the pipe sends nothing until the
+    /// client grants credit.
+    pub fn accepted(
+        dest: String,
+        mut sock: TcpStream,
+        registry: &Registry,
+        token: Token,
+        fd: Permit,
+    ) -> io::Result<Self> {
+        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        let _ = sock.set_nodelay(true);
+        Ok(Upstream {
+            dest,
+            state: UpstreamState::Connected,
+            pipe: Pipe::new(Some(sock)),
+            token: Some(token),
+            flush_queued: false,
+            lookup: None,
+            fd: Some(fd),
+        })
+    }
+
     /// Holds `fd` while a lookup is in flight (the descriptor the connect
     /// will need is reserved with the stream).
     pub fn hold_fd(&mut self, fd: Permit) {
