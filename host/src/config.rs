@@ -19,6 +19,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::allow::{AllowList, DestHost, parse_port};
+use crate::server::admission::TrustedProxies;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -78,6 +79,9 @@ pub struct ServerConfig {
     pub dns_per_session: Option<NonZeroU32>,
     /// Seconds before a name lookup is answered as timed out.
     pub dns_timeout: Option<NonZeroU64>,
+    /// Addresses/networks of load balancers that must send a PROXY
+    /// protocol header (v1 or v2); validated on load.
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `[client]`: settings of `hytun client`.
@@ -138,6 +142,13 @@ impl Config {
                 AllowList::parse(patterns).map_err(|e| ConfigError::Invalid {
                     path: path.to_path_buf(),
                     field: "server.allow",
+                    message: e.to_string(),
+                })?;
+            }
+            if let Some(nets) = &server.proxy_protocol_from {
+                TrustedProxies::parse(nets).map_err(|e| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    field: "server.proxy-protocol-from",
                     message: e.to_string(),
                 })?;
             }
@@ -603,6 +614,17 @@ keepalive-secs = 15
         let err = load("[server\n").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err}");
 
+        let err = load("[server]\nproxy-protocol-from = [\"10.0.0.1/8\"]\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("server.proxy-protocol-from"), "{shown}");
+        assert!(shown.contains("host bits"), "{shown}");
+        let ok = load("[server]\nproxy-protocol-from = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(
+            ok.server
+                .and_then(|s| s.proxy_protocol_from)
+                .map(|v| v.len()),
+            Some(2)
+        );
         let err = load("[server]\nallow = [\"example.com\"]\n").unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("server.allow"), "{shown}");

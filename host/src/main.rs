@@ -132,6 +132,9 @@ struct ServerArgs {
     /// Seconds before a name lookup is answered as timed out [default: 5].
     #[arg(long)]
     dns_timeout: Option<u64>,
+    /// Load balancer address or network (CIDR) that must send a PROXY protocol v1/v2 header with the real client address; a PROXY header from anywhere else is refused. Repeatable.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    proxy_protocol_from: Vec<String>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long)]
     threads: Option<usize>,
@@ -242,6 +245,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 dns_queue: a.dns_queue,
                 dns_per_session: a.dns_per_session,
                 dns_timeout: a.dns_timeout,
+                proxy_protocol_from: a.proxy_protocol_from,
                 config: a.config,
             })?;
             let threads = a.threads.unwrap_or_else(|| {

@@ -19,6 +19,7 @@ use crate::client::{ClientOptions, ListenerKind};
 use crate::config::{self, Endpoint, ForwardSpec, ListenSpec};
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
+use crate::server::admission::TrustedProxies;
 use crate::server::{Limits, ServerOptions};
 
 /// Default server listen address.
@@ -91,6 +92,8 @@ pub struct ServerFlags {
     pub dns_per_session: Option<u32>,
     /// `--dns-timeout` seconds.
     pub dns_timeout: Option<u64>,
+    /// `--proxy-protocol-from` (replaces the config's list when given).
+    pub proxy_protocol_from: Vec<String>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -167,6 +170,15 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
     if allow.is_empty() {
         log::warn!("no --allow patterns: every stream will be refused (try --allow '127.0.0.1:*')");
+    }
+    let proxy_from = if flags.proxy_protocol_from.is_empty() {
+        cfg.proxy_protocol_from.clone().unwrap_or_default()
+    } else {
+        flags.proxy_protocol_from.clone()
+    };
+    let proxy_from = TrustedProxies::parse(&proxy_from).map_err(err)?;
+    if !proxy_from.is_empty() {
+        log::info!("PROXY protocol header required from {proxy_from}");
     }
     let identity = load_identity(&key)?;
     let keys = hytun_keys::load_authorized_keys(&authorized).map_err(err)?;
@@ -282,6 +294,7 @@ pub fn server_options(flags: ServerFlags) -> Result<ServerOptions, SetupError> {
         core: Arc::new(CoreServerConfig::new(identity, authorized_ids, session)),
         allow,
         limits,
+        proxy_from,
     })
 }
 

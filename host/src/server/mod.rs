@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod budget;
 mod event_loop;
+pub mod proxy_header;
 pub mod session;
 pub mod upstream;
 
@@ -31,6 +32,7 @@ use crate::keywork::KeyWork;
 use crate::ratelimit::HandshakeRateLimiter;
 use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
+use admission::TrustedProxies;
 use budget::{LogLimiter, Pool, RateCap};
 pub use event_loop::EventLoop;
 pub use upstream::error_code;
@@ -109,6 +111,9 @@ pub struct ServerOptions {
     pub allow: AllowList,
     /// The budgets.
     pub limits: Limits,
+    /// Peers that must send a PROXY protocol header
+    /// (`--proxy-protocol-from`); nobody else may.
+    pub proxy_from: TrustedProxies,
 }
 
 /// Why the server could not start.
@@ -145,6 +150,8 @@ pub struct Shared {
     pub allow: AllowList,
     /// The limits.
     pub limits: Limits,
+    /// Peers that must send a PROXY protocol header.
+    pub proxy_from: TrustedProxies,
     /// Receive credit and session state, in bytes.
     pub memory: Arc<Pool>,
     /// Descriptors for upstream sockets (accepts have their own headroom).
@@ -203,6 +210,7 @@ impl Shared {
             keywork,
             core: opts.core.clone(),
             allow: opts.allow.clone(),
+            proxy_from: opts.proxy_from.clone(),
             memory: Arc::new(Pool::new("memory", limits.memory_budget)),
             fds: Arc::new(Pool::new("descriptors", upstream_fds)),
             key_ops: RateCap::new(limits.key_ops_per_sec.get(), Instant::now()),
@@ -253,6 +261,22 @@ impl Shared {
             Some(0) => info!("{peer}: refused (busy): {why}"),
             Some(n) => info!("{peer}: refused (busy): {why} ({n} more refusals not logged)"),
             None => log::debug!("{peer}: refused (busy): {why}"),
+        }
+    }
+
+    /// Logs a connection refused over its PROXY header at warn (it is a
+    /// misconfiguration or an attempt to forge a client address),
+    /// rate-limited like refusals.
+    pub fn log_header_refusal(&self, peer: SocketAddr, why: &admission::HeaderRefusal) {
+        let admitted = self
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()));
+        match admitted {
+            Some(0) => warn!("{peer}: refused: {why}"),
+            Some(n) => warn!("{peer}: refused: {why} ({n} more refusals not logged)"),
+            None => log::debug!("{peer}: refused: {why}"),
         }
     }
 
