@@ -30,6 +30,8 @@ command -v riscv64-unknown-elf-size >/dev/null || missing+=(binutils-riscv64-unk
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# tests/scaleout.rs runs a real load balancer in front of two servers.
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
