@@ -1,4 +1,5 @@
-//! `hytun`: the command-line tool (keygen, server, client, fetch, demo).
+//! `hytun`: the command-line tool (keygen, server, client, fetch, demo,
+//! completions, man).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
@@ -6,7 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hytun_host::client::Client;
 use hytun_host::config::{Endpoint, ForwardSpec, ListenSpec};
 use hytun_host::fetch::{self, HttpUrl};
@@ -61,6 +62,17 @@ enum Command {
         /// Where the demo keys live (generated on first use).
         #[arg(long, default_value = "keys/demo")]
         keys: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page hytun(1), or write it and one page per subcommand (hytun-server(1), ...) into a directory.
+    Man {
+        /// Write hytun.1 and hytun-SUBCOMMAND.1 into this directory instead of printing hytun(1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -296,6 +308,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
             Ok(())
         }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "hytun", &mut io::stdout());
+            Ok(())
+        }
+        Command::Man { out_dir: None } => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            io::stdout().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            for path in write_man_pages(&dir)
+                .map_err(|e| format!("cannot write man pages to {}: {e}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Demo { keys } => {
             let stdout = io::stdout();
             let mut lock = stdout.lock();
@@ -317,6 +348,34 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
+}
+
+/// Writes hytun.1 and hytun-SUB.1 (one per subcommand) into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    // Adds the implicit `help` subcommand, which hytun(1) lists too.
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).title(name).render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    // Every subcommand hytun(1) lists, `help` included.
+    for sub in cmd.get_subcommands() {
+        let name = format!("hytun-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("hytun {}", sub.get_name()));
+        page(sub, name)?;
+    }
+    page(cmd, "hytun".into())?;
+    Ok(written)
 }
 
 fn main() -> ExitCode {
