@@ -7,6 +7,11 @@
 //! when one is killed, and a PROXY header from an untrusted address
 //! refused.
 //!
+//! The in-process tests put a relay that prepends a PROXY v1 header
+//! between a client and a server that trusts 127.0.0.1: the per-source
+//! budget follows the address in the header, the session is logged under
+//! it, and a trusted peer without a header is closed.
+//!
 //! Addresses: the clients connect from 127.0.0.1 (the kernel's source for
 //! loopback destinations), haproxy listens on and connects from
 //! 127.0.0.20, the servers listen on 127.0.0.31 and 127.0.0.32 and trust
@@ -22,7 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hytun_tests::harness::{RunningClient, client_opts, forward_to, keydir, loopback};
+use hytun_host::server::admission::TrustedProxies;
+use hytun_tests::harness::{
+    RunningClient, RunningServer, capture_logs, client_opts, forward_to, keydir, loopback,
+    server_opts, wait_log,
+};
 use hytun_tests::{ChildGuard, EchoServer, free_port, spawn_hytun, wait_listening};
 
 const SKIP_VAR: &str = "HYTUN_SKIP_HAPROXY";
@@ -318,4 +327,117 @@ fn haproxy_spreads_sessions_over_two_servers_and_clients_fail_over() {
     let line = b.lines_with("not a trusted proxy address").remove(0);
     assert!(line.contains("127.0.0.1:"), "{line}");
     assert!(b.lines_with("198.51.100.7").is_empty(), "{}", b.all());
+}
+
+/// A relay on 127.0.0.1 that opens a connection to `server` for each one
+/// it accepts, writes `header` first, then copies both ways.
+fn header_relay(server: SocketAddr, header: &'static [u8]) -> SocketAddr {
+    let l = std::net::TcpListener::bind(loopback()).unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for down in l.incoming().flatten() {
+            let Ok(mut up) = TcpStream::connect(server) else {
+                continue;
+            };
+            if up.write_all(header).is_err() {
+                continue;
+            }
+            let (Ok(mut up2), Ok(mut down2)) = (up.try_clone(), down.try_clone()) else {
+                continue;
+            };
+            let mut down = down;
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut down, &mut up);
+                let _ = up.shutdown(std::net::Shutdown::Write);
+            });
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut up2, &mut down2);
+                let _ = down2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A raw connection to `server` that sends `bytes`.
+fn raw(server: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    s
+}
+
+/// What the server sent before closing `s`, or `None` if `s` is still
+/// open after `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) => Some(got),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(got),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn behind_a_trusted_relay_limits_and_logs_use_the_header_address() {
+    capture_logs();
+    let echo_server = EchoServer::start().unwrap();
+    let mut opts = server_opts(&["127.0.0.1:*"]);
+    opts.proxy_from = TrustedProxies::parse(&["127.0.0.1/32".to_string()]).unwrap();
+    opts.limits.max_pending_per_source = 2;
+    let server = RunningServer::start(opts);
+
+    // Two stalled connections that claim client 198.51.100.1 use up that
+    // client's pending share; a third is refused with Busy, while another
+    // client behind the same proxy address is still admitted.
+    let claim = |client: &str| format!("PROXY TCP4 {client} 127.0.0.1 1000 7000\r\n");
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = raw(server.addr, claim("198.51.100.1").as_bytes());
+            thread::sleep(Duration::from_millis(100));
+            s
+        })
+        .collect();
+    let mut third = raw(server.addr, claim("198.51.100.1").as_bytes());
+    let busy = closed_within(&mut third, Duration::from_secs(10))
+        .expect("the third connection of one client is closed");
+    assert!(!busy.is_empty(), "a Busy alert before the close");
+    let mut other = raw(server.addr, claim("198.51.100.2").as_bytes());
+    assert_eq!(
+        closed_within(&mut other, Duration::from_millis(500)),
+        None,
+        "another client behind the same proxy is admitted"
+    );
+
+    // A trusted peer must send the header: a bare ClientHello is closed
+    // without a reply, and the log says why.
+    thread::sleep(Duration::from_millis(1100)); // past the refusal-log limiter
+    let mut bare = raw(server.addr, &[0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        closed_within(&mut bare, Duration::from_secs(10)),
+        Some(Vec::new())
+    );
+    assert!(
+        wait_log(
+            "no PROXY protocol header",
+            "trusted proxy",
+            Duration::from_secs(10)
+        )
+        .is_some()
+    );
+
+    // A real client through a relay that adds a v1 header: the session
+    // works and is logged under the address from the header.
+    let relay = header_relay(
+        server.addr,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 7000\r\n",
+    );
+    let client = RunningClient::start(client_opts(
+        relay,
+        vec![(loopback(), forward_to(echo_server.addr))],
+    ));
+    echo(client.addrs[0], b"through the relay");
+    let up = wait_log("203.0.113.9:40000", "session up", Duration::from_secs(10));
+    assert!(up.is_some(), "no 'session up' for the header's address");
 }
