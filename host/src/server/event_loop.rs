@@ -344,6 +344,8 @@ impl EventLoop {
         };
         let proxy = s.peer;
         if let Some(client) = header.source {
+            // A dual-stack balancer names IPv4 clients as ::ffff:a.b.c.d.
+            let client = SocketAddr::new(client.ip().to_canonical(), client.port());
             debug!("{proxy}: PROXY v{} header: client {client}", header.version);
             s.peer = client;
         } else {
