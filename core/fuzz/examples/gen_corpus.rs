@@ -334,8 +334,14 @@ fn main() {
     inet6.resize(32, 0);
     inet6.extend_from_slice(&[0x15, 0xb3, 0x1b, 0x58]);
     for (name, mut seed) in [
-        ("v1-tcp4", b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 7000\r\n".to_vec()),
-        ("v1-tcp6", b"PROXY TCP6 2001:db8::7 ::1 5555 7000\r\n".to_vec()),
+        (
+            "v1-tcp4",
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 7000\r\n".to_vec(),
+        ),
+        (
+            "v1-tcp6",
+            b"PROXY TCP6 2001:db8::7 ::1 5555 7000\r\n".to_vec(),
+        ),
         ("v1-unknown", b"PROXY UNKNOWN\r\n".to_vec()),
         ("v2-inet", v2(1, 0x11, &inet)),
         ("v2-inet6", v2(1, 0x21, &inet6)),

@@ -21,8 +21,16 @@ fuzz_target!(|data: &[u8]| {
     match parse(data) {
         Parse::Done { header, consumed } => {
             assert!(consumed <= data.len());
-            let bound = if header.version == 1 { V1_MAX_LEN } else { V2_MAX_LEN };
-            assert!(consumed <= bound, "v{} header of {consumed} bytes", header.version);
+            let bound = if header.version == 1 {
+                V1_MAX_LEN
+            } else {
+                V2_MAX_LEN
+            };
+            assert!(
+                consumed <= bound,
+                "v{} header of {consumed} bytes",
+                header.version
+            );
             assert!(header.version == 1 || header.version == 2);
             assert!(!(header.local && header.source.is_some()));
             assert_eq!(parse(&data[..consumed]), Parse::Done { header, consumed });
@@ -47,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!e.to_string().is_empty());
             let mut longer = data.to_vec();
             longer.extend_from_slice(b"\r\n\0\0\0\0");
-            assert!(matches!(parse(&longer), Parse::Invalid(_)), "{e} then valid");
+            assert!(
+                matches!(parse(&longer), Parse::Invalid(_)),
+                "{e} then valid"
+            );
         }
     }
 });
