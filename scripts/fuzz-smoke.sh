@@ -21,7 +21,7 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 # fuzzers still stop on any panic, overflow, OOM or timeout, with debug
 # assertions and overflow checks on). FUZZ_SANITIZER=address turns it on.
 FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}"
-ALL_TARGETS="record_header client_hello server_hello finished_alert frame server_session client_session established_session"
+ALL_TARGETS="record_header client_hello server_hello finished_alert frame proxy_header server_session client_session established_session"
 TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

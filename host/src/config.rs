@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::allow::{AllowList, DestHost, parse_port};
+use crate::server::admission::TrustedProxies;
 
 /// The port `--server HOST` dials when HOST has none.
 pub const DEFAULT_SERVER_PORT: u16 = 7000;
@@ -112,6 +113,9 @@ pub struct ServerConfig {
     /// Where clients may ask the server to listen (`-R`): `HOST:PORT` or
     /// `HOST:*`. Default: nowhere.
     pub permit_listen: Option<Vec<crate::server::listener::PermitListen>>,
+    /// Addresses/networks of load balancers that must send a PROXY
+    /// protocol header (v1 or v2); validated on load.
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `[client]`: settings of `hytun client` (and `fetch`); each key is the
@@ -355,6 +359,13 @@ impl Config {
                 AllowList::parse(patterns).map_err(|e| ConfigError::Invalid {
                     path: path.to_path_buf(),
                     field: "server.allow",
+                    message: e.to_string(),
+                })?;
+            }
+            if let Some(nets) = &server.proxy_protocol_from {
+                TrustedProxies::parse(nets).map_err(|e| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    field: "server.proxy-protocol-from",
                     message: e.to_string(),
                 })?;
             }
@@ -1033,6 +1044,17 @@ keepalive = 15
         let err = load("[server\n").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err}");
 
+        let err = load("[server]\nproxy-protocol-from = [\"10.0.0.1/8\"]\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("server.proxy-protocol-from"), "{shown}");
+        assert!(shown.contains("host bits"), "{shown}");
+        let ok = load("[server]\nproxy-protocol-from = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        assert_eq!(
+            ok.server
+                .and_then(|s| s.proxy_protocol_from)
+                .map(|v| v.len()),
+            Some(2)
+        );
         let err = load("[server]\nallow = [\"example.com\"]\n").unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("server.allow"), "{shown}");

@@ -1,5 +1,5 @@
 //! `hytun`: the command-line tool (keygen, fingerprint, server, client,
-//! fetch, demo).
+//! fetch, demo, completions, man).
 
 #![allow(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use hytun_host::client::Client;
 use hytun_host::config::{
     DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
@@ -78,6 +78,17 @@ enum Command {
         /// Where the demo keys live (generated on first use).
         #[arg(long, default_value = "keys/demo")]
         keys: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page hytun(1), or write it and one page per subcommand (hytun-server(1), ...) into a directory.
+    Man {
+        /// Write hytun.1 and hytun-SUBCOMMAND.1 into this directory instead of printing hytun(1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -152,6 +163,9 @@ struct ServerArgs {
     /// Address clients may ask the server to listen on for them (-R): HOST:PORT or HOST:*, HOST an IP, localhost or *. Repeatable. Default: none.
     #[arg(long = "permit-listen", value_parser = PermitListen::parse, value_name = "HOST:PORT")]
     permit_listen: Vec<PermitListen>,
+    /// Load balancer address or network (CIDR) that must send a PROXY protocol v1/v2 header with the real client address; a PROXY header from anywhere else is refused. Repeatable.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    proxy_protocol_from: Vec<String>,
     /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
     #[arg(long, value_name = "N")]
     threads: Option<Threads>,
@@ -288,6 +302,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 drain_timeout: a.drain_timeout,
                 metrics: a.metrics,
                 permit_listen: a.permit_listen,
+                proxy_protocol_from: a.proxy_protocol_from,
                 config: a.config,
             };
             let (opts, threads) = setup::server_setup(flags.clone())?;
@@ -336,6 +351,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 result.body_len,
                 result.total.as_secs_f64() * 1e3
             );
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "hytun", &mut io::stdout());
+            Ok(())
+        }
+        Command::Man { out_dir: None } => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            io::stdout().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            for path in write_man_pages(&dir)
+                .map_err(|e| format!("cannot write man pages to {}: {e}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
             Ok(())
         }
         Command::Demo { keys } => {
@@ -404,6 +438,34 @@ fn print_fingerprints(files: &[PathBuf]) -> Result<(), Box<dyn std::error::Error
         0 => Ok(()),
         n => Err(format!("{n} of {} files could not be read", files.len()).into()),
     }
+}
+
+/// Writes hytun.1 and hytun-SUB.1 (one per subcommand) into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    // Adds the implicit `help` subcommand, which hytun(1) lists too.
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).title(name).render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    // Every subcommand hytun(1) lists, `help` included.
+    for sub in cmd.get_subcommands() {
+        let name = format!("hytun-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("hytun {}", sub.get_name()));
+        page(sub, name)?;
+    }
+    page(cmd, "hytun".into())?;
+    Ok(written)
 }
 
 fn main() -> ExitCode {

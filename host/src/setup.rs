@@ -23,6 +23,7 @@ use crate::config::{
 };
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
+use crate::server::admission::TrustedProxies;
 use crate::server::listener::{ListenPolicy, PermitListen};
 use crate::server::{Limits, ReloadFn, ServerOptions};
 
@@ -106,6 +107,8 @@ pub struct ServerFlags {
     pub metrics: Option<ListenSpec>,
     /// `--permit-listen` (replaces the config's list when given).
     pub permit_listen: Vec<PermitListen>,
+    /// `--proxy-protocol-from` (replaces the config's list when given).
+    pub proxy_protocol_from: Vec<String>,
     /// `--config`.
     pub config: Option<PathBuf>,
 }
@@ -186,6 +189,8 @@ struct ServerSettings {
     metrics: Option<SocketAddr>,
     /// Where clients may ask the server to listen (`-R`).
     listen_policy: ListenPolicy,
+    /// Peers that must send a PROXY protocol header.
+    proxy_from: TrustedProxies,
 }
 
 /// Builds the server's options.
@@ -214,10 +219,17 @@ pub fn server_setup(flags: ServerFlags) -> Result<(ServerOptions, usize), SetupE
         settings.key.display()
     );
     log::info!("allowed destinations: {}", settings.allow);
+    if !settings.proxy_from.is_empty() {
+        log::info!(
+            "PROXY protocol header required from {}",
+            settings.proxy_from
+        );
+    }
     let opts = ServerOptions {
         listen: settings.listen,
         metrics: settings.metrics,
         listen_policy: settings.listen_policy,
+        proxy_from: settings.proxy_from,
         core: Arc::new(CoreServerConfig::new(
             identity,
             settings.authorized,
@@ -296,6 +308,7 @@ pub fn reload_server_options(
         listen: current.listen,
         metrics: current.metrics,
         listen_policy: settings.listen_policy,
+        proxy_from: settings.proxy_from,
         core: Arc::new(core),
         allow: settings.allow,
         limits,
@@ -329,6 +342,12 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
         flags.allow
     };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
+    let proxy_from = if flags.proxy_protocol_from.is_empty() {
+        cfg.proxy_protocol_from.clone().unwrap_or_default()
+    } else {
+        flags.proxy_protocol_from.clone()
+    };
+    let proxy_from = TrustedProxies::parse(&proxy_from).map_err(err)?;
     let identity = if load_key {
         Some(load_identity(&key)?)
     } else {
@@ -473,6 +492,7 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
         threads,
         metrics: flags.metrics.or(cfg.metrics).map(|l| l.addr),
         listen_policy,
+        proxy_from,
     })
 }
 

@@ -318,6 +318,39 @@ fn main() {
         out.put("record_header", name, &seed);
     }
 
+    // PROXY protocol headers (the host's parser): v1 TCP4/TCP6/UNKNOWN,
+    // v2 PROXY over INET/INET6 with a TLV, and LOCAL, each followed by the
+    // start of a ClientHello.
+    let v2 = |cmd: u8, fam: u8, body: &[u8]| {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x20 | cmd, fam]);
+        h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        h.extend_from_slice(body);
+        h
+    };
+    let mut inet = vec![192, 0, 2, 7, 127, 0, 0, 1, 0x15, 0xb3, 0x1b, 0x58];
+    inet.extend_from_slice(&[0x01, 0x00, 0x02, b'h', b'2']);
+    let mut inet6 = vec![0x20, 0x01, 0x0d, 0xb8];
+    inet6.resize(32, 0);
+    inet6.extend_from_slice(&[0x15, 0xb3, 0x1b, 0x58]);
+    for (name, mut seed) in [
+        (
+            "v1-tcp4",
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 7000\r\n".to_vec(),
+        ),
+        (
+            "v1-tcp6",
+            b"PROXY TCP6 2001:db8::7 ::1 5555 7000\r\n".to_vec(),
+        ),
+        ("v1-unknown", b"PROXY UNKNOWN\r\n".to_vec()),
+        ("v2-inet", v2(1, 0x11, &inet)),
+        ("v2-inet6", v2(1, 0x21, &inet6)),
+        ("v2-local", v2(0, 0x00, &[])),
+    ] {
+        seed.extend_from_slice(&[0x01, 0x01, 0x04]);
+        out.put("proxy_header", name, &seed);
+    }
+
     // established_session decodes its input with `arbitrary`; any bytes
     // are a valid plan, so the seeds are deterministic noise of a few sizes.
     let mut d = Decide::new(2024);

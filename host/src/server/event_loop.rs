@@ -19,6 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{Admission, AdmissionLimits, Refusal};
+use super::proxy_header::Header;
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{LiveConfig, ReloadFn, Shared};
 use crate::keywork::KeyWorkHandle;
@@ -368,22 +369,29 @@ impl EventLoop {
         if self.shared.established() >= self.shared.limits.max_sessions {
             return self.refuse(session, "at the session limit");
         }
-        if !self.shared.rate_allows(peer.ip()) {
-            let why = "handshake rate limit for this source";
-            return self.refuse_as(session, HandshakeOutcome::RateLimited, why);
-        }
-        match self.admission.admit(token, peer.ip(), StdInstant::now()) {
-            Err(Refusal::SourcePending) => {
-                return self.refuse(session, "too many pending handshakes from this source");
+        let victim = if self.shared.proxy_from.contains(peer.ip()) {
+            // The per-source checks wait for the client address in the
+            // PROXY header (see `proxied`).
+            session.expect_proxy_header();
+            self.admission.admit_proxied(token, StdInstant::now())
+        } else {
+            if !self.shared.rate_allows(peer.ip()) {
+                let why = "handshake rate limit for this source";
+                return self.refuse_as(session, HandshakeOutcome::RateLimited, why);
             }
-            Ok(Some(victim)) => {
-                if let Some(v) = self.sessions.remove(&victim) {
-                    self.shared.metrics.handshake(HandshakeOutcome::Failed);
-                    debug!("{}: pending handshake evicted for a newcomer", v.peer);
-                    v.close(&mut ctx!(self));
+            match self.admission.admit(token, peer.ip(), StdInstant::now()) {
+                Err(Refusal::SourcePending) => {
+                    return self.refuse(session, "too many pending handshakes from this source");
                 }
+                Ok(victim) => victim,
             }
-            Ok(None) => {}
+        };
+        if let Some(victim) = victim
+            && let Some(v) = self.sessions.remove(&victim)
+        {
+            self.shared.metrics.handshake(HandshakeOutcome::Failed);
+            debug!("{}: pending handshake evicted for a newcomer", v.peer);
+            v.close(&mut ctx!(self));
         }
         if let Err(e) = self.poll.registry().register(
             session.sock_mut(),
@@ -444,13 +452,70 @@ impl EventLoop {
     }
 
     fn read_session(&mut self, t: Token) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&t) else {
+                return;
+            };
+            match s.on_readable(&mut ctx!(self)) {
+                ReadResult::Progress => return,
+                ReadResult::Gone => return self.close_session(t),
+                ReadResult::HelloReady => return self.hello_ready(t),
+                ReadResult::Proxied(header) => {
+                    if !self.proxied(t, header) {
+                        return;
+                    }
+                }
+                ReadResult::Refused(why) => {
+                    let peer = s.peer;
+                    self.shared.log_header_refusal(peer, &why);
+                    return self.close_session(t);
+                }
+            }
+        }
+    }
+
+    /// The trusted proxy in front of pending session `t` named its client:
+    /// from here on the session is that client (logs, per-source limits).
+    /// A LOCAL header (a health check) leaves the proxy's own address.
+    /// False if the session was refused.
+    fn proxied(&mut self, t: Token, header: Header) -> bool {
         let Some(s) = self.sessions.get_mut(&t) else {
-            return;
+            return false;
         };
-        match s.on_readable(&mut ctx!(self)) {
-            ReadResult::Progress => {}
-            ReadResult::Gone => self.close_session(t),
-            ReadResult::HelloReady => self.hello_ready(t),
+        let proxy = s.peer;
+        if let Some(client) = header.source {
+            // A dual-stack balancer names IPv4 clients as ::ffff:a.b.c.d.
+            let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+            debug!("{proxy}: PROXY v{} header: client {client}", header.version);
+            s.peer = client;
+        } else {
+            debug!(
+                "{proxy}: PROXY v{} header without a client address",
+                header.version
+            );
+        }
+        let source = s.peer.ip();
+        let refusal = if !self.shared.rate_allows(source) {
+            Some((
+                HandshakeOutcome::RateLimited,
+                "handshake rate limit for this source",
+            ))
+        } else if self.admission.set_source(t, source).is_err() {
+            Some((
+                HandshakeOutcome::Busy,
+                "too many pending handshakes from this source",
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some((outcome, why)) => {
+                if let Some(s) = self.sessions.remove(&t) {
+                    self.refuse_as(s, outcome, why);
+                }
+                false
+            }
+            None => true,
         }
     }
 

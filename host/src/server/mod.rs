@@ -14,6 +14,7 @@ pub mod admission;
 pub mod budget;
 mod event_loop;
 pub mod listener;
+pub mod proxy_header;
 pub mod session;
 pub mod upstream;
 
@@ -34,6 +35,7 @@ use crate::metrics::{Exporter, ExporterError, Format, ServerGauges, ServerMetric
 use crate::ratelimit::HandshakeRateLimiter;
 use crate::resolver::{ResolverConfig, ResolverPool};
 use crate::runtime::StopHandle;
+use admission::TrustedProxies;
 use budget::{LogLimiter, Pool, RateCap};
 pub use event_loop::EventLoop;
 pub use upstream::error_code;
@@ -124,6 +126,9 @@ pub struct ServerOptions {
     pub metrics: Option<SocketAddr>,
     /// Where clients may ask the server to listen (`-R`).
     pub listen_policy: listener::ListenPolicy,
+    /// Peers that must send a PROXY protocol header
+    /// (`--proxy-protocol-from`); nobody else may.
+    pub proxy_from: TrustedProxies,
 }
 
 /// Why the server could not start.
@@ -167,6 +172,8 @@ pub struct Shared {
     pub allow: AllowList,
     /// The limits.
     pub limits: Limits,
+    /// Peers that must send a PROXY protocol header.
+    pub proxy_from: TrustedProxies,
     /// Where clients may ask the server to listen (`-R`).
     pub listen_policy: listener::ListenPolicy,
     /// The address the server was asked to listen on.
@@ -270,6 +277,7 @@ impl Shared {
             core: opts.core.clone(),
             allow: opts.allow.clone(),
             listen_policy: opts.listen_policy.clone(),
+            proxy_from: opts.proxy_from.clone(),
             listen: opts.listen,
             metrics_listen: opts.metrics,
             generation: 0,
@@ -287,6 +295,7 @@ impl Shared {
             core: self.core.clone(),
             allow: self.allow.clone(),
             listen_policy: self.listen_policy.clone(),
+            proxy_from: self.proxy_from.clone(),
             limits: self.limits.clone(),
         }
     }
@@ -297,6 +306,7 @@ impl Shared {
             core: opts.core,
             allow: opts.allow,
             listen_policy: opts.listen_policy,
+            proxy_from: opts.proxy_from,
             limits: opts.limits,
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -371,6 +381,22 @@ impl Common {
             Some(0) => info!("{peer}: refused (busy): {why}"),
             Some(n) => info!("{peer}: refused (busy): {why} ({n} more refusals not logged)"),
             None => log::debug!("{peer}: refused (busy): {why}"),
+        }
+    }
+
+    /// Logs a connection refused over its PROXY header at warn (it is a
+    /// misconfiguration or an attempt to forge a client address),
+    /// rate-limited like refusals.
+    pub fn log_header_refusal(&self, peer: SocketAddr, why: &admission::HeaderRefusal) {
+        let admitted = self
+            .refusals
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()));
+        match admitted {
+            Some(0) => warn!("{peer}: refused: {why}"),
+            Some(n) => warn!("{peer}: refused: {why} ({n} more refusals not logged)"),
+            None => log::debug!("{peer}: refused: {why}"),
         }
     }
 

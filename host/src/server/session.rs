@@ -24,9 +24,10 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 
-use super::admission::{FirstFlight, FlightProgress};
+use super::admission::{FirstFlight, FlightProgress, HeaderRefusal};
 use super::budget::Permit;
 use super::listener::{self, RemoteListener};
+use super::proxy_header::Header;
 use super::upstream::{ConnectProgress, Upstream, UpstreamState, error_code};
 use super::{Shared, UPSTREAM_CONNECT_TIMEOUT};
 use crate::allow::DestHost;
@@ -126,6 +127,11 @@ pub enum ReadResult {
     HelloReady,
     /// (pending) The peer went away before completing its first message.
     Gone,
+    /// (pending) A trusted proxy's PROXY header is complete: the loop
+    /// accounts the session to its real client, then reads on.
+    Proxied(Header),
+    /// (pending) Refused over a PROXY header; close without a handshake.
+    Refused(HeaderRefusal),
 }
 
 enum Phase {
@@ -202,6 +208,11 @@ impl Session {
             key_refused: false,
             metrics,
         }
+    }
+
+    /// The peer is a trusted proxy: a PROXY header must come first.
+    pub fn expect_proxy_header(&mut self) {
+        self.phase = Phase::Pending(FirstFlight::behind_proxy());
     }
 
     /// The tunnel socket (for registration).
@@ -295,6 +306,8 @@ impl Session {
             return match flight.read_from(&mut self.sock) {
                 Ok(FlightProgress::Partial) => ReadResult::Progress,
                 Ok(FlightProgress::Complete) => ReadResult::HelloReady,
+                Ok(FlightProgress::Proxied(h)) => ReadResult::Proxied(h),
+                Ok(FlightProgress::Refused(why)) => ReadResult::Refused(why),
                 Ok(FlightProgress::Eof) | Err(_) => ReadResult::Gone,
             };
         }
