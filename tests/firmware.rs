@@ -334,9 +334,13 @@ fn connect_listener(addr: SocketAddr, stop: &AtomicBool) -> Option<TcpStream> {
 }
 
 /// Sends `GET /status HTTP/1.0` on `sock` and reads the whole response.
-fn get_status(mut sock: TcpStream) -> String {
-    sock.write_all(b"GET /status HTTP/1.0\r\nHost: device\r\n\r\n")
-        .expect("send the request");
+fn get_status(sock: TcpStream) -> String {
+    exchange(sock, b"GET /status HTTP/1.0\r\nHost: device\r\n\r\n")
+}
+
+/// Sends `request` on `sock` and reads the whole response.
+fn exchange(mut sock: TcpStream, request: &[u8]) -> String {
+    sock.write_all(request).expect("send the request");
     let mut response = Vec::new();
     sock.read_to_end(&mut response)
         .expect("read the status page");
@@ -381,15 +385,20 @@ struct Pages {
     second: String,
     /// Bytes the third, refused connection received before it ended.
     refused: Vec<u8>,
+    /// The answer to a POST.
+    post: String,
+    /// The answer to a request head longer than the device keeps.
+    oversized: String,
 }
 
 /// The host side of the serving test: two connections held open (the
 /// device accepts both into its two slots), a third one the device must
-/// refuse (the server then closes it without a byte), then a GET on each
-/// held connection in turn.
+/// refuse (the server then closes it without a byte); a POST on the first
+/// held connection, a GET on the second, a request with an endless head,
+/// and a last GET on a fresh connection.
 fn host_side(addr: SocketAddr, stop: &AtomicBool) -> Option<Pages> {
-    let first = connect_listener(addr, stop)?;
-    let second = connect_listener(addr, stop)?;
+    let held_a = connect_listener(addr, stop)?;
+    let held_b = connect_listener(addr, stop)?;
     let mut third = connect_listener(addr, stop)?;
     let mut refused = Vec::new();
     match third.read_to_end(&mut refused) {
@@ -397,10 +406,23 @@ fn host_side(addr: SocketAddr, stop: &AtomicBool) -> Option<Pages> {
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Err(e) => panic!("the refused connection did not end cleanly: {e}"),
     }
+    let post = exchange(
+        held_a,
+        b"POST /status HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    );
+    let first = get_status(held_b);
+    let mut endless = b"GET /status HTTP/1.0\r\n".to_vec();
+    while endless.len() < 600 {
+        endless.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    let oversized = exchange(connect_listener(addr, stop)?, &endless);
+    let second = get_status(connect_listener(addr, stop)?);
     Some(Pages {
-        first: get_status(first),
-        second: get_status(second),
+        first,
+        second,
         refused,
+        post,
+        oversized,
     })
 }
 
@@ -439,6 +461,25 @@ fn serve_status_on(board: Board, test: &str) {
         "the third connection got bytes: {:?}\n{run}",
         String::from_utf8_lossy(&pages.refused)
     );
+    assert!(
+        pages
+            .post
+            .starts_with("HTTP/1.0 405 Method Not Allowed\r\n")
+            && pages
+                .post
+                .ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
+        "a POST must get an empty 405:\n{}",
+        pages.post
+    );
+    assert!(
+        pages.oversized.starts_with("HTTP/1.0 431 ")
+            && pages
+                .oversized
+                .ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"),
+        "a head over 512 B must get an empty 431:\n{}",
+        pages.oversized
+    );
+    // Only status pages count: the 405 and 431 did not.
     assert_page(board, &pages.first, 1);
     assert_page(board, &pages.second, 2);
     let uptime = |p: &str| page_number(p.split_once("\r\n\r\n").map_or(p, |x| x.1), "uptime_ms");
@@ -465,5 +506,13 @@ fn firmware_serves_its_status_page_through_a_remote_listener_on_lm3s6965evb() {
     serve_status_on(
         Board::Lm3s6965Evb,
         "firmware_serves_its_status_page_through_a_remote_listener_on_lm3s6965evb",
+    );
+}
+
+#[test]
+fn firmware_serves_its_status_page_through_a_remote_listener_on_riscv32_virt() {
+    serve_status_on(
+        Board::RiscvVirt,
+        "firmware_serves_its_status_page_through_a_remote_listener_on_riscv32_virt",
     );
 }
