@@ -133,8 +133,10 @@ fn run() -> Result<(), String> {
 
     // The ESP32-C6 build (`esp32c6/`, feature `board-esp32c6`) shares this
     // script for keys and origin; esp-hal brings its own linker scripts.
+    let mut board_name = "esp32c6";
     if env::var_os("CARGO_FEATURE_BOARD_ESP32C6").is_none() {
         let board = select_board()?;
+        board_name = board.machine;
         check_target(board)?;
         write_memory_x(&out_dir, board)?;
         println!("cargo:rustc-link-search={}", out_dir.display());
@@ -149,7 +151,7 @@ fn run() -> Result<(), String> {
 
     provision_keys(&out_dir)?;
     origin(&out_dir)?;
-    serve(&out_dir)?;
+    serve(&out_dir, board_name)?;
     seed_path()?;
     Ok(())
 }
@@ -487,7 +489,7 @@ fn origin(out_dir: &Path) -> Result<(), String> {
 
 /// Writes `OUT_DIR/serve.rs`: whether (and where) the device serves its
 /// status page through a remote listener, and how many requests it answers.
-fn serve(out_dir: &Path) -> Result<(), String> {
+fn serve(out_dir: &Path, board_name: &str) -> Result<(), String> {
     let port = match optional_var("HYTUN_REVERSE_PORT")? {
         None => None,
         Some(p) => match p.parse::<u16>() {
@@ -530,7 +532,9 @@ fn serve(out_dir: &Path) -> Result<(), String> {
          /// firmware fetches the origin instead of serving.\n\
          pub const LISTEN: Option<Destination<'static>> = {listen};\n\
          /// Status-page requests answered before the session is closed.\n\
-         pub const REQUESTS: u32 = {requests};\n"
+         pub const REQUESTS: u32 = {requests};\n\
+         /// The board name the status page shows.\n\
+         pub const BOARD: &str = {board_name:?};\n"
     );
     let file = out_dir.join("serve.rs");
     fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))

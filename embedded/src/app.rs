@@ -757,14 +757,9 @@ impl<'m> Client<'m> {
                     payload_in: stats.payload_received,
                     payload_out: stats.payload_sent,
                 };
-                serve::render(
-                    status,
-                    &page,
-                    crate::board::QEMU_MACHINE,
-                    &mut slot.response,
-                );
+                serve::render(status, &page, serve::BOARD, &mut slot.response);
                 defmt::info!(
-                    "stream {=u32}: request {}, answering {=usize} B (page {=u32})",
+                    "stream {=u32}: request {}, answering {=usize} B (status pages so far: {=u32})",
                     slot.id.0,
                     status,
                     slot.response.len(),
