@@ -16,6 +16,22 @@
 //! 4. closes the session with `CLOSE(Normal)`, flushes, and returns a
 //!    [`Report`]; every failure maps to its own [`FirmwareError`] (exit code).
 //!
+//! ## Device as server
+//!
+//! A firmware built with `HYTUN_REVERSE_PORT` ([`crate::serve::LISTEN`])
+//! serves instead of fetching (step 3): it asks the server for a remote
+//! listener (`LISTEN`), and every connection the server accepts there
+//! arrives as an INCOMING stream. Up to [`serve::SLOTS`] are accepted at
+//! once (`OPEN_OK`, which grants the stream window), more are refused with
+//! `OPEN_FAIL ResourceExhausted`. Each accepted stream's request head is
+//! read without being stored ([`serve::RequestHead`]), answered from a
+//! fixed buffer with the status page ([`serve::render`]: uptime, tunnel
+//! and stream byte counters, a request counter) and `FIN`; the slot is
+//! free again once the peer's `FIN` (or `RESET`) has arrived too. After
+//! [`serve::REQUESTS`] pages the session is closed with `CLOSE(Normal)`.
+//! A refused listener ends the run with its code; the whole serving phase
+//! shares the [`EXCHANGE_TIMEOUT_MS`] deadline.
+//!
 //! ## Driving the core
 //!
 //! One loop ([`drive`]), following the contract in `hytun_core::connection`:
@@ -44,8 +60,9 @@ use defmt::Display2Format;
 use embedded_io::{Read, ReadReady, Write};
 use hytun_core::connection::{MIN_RX_BUFFER, MIN_TX_BUFFER};
 use hytun_core::{
-    ClientConfig, CloseCode, Connection, ConnectionError, Destination, Event, PrivateIdentity,
-    PublicIdentity, SessionConfig, StreamError, StreamErrorCode, StreamId,
+    ClientConfig, CloseCode, Connection, ConnectionError, Destination, Event, ListenErrorCode,
+    ListenId, PrivateIdentity, PublicIdentity, SessionConfig, StreamError, StreamErrorCode,
+    StreamId,
 };
 use rand_core::CryptoRng;
 use static_cell::StaticCell;
@@ -55,14 +72,21 @@ use crate::error::FirmwareError;
 use crate::http::{HttpError, Response};
 use crate::keys::Provisioned;
 use crate::origin;
+use crate::serve::{self, RequestHead, Status};
 
 /// Transmit buffer: the core's minimum (one handshake flight plus the
 /// control-frame reserve; the 1 KiB records the server accepts fit).
 pub const TX_BUFFER: usize = MIN_TX_BUFFER;
 /// Receive buffer: one 1 KiB record plus header and tag (the core's minimum).
 pub const RX_BUFFER: usize = MIN_RX_BUFFER;
-/// Stream slots: the client opens one stream.
-pub const STREAMS: usize = 1;
+/// Stream slots: the client opens one stream; a serving device needs one
+/// per served stream ([`serve::SLOTS`]) plus room for INCOMING streams it
+/// refuses while those are busy. The core fails the session (protocol
+/// violation `TooManyStreams`) when the server opens a stream while this
+/// many of its streams are live, even though the server only knows its own
+/// `max_streams`, so this bounds how many connections at once the remote
+/// listener survives (two served, two refused, the fifth ends the session).
+pub const STREAMS: usize = serve::SLOTS + 2;
 /// The client's connection type.
 pub type Conn = Connection<TX_BUFFER, RX_BUFFER, STREAMS>;
 
@@ -73,9 +97,10 @@ static CONNECTION: StaticCell<Conn> = StaticCell::new();
 
 /// Bytes read from the UART per `read` call.
 const READ_CHUNK: usize = 256;
-/// How long the exchange (OPEN to the response's FIN) may take after
-/// `Connected`. The session's keepalives keep a connection to a live server
-/// open forever, so a stalled origin needs its own deadline.
+/// How long the exchange (OPEN to the response's FIN; when serving, the
+/// LISTEN to the last page's end) may take after `Connected`. The
+/// session's keepalives keep a connection to a live server open forever,
+/// so a stalled origin needs its own deadline.
 const EXCHANGE_TIMEOUT_MS: u64 = 60_000;
 /// Body bytes shown in the log.
 const BODY_PREFIX_LOG: usize = 48;
@@ -101,6 +126,8 @@ pub struct Report {
     pub transfer_ns: u64,
     /// CPU cost of the client over the same span, virtual ns.
     pub transfer_cpu_ns: u64,
+    /// Status pages served (device as server).
+    pub pages_served: u32,
 }
 
 /// Where the exchange stands.
@@ -112,6 +139,8 @@ enum Phase {
     Connected,
     /// The stream is open: request going out, response coming in.
     Exchange(StreamId),
+    /// Serving: the listener was requested (device as server).
+    Serving(ListenId),
     /// The outcome is decided and `close` was called.
     Closing,
 }
@@ -129,6 +158,9 @@ enum Owned {
     },
     Finished(StreamId),
     Reset(StreamId, StreamErrorCode),
+    ListenGranted(ListenId),
+    ListenRefused(ListenId, ListenErrorCode),
+    Incoming(StreamId),
     GoAway(CloseCode),
     Closed(ConnectionError),
     Ignored,
@@ -153,7 +185,29 @@ struct Client<'m> {
     reads: u32,
     /// (ticks, busy, reads) at the first response byte.
     first_data: Option<(u64, u64, u32)>,
+    /// The streams being served (device as server).
+    slots: &'static mut [Option<Served>; serve::SLOTS],
+    /// Status pages rendered so far (the page's request counter).
+    pages_rendered: u32,
+    /// The listener was requested: stream events belong to served streams.
+    serving: bool,
 }
+
+/// One stream being served (device as server).
+struct Served {
+    id: StreamId,
+    head: RequestHead,
+    /// The rendered response, empty until the head is decided.
+    response: serve::Response,
+    status: Option<Status>,
+    sent: usize,
+    fin_sent: bool,
+    /// The peer's FIN (or RESET) arrived.
+    peer_done: bool,
+}
+
+/// The serving slots' home: fixed, outside every stack frame.
+static SLOTS: StaticCell<[Option<Served>; serve::SLOTS]> = StaticCell::new();
 
 /// Runs the client over `transport` until the page is fetched or it fails.
 pub fn run<T: Read + ReadReady + Write>(
@@ -169,7 +223,10 @@ pub fn run<T: Read + ReadReady + Write>(
         clock::ticks_to_ns(setup_ticks)
     );
 
-    let mut client = Client::new(origin::EXPECT_BODY.as_bytes());
+    let slots = SLOTS
+        .try_init_with(|| [const { None }; serve::SLOTS])
+        .ok_or(FirmwareError::BoardTaken)?;
+    let mut client = Client::new(origin::EXPECT_BODY.as_bytes(), slots);
     client.report.key_setup_instructions = clock::ticks_to_ns(setup_ticks);
     client.handshake_start = clock::ticks();
     let conn = start_connection(config, rng)?;
@@ -220,11 +277,13 @@ fn load_config(
         Display2Format(&server.id()),
         server.ciphertext_len() * 8
     );
-    Ok(Arc::new(ClientConfig::new(
-        identity,
-        server,
-        SessionConfig::EMBEDDED,
-    )))
+    // The session's stream limit is the stream table's size (the core
+    // applies the smaller of this and the server's limit to both spaces).
+    let session = SessionConfig {
+        max_streams: STREAMS as u16,
+        ..SessionConfig::EMBEDDED
+    };
+    Ok(Arc::new(ClientConfig::new(identity, server, session)))
 }
 
 /// Builds the client connection in [`CONNECTION`]; the `ClientHello`
@@ -306,7 +365,7 @@ fn drive<T: Read + ReadReady + Write>(
 }
 
 impl<'m> Client<'m> {
-    fn new(marker: &'m [u8]) -> Self {
+    fn new(marker: &'m [u8], slots: &'static mut [Option<Served>; serve::SLOTS]) -> Self {
         Self {
             phase: Phase::Handshake,
             request_sent: 0,
@@ -319,6 +378,9 @@ impl<'m> Client<'m> {
             exchange_deadline: None,
             reads: 0,
             first_data: None,
+            slots,
+            pages_rendered: 0,
+            serving: false,
         }
     }
 
@@ -375,10 +437,16 @@ impl<'m> Client<'m> {
                     if self.first_data.is_none() {
                         self.first_data = Some((start, self.busy, self.reads));
                     }
+                    let fed = if self.serving {
+                        self.feed_served(id, data);
+                        Ok(())
+                    } else {
+                        self.response.feed(data)
+                    };
                     Owned::Data {
                         id,
                         len: data.len(),
-                        fed: self.response.feed(data),
+                        fed,
                     }
                 }
                 Event::Connected => Owned::Connected,
@@ -388,16 +456,17 @@ impl<'m> Client<'m> {
                 Event::Reset { id, code } => Owned::Reset(id, code),
                 Event::GoAway { code } => Owned::GoAway(code),
                 Event::Closed { error } => Owned::Closed(error),
+                Event::ListenGranted { id } => Owned::ListenGranted(id),
+                Event::ListenRefused { id, code } => Owned::ListenRefused(id, code),
+                Event::IncomingStream { id, origin, .. } => {
+                    defmt::info!("stream {=u32}: INCOMING from {}", id.0, origin);
+                    Owned::Incoming(id)
+                }
                 // Writable: `progress` retries sends anyway; OpenRequest
-                // and ListenRequest only reach servers. The firmware asks
-                // for no listener, so the core never grants one and closes
-                // the session on an INCOMING (no stream arrives here).
+                // and ListenRequest only reach servers.
                 Event::Writable { .. }
                 | Event::OpenRequest { .. }
-                | Event::ListenRequest { .. }
-                | Event::ListenGranted { .. }
-                | Event::ListenRefused { .. }
-                | Event::IncomingStream { .. } => Owned::Ignored,
+                | Event::ListenRequest { .. } => Owned::Ignored,
             };
             if let Owned::Data { id, len, .. } = event {
                 conn.stream_consumed(id, len);
@@ -437,11 +506,27 @@ impl<'m> Client<'m> {
                 );
                 self.conclude(conn, Err(FirmwareError::MalformedResponse));
             }
+            Owned::Finished(id) if self.is_serving() => self.on_served_finished(id),
+            Owned::Reset(id, code) if self.is_serving() => self.on_served_reset(id, code),
             Owned::Finished(id) => self.on_finished(conn, id),
             Owned::Reset(id, code) => {
                 defmt::error!("stream {=u32} reset by the server: {}", id.0, code);
                 self.conclude(conn, Err(FirmwareError::StreamReset(code)));
             }
+            Owned::ListenGranted(id) => {
+                if let Some(bind) = serve::LISTEN {
+                    defmt::info!(
+                        "listener {=u32} granted: the server listens on {} for this device",
+                        id.0,
+                        bind
+                    );
+                }
+            }
+            Owned::ListenRefused(id, code) => {
+                defmt::error!("listener {=u32} refused by the server: {}", id.0, code);
+                self.conclude(conn, Err(FirmwareError::ListenRefused(code)));
+            }
+            Owned::Incoming(id) => self.on_incoming(conn, id),
             Owned::GoAway(code) => defmt::warn!("server going away: {}", code),
             Owned::Closed(error) => self.on_closed(error),
             Owned::Data { fed: Ok(()), .. } | Owned::Ignored => {}
@@ -536,6 +621,21 @@ impl<'m> Client<'m> {
     }
 
     fn try_progress(&mut self, conn: &mut Conn) -> Result<(), StreamError> {
+        if let (Phase::Connected, Some(bind)) = (self.phase, serve::LISTEN) {
+            match conn.request_listen(bind) {
+                Ok(id) => {
+                    defmt::info!("listener {=u32}: LISTEN {}", id.0, bind);
+                    self.phase = Phase::Serving(id);
+                    self.serving = true;
+                }
+                Err(StreamError::Blocked) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Phase::Serving(_) = self.phase {
+            self.serve_progress(conn);
+            return Ok(());
+        }
         if self.phase == Phase::Connected {
             let dest = Destination {
                 host: origin::HOST,
@@ -569,4 +669,154 @@ impl<'m> Client<'m> {
         }
         Ok(())
     }
+
+    fn is_serving(&self) -> bool {
+        self.serving
+    }
+
+    fn slot(&mut self, id: StreamId) -> Option<&mut Served> {
+        self.slots.iter_mut().flatten().find(|s| s.id == id)
+    }
+
+    /// An INCOMING stream: accepted into a free slot, refused otherwise
+    /// (also when not serving: the core only delivers INCOMING for a
+    /// listener it holds, so that cannot happen today).
+    fn on_incoming(&mut self, conn: &mut Conn, id: StreamId) {
+        let free = self.slots.iter().position(Option::is_none);
+        let (Some(free), true) = (free, self.is_serving() && self.outcome.is_none()) else {
+            defmt::warn!(
+                "stream {=u32}: all {=usize} serving slots busy, refused (ResourceExhausted)",
+                id.0,
+                serve::SLOTS
+            );
+            if let Err(e) = conn.refuse_stream(id, StreamErrorCode::ResourceExhausted) {
+                defmt::warn!("stream {=u32}: refusal failed: {}", id.0, e);
+            }
+            return;
+        };
+        match conn.accept_stream(id) {
+            Ok(()) => {
+                defmt::info!("stream {=u32}: accepted (slot {=usize})", id.0, free);
+                self.slots[free] = Some(Served {
+                    id,
+                    head: RequestHead::new(),
+                    response: serve::Response::new(),
+                    status: None,
+                    sent: 0,
+                    fin_sent: false,
+                    peer_done: false,
+                });
+            }
+            Err(e) => defmt::warn!("stream {=u32}: accept failed: {}", id.0, e),
+        }
+    }
+
+    /// Request bytes on a served stream (bytes after the head are dropped).
+    fn feed_served(&mut self, id: StreamId, data: &[u8]) {
+        let Some(slot) = self.slot(id) else { return };
+        if let Some(status) = slot.head.feed(data) {
+            slot.status = Some(status);
+        }
+    }
+
+    fn on_served_finished(&mut self, id: StreamId) {
+        let Some(slot) = self.slot(id) else { return };
+        slot.peer_done = true;
+        if let Some(status) = slot.head.finish() {
+            defmt::warn!("stream {=u32}: request ended inside its head", id.0);
+            slot.status = Some(status);
+        }
+    }
+
+    fn on_served_reset(&mut self, id: StreamId, code: StreamErrorCode) {
+        for slot in self.slots.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.id == id) {
+                defmt::warn!("stream {=u32}: reset by the server: {}", id.0, code);
+                *slot = None;
+            }
+        }
+    }
+
+    /// Renders decided responses, sends them with FIN, frees the slots of
+    /// finished streams and closes the session after the last page.
+    fn serve_progress(&mut self, conn: &mut Conn) {
+        let stats = conn.stats();
+        for i in 0..serve::SLOTS {
+            let Some(slot) = self.slots[i].as_mut() else {
+                continue;
+            };
+            if let (Some(status), true) = (slot.status, slot.response.is_empty()) {
+                if status == Status::Ok {
+                    self.pages_rendered += 1;
+                }
+                let page = serve::PageStats {
+                    uptime_ms: clock::millis(),
+                    request: self.pages_rendered,
+                    tunnel_in: self.report.bytes_received,
+                    tunnel_out: self.report.bytes_sent,
+                    payload_in: stats.payload_received,
+                    payload_out: stats.payload_sent,
+                };
+                serve::render(status, &page, serve::BOARD, &mut slot.response);
+                defmt::info!(
+                    "stream {=u32}: request {}, answering {=usize} B (status pages so far: {=u32})",
+                    slot.id.0,
+                    status,
+                    slot.response.len(),
+                    self.pages_rendered
+                );
+            }
+            let id = slot.id;
+            let sent = if slot.response.is_empty() {
+                Ok(())
+            } else {
+                send_response(conn, slot)
+            };
+            if let Err(e) = sent {
+                // The stream is broken (e.g. reset in the same record):
+                // drop it, the session goes on.
+                defmt::warn!("stream {=u32}: send failed ({}), reset", id.0, e);
+                let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
+                self.slots[i] = None;
+                continue;
+            }
+            if slot.fin_sent && slot.peer_done {
+                if slot.status == Some(Status::Ok) {
+                    self.report.pages_served += 1;
+                }
+                defmt::info!(
+                    "stream {=u32}: done, pages_served={=u32}",
+                    id.0,
+                    self.report.pages_served
+                );
+                self.slots[i] = None;
+            }
+        }
+        if self.report.pages_served >= serve::REQUESTS
+            && self.slots.iter().all(Option::is_none)
+            && self.outcome.is_none()
+        {
+            defmt::info!(
+                "served {=u32} status pages: closing the session",
+                self.report.pages_served
+            );
+            self.conclude(conn, Ok(()));
+        }
+    }
+}
+
+/// Sends what is left of a slot's response, then its FIN; a full transmit
+/// buffer or window leaves the rest for the next pass.
+fn send_response(conn: &mut Conn, slot: &mut Served) -> Result<(), StreamError> {
+    if slot.sent < slot.response.len() {
+        slot.sent += conn.stream_send(slot.id, &slot.response[slot.sent..])?;
+    }
+    if slot.sent == slot.response.len() && !slot.fin_sent {
+        match conn.stream_finish(slot.id) {
+            Ok(()) => slot.fin_sent = true,
+            Err(StreamError::Blocked) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

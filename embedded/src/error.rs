@@ -8,7 +8,7 @@
 //!
 //! | code | meaning                                                                |
 //! |-----:|------------------------------------------------------------------------|
-//! |    0 | success: page fetched through the tunnel and checked, session closed   |
+//! |    0 | success: page fetched through the tunnel and checked (or, serving, the status pages answered), session closed |
 //! |    1 | *not used by the firmware*: QEMU's own failure (bad option, `-serial tcp:` listener not accepting, ...) |
 //! |    2 | board bring-up failed (UART0 or the core peripherals already taken)   |
 //! |    3 | RNG seed file missing, unreadable, shorter than 32 bytes or degenerate |
@@ -24,13 +24,14 @@
 //! |   35 | the session closed before the exchange completed (peer CLOSE, idle timeout, protocol error, truncation) |
 //! |   36 | malformed HTTP response (no header end, or headers larger than the buffer) |
 //! |   37 | a stream call was refused locally (`StreamError`, e.g. peer going away) |
-//! |   38 | the exchange did not complete within 60 s of `Connected` (origin or server stalled) |
+//! |   38 | the exchange did not complete within 60 s of `Connected` (origin or server stalled; when serving: the last status page not served by then) |
+//! |   39 | the server refused the device's remote listener (`LISTEN_FAIL` with a `ListenErrorCode`; device as server) |
 //! |  101 | Rust panic (including heap exhaustion: look for `heap exhausted`)      |
 //! |  102 | CPU fault: HardFault (Cortex-M), an exception such as an illegal instruction or access fault (RISC-V, `mcause` logged) |
 //! |  103 | unexpected exception or interrupt                                      |
 //! |  124 | *not from the firmware*: `qemu-run.sh` timeout (`HYTUN_QEMU_TIMEOUT`)  |
 
-use hytun_core::{ConnectionError, StreamError, StreamErrorCode};
+use hytun_core::{ConnectionError, ListenErrorCode, StreamError, StreamErrorCode};
 
 /// Why the firmware stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, defmt::Format)]
@@ -64,8 +65,11 @@ pub enum FirmwareError {
     MalformedResponse,
     /// The core refused a stream call.
     Stream(StreamError),
-    /// The page did not arrive in time after the handshake.
+    /// The page did not arrive (or, serving, the pages were not all
+    /// served) in time after the handshake.
     ExchangeTimeout,
+    /// The server refused the device's remote listener.
+    ListenRefused(ListenErrorCode),
 }
 
 /// Exit code of a Rust panic (see the module table).
@@ -94,6 +98,7 @@ impl FirmwareError {
             Self::MalformedResponse => 36,
             Self::Stream(_) => 37,
             Self::ExchangeTimeout => 38,
+            Self::ListenRefused(_) => 39,
         }
     }
 

@@ -49,6 +49,7 @@ mod origin;
 #[cfg(target_arch = "riscv32")]
 mod riscv;
 mod seed;
+mod serve;
 mod stack;
 mod uart;
 

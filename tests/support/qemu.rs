@@ -205,6 +205,18 @@ impl HytunServer {
     /// `listening on ADDR` log line, which names the port the OS chose (so
     /// no port is probed, and the first connection to it is the firmware's).
     pub fn start(dir: &Path, key: &Path, authorized_keys: &Path, allow: &[&str]) -> HytunServer {
+        Self::start_with(dir, key, authorized_keys, allow, &[])
+    }
+
+    /// [`Self::start`] with `extra` arguments appended (e.g.
+    /// `--permit-listen 127.0.0.1:PORT` for a device that serves).
+    pub fn start_with(
+        dir: &Path,
+        key: &Path,
+        authorized_keys: &Path,
+        allow: &[&str],
+        extra: &[&str],
+    ) -> HytunServer {
         let mut args: Vec<OsString> = vec![
             "server".into(),
             "--listen".into(),
@@ -218,6 +230,7 @@ impl HytunServer {
             args.push("--allow".into());
             args.push((*pattern).into());
         }
+        args.extend(extra.iter().map(OsString::from));
         let mut child = Command::new(hytun_bin())
             .current_dir(dir)
             .args(&args)

@@ -2,7 +2,8 @@
 //!
 //! The application is the Cortex-M firmware's, compiled unchanged from
 //! `../src` (`app.rs`, `http.rs`, `error.rs`, `heap.rs`, `keys.rs`,
-//! `origin.rs`, with the same `../build.rs` provisioning keys and origin);
+//! `origin.rs`, `serve.rs`, with the same `../build.rs` provisioning keys,
+//! origin and serving settings);
 //! only the board glue differs: esp-hal's hardware TRNG instead of the
 //! emulation seed, UART1 (TX GPIO5, RX GPIO4) as the transport, the
 //! system timer as the clock, defmt over esp-println (`espflash monitor`
@@ -34,6 +35,8 @@ mod http;
 mod keys;
 #[path = "../../src/origin.rs"]
 mod origin;
+#[path = "../../src/serve.rs"]
+mod serve;
 
 mod clock;
 
