@@ -605,11 +605,8 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
             && !self.inner.peer_going_away
             && !self.inner.sent_goaway
             && self.inner.streams.len() < S
-            && self
-                .inner
-                .keys
-                .as_ref()
-                .is_some_and(|k| self.inner.count_streams(true) < k.max_streams)
+            && self.inner.keys.as_ref().is_some()
+            && self.inner.count_streams(true) < self.inner.own_stream_limit()
     }
 
     // ------------------------------------------------------------ input --
@@ -1141,6 +1138,16 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         }
     }
 
+    /// How many streams of our own id space may be live: the announced
+    /// limit, or our own smaller one (PROTOCOL.md §7.5). The peer's opens
+    /// are checked against the announced limit alone; a full stream table
+    /// refuses them with OPEN_FAIL 9 instead.
+    fn own_stream_limit(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| {
+            k.max_streams.min(usize::from(self.session.max_streams))
+        })
+    }
+
     /// A peer-opened stream (OPEN at the server, INCOMING at the client):
     /// checks the id space, order and limit, then takes a slot.
     fn admit_peer_stream(
@@ -1276,8 +1283,7 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             Some(idx) if self.listeners[idx].state == ListenState::Granted => {}
             _ => return Err(StreamError::UnknownListener),
         }
-        let max = self.keys.as_ref().map_or(0, |k| k.max_streams);
-        if self.count_streams(true) >= max
+        if self.count_streams(true) >= self.own_stream_limit()
             || self.streams.len() >= S
             || self.next_stream_id >= u32::MAX - 1
         {
@@ -1574,7 +1580,7 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
     }
 
     fn establish(&mut self, est: Established) {
-        let max_streams = usize::from(est.max_streams).min(S);
+        let max_streams = usize::from(est.max_streams);
         self.keys = Some(Keys {
             sealer: est.sealer,
             opener: est.opener,
@@ -1855,10 +1861,10 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             return Err(StreamError::GoingAway);
         }
         dest.validate().map_err(|_| StreamError::BadDestination)?;
-        let Some(keys) = self.keys.as_ref() else {
+        if self.keys.is_none() {
             return Err(StreamError::NotEstablished);
-        };
-        if self.count_streams(true) >= keys.max_streams
+        }
+        if self.count_streams(true) >= self.own_stream_limit()
             || self.streams.len() >= S
             || self.next_stream_id >= u32::MAX - 1
         {

@@ -52,7 +52,7 @@ pub struct Established {
     /// (client) credit per new stream for client→server data; (server) the
     /// value it announced.
     pub stream_window: u32,
-    /// Stream limit in force for the session.
+    /// The stream limit announced in ServerHello (per id space).
     pub max_streams: u16,
     /// The peer's key id.
     pub peer_key: KeyId,
@@ -234,7 +234,10 @@ impl ClientExpectServerHello {
                 suite,
                 peer_max_record: sh.max_record,
                 stream_window: sh.stream_window,
-                max_streams: sh.max_streams.min(config.session.max_streams),
+                // The announced limit: it bounds the server's opens as
+                // seen here; the client's own smaller limit applies to its
+                // own opens only (PROTOCOL.md §7.5).
+                max_streams: sh.max_streams,
                 peer_key: config.server.id(),
             },
             op,

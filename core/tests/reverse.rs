@@ -505,3 +505,47 @@ fn a_server_stream_finding_no_client_slot_is_refused_without_taking_one() {
     assert_eq!(c, vec![Ev::Incoming(next, l, "127.0.0.9:40000".into())]);
     assert!(client.is_established() && server.is_established());
 }
+
+#[test]
+fn server_streams_beyond_the_clients_own_limit_and_slots_are_refused_not_fatal() {
+    let mut rng = TestRng::new("keys");
+    // The client limits its own opens to 1 and has 3 slots; the server
+    // announces 64.
+    let mut own = SessionConfig::HOST;
+    own.max_streams = 1;
+    let c = client_config("client", "server", own, &mut rng);
+    let s = server_config("server", &["client"], SessionConfig::HOST, &mut rng);
+    let now = Instant::from_millis(1_000);
+    let mut rng = TestRng::new("session");
+    let mut client: Connection<{ 64 * 1024 }, { 16384 + 18 }, 3> =
+        Connection::client(c, now, &mut rng);
+    let mut server: Connection<{ 64 * 1024 }, { 16384 + 18 }, 64> = Connection::server(s, now);
+    pump_apart(&mut client, &mut server, &mut rng);
+    let l = client.request_listen(bind(8080)).unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    server.grant_listen(l).unwrap();
+    pump_apart(&mut client, &mut server, &mut rng);
+    // The client's own limit binds its opens only.
+    client.open_stream(bind(1)).unwrap();
+    assert_eq!(
+        client.open_stream(bind(2)),
+        Err(StreamError::TooManyStreams)
+    );
+    pump_apart(&mut client, &mut server, &mut rng);
+    // Five server streams at once: two fit the client's free slots, the
+    // other three are refused with OPEN_FAIL 9 and the session lives.
+    let ids: Vec<StreamId> = (0..5)
+        .map(|_| server.open_incoming(l, origin()).unwrap())
+        .collect();
+    let (c, s) = pump_apart(&mut client, &mut server, &mut rng);
+    let incoming = c.iter().filter(|e| matches!(e, Ev::Incoming(..))).count();
+    assert_eq!(incoming, 2, "{c:?}");
+    let refused: Vec<&Ev> = s
+        .iter()
+        .filter(|e| matches!(e, Ev::OpenFailed(_, StreamErrorCode::ResourceExhausted)))
+        .collect();
+    assert_eq!(refused.len(), 3, "{s:?}");
+    assert!(matches!(refused[0], Ev::OpenFailed(id, _) if *id == ids[2]));
+    assert!(client.is_established() && server.is_established());
+    assert_eq!(client.stream_count(), 3);
+}
