@@ -7,7 +7,9 @@
 //! share, `docs/PROTOCOL.md`). With the `aws-lc` feature the arithmetic is
 //! AWS-LC's (assembly on x86_64 and aarch64); otherwise, and always on
 //! microcontrollers, `x25519-dalek`. Both are the same function of the same
-//! bytes, so the choice never shows on the wire.
+//! bytes, so the choice never shows on the wire. The scalar is erased when
+//! an [`Ephemeral`] is dropped (`x25519-dalek`'s `zeroize` feature; AWS-LC
+//! cleanses every allocation it frees), as `docs/PROTOCOL.md` §4.4 asks.
 
 use zeroize::Zeroizing;
 
@@ -68,8 +70,9 @@ impl Ephemeral {
     #[cfg(feature = "aws-lc")]
     pub fn agree(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         use aws_lc_rs::agreement::{UnparsedPublicKey, X25519, agree};
-        // AWS-LC's X25519 fails exactly when the result is all zeros (the
-        // share is 32 bytes and every 32-byte string is a valid encoding).
+        // AWS-LC's X25519 fails when the result is all zeros (the share is
+        // 32 bytes and every 32-byte string is a valid encoding); any other
+        // failure would be an internal one, and is refused the same way.
         agree(
             &self.secret,
             UnparsedPublicKey::new(&X25519, peer),

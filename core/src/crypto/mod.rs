@@ -43,6 +43,8 @@ pub enum CryptoError {
     SequenceExhausted,
     /// The X25519 result was all zeros (a low-order peer share).
     WeakKeyShare,
+    /// An X25519 ephemeral key could not be set up (the provider failed).
+    KeyExchange,
 }
 
 impl fmt::Display for CryptoError {
@@ -53,6 +55,7 @@ impl fmt::Display for CryptoError {
             CryptoError::Decrypt => "record authentication failed",
             CryptoError::SequenceExhausted => "record sequence numbers exhausted",
             CryptoError::WeakKeyShare => "peer sent a low-order X25519 share",
+            CryptoError::KeyExchange => "X25519 key exchange setup failed",
         })
     }
 }
