@@ -11,7 +11,15 @@
 //! * `connection_pair` — a whole in-memory `Connection` handshake, both
 //!   sides.
 //!
-//! Run: `cargo bench -p hytun-core --bench handshake`
+//! The `handshake` group encrypts with the `rsa` crate (the test helpers pin
+//! it for reproducible bytes). The `primitives` group compares the parts
+//! the server's handshake does besides its private-key operation, per
+//! built-in provider: `rsa_encrypt/{provider}` (RSA-OAEP-SHA256 of a
+//! 32-byte secret to the 2048-bit client key) and `x25519` (an ephemeral
+//! key from 32 bytes, its share, and one agreement: x25519-dalek, or
+//! AWS-LC with `--features aws-lc`).
+//!
+//! Run: `cargo bench -p hytun-core --bench handshake [--features aws-lc]`
 #![allow(clippy::std_instead_of_core, unreachable_pub)]
 
 #[path = "../tests/common/mod.rs"]
@@ -21,8 +29,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Pair, TestRng, client_config, server_config};
+use common::{Pair, TestRng, client_config, public, server_config};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hytun_core::crypto::identity::LABEL_SERVER_SECRET;
+use hytun_core::crypto::{Ephemeral, RsaBackend};
 use hytun_core::handshake::{
     ClientExpectServerHello, ServerExpectClientFinished, client_hello, handle_client_hello,
 };
@@ -144,5 +154,34 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, handshake);
+fn primitives(c: &mut Criterion) {
+    let mut rng = TestRng::new("bench");
+    let mut g = c.benchmark_group("primitives");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(3));
+    for &backend in RsaBackend::ALL {
+        let to = public("client").using(backend).expect("key");
+        g.bench_function(format!("rsa_encrypt/{backend}"), |b| {
+            b.iter(|| {
+                let ct = to
+                    .encrypt_secret(&mut rng, LABEL_SERVER_SECRET, &[7u8; 32])
+                    .expect("encrypt");
+                black_box(ct.len())
+            })
+        });
+    }
+    let peer = *Ephemeral::from_bytes(&[0x21; 32]).expect("peer").share();
+    g.bench_function("x25519", |b| {
+        let mut scalar = [0x5au8; 32];
+        b.iter(|| {
+            scalar[0] = scalar[0].wrapping_add(1);
+            let e = Ephemeral::from_bytes(&scalar).expect("key");
+            let shared = e.agree(&peer).expect("agree");
+            black_box((e.share()[0], shared[0]))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, handshake, primitives);
 criterion_main!(benches);

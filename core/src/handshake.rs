@@ -24,14 +24,13 @@
 
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::config::{ClientConfig, ServerConfig, SessionConfig};
 use crate::crypto::identity::{LABEL_CLIENT_SECRET, LABEL_SERVER_SECRET};
 use crate::crypto::schedule::{self, HandshakeSecrets, Secret};
 use crate::crypto::{
-    CryptoError, DecryptedSecret, KeyId, PrivateKeyOp, RecordOpener, RecordSealer,
+    CryptoError, DecryptedSecret, Ephemeral, KeyId, PrivateKeyOp, RecordOpener, RecordSealer,
 };
 use crate::error::{ConnectionError, HandshakeError};
 use crate::wire::handshake::{
@@ -72,14 +71,18 @@ impl From<HandshakeError> for Rejection {
     }
 }
 
-fn x25519(secret: &StaticSecret, peer: &[u8; 32]) -> Result<Secret, HandshakeError> {
-    let shared = secret.diffie_hellman(&X25519Public::from(*peer));
-    let bytes = Zeroizing::new(shared.to_bytes());
+fn x25519(secret: &Ephemeral, peer: &[u8; 32]) -> Result<Secret, HandshakeError> {
     // An all-zero result means the peer's share was a low-order point.
-    if bool::from(subtle::ConstantTimeEq::ct_eq(&bytes[..], &[0u8; 32][..])) {
-        return Err(HandshakeError::WeakKeyShare);
-    }
-    Ok(bytes)
+    secret.agree(peer).map_err(|e| match e {
+        CryptoError::WeakKeyShare => HandshakeError::WeakKeyShare,
+        other => HandshakeError::Crypto(other),
+    })
+}
+
+/// A fresh ephemeral key from 32 bytes of `rng`.
+fn ephemeral<R: CryptoRng + ?Sized>(rng: &mut R) -> Result<Ephemeral, HandshakeError> {
+    let eph_bytes = random32(rng);
+    Ephemeral::from_bytes(&eph_bytes).map_err(HandshakeError::Crypto)
 }
 
 fn random32<R: CryptoRng + ?Sized>(rng: &mut R) -> Zeroizing<[u8; 32]> {
@@ -122,7 +125,7 @@ fn common_suite(offered: &[u8], accepted: &[Suite]) -> Option<Suite> {
 
 /// Client state after sending `ClientHello`.
 pub struct ClientExpectServerHello {
-    ephemeral: StaticSecret,
+    ephemeral: Ephemeral,
     client_secret: Secret,
     transcript: Sha256,
 }
@@ -146,10 +149,7 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
     rng: &mut R,
     out: &mut [u8],
 ) -> Result<(usize, ClientExpectServerHello), HandshakeError> {
-    let mut eph_bytes = random32(rng);
-    let ephemeral = StaticSecret::from(*eph_bytes);
-    eph_bytes.as_mut().fill(0);
-    let share = X25519Public::from(&ephemeral);
+    let ephemeral = ephemeral(rng)?;
     let random = random32(rng);
     let client_secret = random32(rng);
     let encrypted = config
@@ -168,7 +168,7 @@ pub fn client_hello<R: CryptoRng + ?Sized>(
         suites: &suites[..config.suites.len()],
         max_record,
         random: &random,
-        key_share: share.as_bytes(),
+        key_share: ephemeral.share(),
         client_key_id: &config.identity.public().id().0,
         server_key_id: &config.server.id().0,
         encrypted_secret: &encrypted,
@@ -410,10 +410,7 @@ pub fn server_hello<R: CryptoRng + ?Sized>(
     let (suite, client_key) = precheck(config, &ch)?;
 
     // Cheap before costly: the X25519 share is checked before any RSA work.
-    let mut eph_bytes = random32(rng);
-    let ephemeral = StaticSecret::from(*eph_bytes);
-    eph_bytes.as_mut().fill(0);
-    let share = X25519Public::from(&ephemeral);
+    let ephemeral = ephemeral(rng)?;
     let shared = x25519(&ephemeral, ch.key_share)?;
     let random = random32(rng);
     let server_secret = random32(rng);
@@ -427,7 +424,7 @@ pub fn server_hello<R: CryptoRng + ?Sized>(
         stream_window: config.session.stream_window.max(1),
         max_streams,
         random: &random,
-        key_share: share.as_bytes(),
+        key_share: ephemeral.share(),
         encrypted_secret: &encrypted,
     };
     let sh_len = sh

@@ -6,6 +6,10 @@
 //!   `docs/PROTOCOL.md` §4.3, recomputed here with the `hmac` crate), and
 //!   every pairing of client and server providers writes the same session
 //!   bytes, including when the client's encrypted secret is corrupted.
+//! * Every built-in encryptor (the public-key side) writes RSA-OAEP
+//!   ciphertexts that every provider and the `rsa` crate itself decrypt,
+//!   randomized per call; the `rsa` encryptor is reproducible from the RNG,
+//!   and sessions whose both encryptions go through AWS-LC complete.
 //! * A connection in deferred mode (`defer_private_key_ops`) hands its
 //!   private-key operation out, consumes no input and sends nothing while
 //!   it waits, and writes exactly the bytes of the inline mode once the
@@ -18,14 +22,14 @@ use std::sync::Arc;
 use common::*;
 use hmac::{KeyInit, Mac};
 use hytun_core::crypto::identity::{LABEL_CLIENT_SECRET, LABEL_SERVER_SECRET};
-use hytun_core::crypto::{DecryptedSecret, PrivateKeyOp, RsaBackend};
+use hytun_core::crypto::{DecryptedSecret, PrivateKeyOp, PublicIdentity, RsaBackend};
 use hytun_core::{
     ClientConfig, ConnectionError, Destination, HandshakeError, Host, Instant, PrivateIdentity,
     ServerConfig, SessionConfig, TimeoutKind,
 };
 use rand_core::Rng;
 use rsa::Oaep;
-use rsa::pkcs8::DecodePrivateKey;
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use sha2::Sha256;
 
 fn identity(name: &str, backend: RsaBackend, rng: &mut TestRng) -> PrivateIdentity {
@@ -126,6 +130,83 @@ fn a_provider_must_match_the_public_key() {
     let provider = RsaBackend::DEFAULT.provider(key).unwrap();
     let id = PrivateIdentity::from_provider(provider, public("server"), &mut rng).unwrap();
     assert_eq!(id.public().id(), public("server").id());
+}
+
+#[test]
+fn every_encryptor_is_decrypted_by_every_provider() {
+    for (name, k) in [("server", 256usize), ("server3072", 384)] {
+        let raw = rsa::PrivateKey::from_pkcs8_der(&vector(&format!("{name}.key.der"))).unwrap();
+        let mut rk = [0u8; 32];
+        TestRng::new("keys").fill_bytes(&mut rk);
+        for &enc in RsaBackend::ALL {
+            let to = public(name).using(enc).unwrap();
+            assert_eq!(to.backend(), enc);
+            assert_eq!(to.id(), public(name).id());
+            let mut rng = TestRng::new("encrypt");
+            let secret = [0xc3; 32];
+            let a = to
+                .encrypt_secret(&mut rng, LABEL_SERVER_SECRET, &secret)
+                .unwrap();
+            let b = to
+                .encrypt_secret(&mut rng, LABEL_SERVER_SECRET, &secret)
+                .unwrap();
+            assert_eq!((a.len(), b.len()), (k, k), "{enc} {name}");
+            assert_ne!(a, b, "{enc} {name}: OAEP must be randomized");
+            // The `rsa` crate's own OAEP decoding, outside hytun-core.
+            let plain = raw
+                .decrypt_blinded(
+                    &mut TestRng::new("rsa"),
+                    Oaep::<Sha256>::new_with_label(LABEL_SERVER_SECRET),
+                    &a,
+                )
+                .unwrap();
+            assert_eq!(plain, secret, "{enc} {name}: rsa crate decrypts");
+            for &dec in RsaBackend::ALL {
+                let id = identity(name, dec, &mut TestRng::new("keys"));
+                let mut brng = TestRng::new("blinding");
+                for ct in [&a, &b] {
+                    let got = id.decrypt_secret(&mut brng, LABEL_SERVER_SECRET, ct);
+                    assert_eq!(*got, secret, "{enc} -> {dec} {name}");
+                    // The label is bound: the other direction's label
+                    // gives the implicit-rejection value.
+                    let got = id.decrypt_secret(&mut brng, LABEL_CLIENT_SECRET, ct);
+                    assert_eq!(*got, implicit(&rk, LABEL_CLIENT_SECRET, ct));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_rsa_encryptor_is_reproducible_from_the_rng() {
+    let to = public("client");
+    assert_eq!(to.backend(), RsaBackend::RustCrypto);
+    let secret = [9u8; 32];
+    let a = to
+        .encrypt_secret(&mut TestRng::new("seed"), LABEL_CLIENT_SECRET, &secret)
+        .unwrap();
+    let b = to
+        .encrypt_secret(&mut TestRng::new("seed"), LABEL_CLIENT_SECRET, &secret)
+        .unwrap();
+    assert_eq!(a, b);
+    // Exactly the `rsa` crate's encryption with the same RNG stream.
+    let direct = encrypt(
+        "client",
+        LABEL_CLIENT_SECRET,
+        &secret,
+        &mut TestRng::new("seed"),
+    );
+    assert_eq!(a, direct);
+    // A key parsed without a choice uses the default provider.
+    let spki = vector("client.pub.der");
+    let default = PublicIdentity::from_spki_der(&spki).unwrap();
+    assert_eq!(default.backend(), RsaBackend::DEFAULT);
+    let again = PublicIdentity::with_backend(
+        rsa::PublicKey::from_public_key_der(&spki).unwrap(),
+        RsaBackend::RustCrypto,
+    )
+    .unwrap();
+    assert_eq!(again.id(), default.id());
 }
 
 // ------------------------------------------------------------ sessions --
@@ -363,6 +444,41 @@ fn deferred_operations_write_the_same_bytes_as_inline() {
             assert_eq!(s.server.events, reference.server.events);
             assert_eq!(s.client.ops, usize::from(modes.0 != Mode::Inline));
             assert_eq!(s.server.ops, usize::from(modes.1 != Mode::Inline));
+        }
+    }
+}
+
+#[test]
+fn sessions_with_every_encryptor_complete() {
+    for &enc in RsaBackend::ALL {
+        for modes in [(Mode::Inline, Mode::Inline), (Mode::Thread, Mode::Deferred)] {
+            let mut rng = TestRng::new("keys");
+            let c = Arc::new(ClientConfig::new(
+                identity("client", RsaBackend::DEFAULT, &mut rng),
+                public("server").using(enc).unwrap(),
+                SessionConfig::HOST,
+            ));
+            let s = Arc::new(ServerConfig::new(
+                identity("server", RsaBackend::DEFAULT, &mut rng),
+                vec![public("client").using(enc).unwrap()],
+                SessionConfig::HOST,
+            ));
+            let now = Instant::from_millis(1_000);
+            let mut rng = TestRng::new("session");
+            let mut client = Side::new(Conn::client(c, now, &mut rng), modes.0);
+            let mut server = Side::new(Conn::server(s, now), modes.1);
+            let mut log = Vec::new();
+            for _ in 0..100 {
+                let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
+                p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
+                p |= server.feed(now, &mut rng) | server.work();
+                p |= client.feed(now, &mut rng) | client.work();
+                if !p {
+                    break;
+                }
+            }
+            assert_eq!(client.events, vec![Ev::Connected], "{enc} {modes:?}");
+            assert_eq!(server.events, vec![Ev::Connected], "{enc} {modes:?}");
         }
     }
 }

@@ -16,13 +16,13 @@ use hmac::Mac;
 use rand_core::CryptoRng;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
 use rsa::traits::PublicKeyParts;
-use rsa::{Oaep, PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
+use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
 use sha2::{Digest, Sha256};
 use subtle::ConditionallySelectable;
 use zeroize::Zeroizing;
 
 use super::CryptoError;
-use super::provider::{PrivateKeyProvider, RsaBackend, SECRET_LEN};
+use super::provider::{PrivateKeyProvider, PublicKeyEncryptor, RsaBackend, SECRET_LEN};
 
 /// OAEP label of the client → server secret.
 pub const LABEL_CLIENT_SECRET: &[u8] = b"hytun/1 client secret";
@@ -75,21 +75,47 @@ fn check_size(bits: usize) -> Result<(), CryptoError> {
     }
 }
 
-/// A peer's public key together with its id.
+/// A peer's public key together with its id and the provider that does
+/// its RSA-OAEP encryption.
 #[derive(Debug, Clone)]
 pub struct PublicIdentity {
     key: RsaPublicKey,
     id: KeyId,
+    encryptor: PublicKeyEncryptor,
 }
 
 impl PublicIdentity {
-    /// Wraps a parsed key (2048..=4096 bits).
+    /// Wraps a parsed key (2048..=4096 bits); its encryption goes through
+    /// the default provider ([`RsaBackend::DEFAULT`]).
     pub fn new(key: RsaPublicKey) -> Result<Self, CryptoError> {
+        Self::with_backend(key, RsaBackend::DEFAULT)
+    }
+
+    /// Like [`Self::new`] with a chosen built-in encryption provider. Only
+    /// [`RsaBackend::RustCrypto`] draws the OAEP seed from the RNG given to
+    /// [`Self::encrypt_secret`], so only it gives reproducible ciphertexts
+    /// with a deterministic RNG (known-answer tests); AWS-LC draws the seed
+    /// from its own OS-seeded DRBG.
+    pub fn with_backend(key: RsaPublicKey, backend: RsaBackend) -> Result<Self, CryptoError> {
         // Bits of the modulus itself (not rounded up to whole bytes).
         check_size(key.n().as_ref().bit_width() as usize)?;
         let der = key.to_public_key_der().map_err(|_| CryptoError::BadKey)?;
         let id = KeyId::of_spki_der(der.as_bytes());
-        Ok(PublicIdentity { key, id })
+        let encryptor = backend.encryptor(der.as_bytes())?;
+        if encryptor.modulus_len(&key) != key.size() {
+            return Err(CryptoError::BadKey);
+        }
+        Ok(PublicIdentity { key, id, encryptor })
+    }
+
+    /// The same key with another encryption provider.
+    pub fn using(&self, backend: RsaBackend) -> Result<Self, CryptoError> {
+        Self::with_backend(self.key.clone(), backend)
+    }
+
+    /// The provider that does this key's RSA-OAEP encryption.
+    pub fn backend(&self) -> RsaBackend {
+        self.encryptor.backend()
     }
 
     /// Parses SubjectPublicKeyInfo DER.
@@ -112,16 +138,18 @@ impl PublicIdentity {
         self.key.size()
     }
 
-    /// Encrypts a 32-byte handshake secret under `label`.
+    /// Encrypts a 32-byte handshake secret under `label` (RSAES-OAEP,
+    /// SHA-256, MGF1-SHA-256). The OAEP seed comes from `rng` with the
+    /// `rsa` provider and from AWS-LC's own DRBG with the AWS-LC one (see
+    /// [`Self::with_backend`]); the output is exactly
+    /// [`Self::ciphertext_len`] bytes either way.
     pub fn encrypt_secret<R: CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         label: &'static [u8],
         secret: &[u8; 32],
     ) -> Result<Vec<u8>, CryptoError> {
-        self.key
-            .encrypt(rng, Oaep::<Sha256>::new_with_label(label), secret)
-            .map_err(|_| CryptoError::Encrypt)
+        self.encryptor.encrypt(&self.key, rng, label, secret)
     }
 }
 

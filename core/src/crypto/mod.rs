@@ -2,10 +2,12 @@
 //!
 //! * [`identity`] — long-term RSA keys: key ids (SHA-256 of the SPKI DER),
 //!   RSA-OAEP encryption of handshake secrets with implicit rejection.
+//! * [`kx`] — [`Ephemeral`]: the X25519 ephemeral key exchange
+//!   (`x25519-dalek` by default; AWS-LC with the `aws-lc` feature).
 //! * [`schedule`] — the HKDF-SHA256 key schedule and the Finished MACs.
 //! * [`provider`] — [`PrivateKeyProvider`]: who performs the RSA private-key
-//!   operation (the `rsa` crate by default; AWS-LC with the `aws-lc`
-//!   feature).
+//!   operation, and who encrypts to a peer's public key (the `rsa` crate
+//!   by default; AWS-LC with the `aws-lc` feature).
 //! * [`aead`] — [`RecordSealer`] and [`RecordOpener`]: AES-GCM with
 //!   sequence-number nonces and key update.
 //!
@@ -15,11 +17,13 @@
 
 pub mod aead;
 pub mod identity;
+pub mod kx;
 pub mod provider;
 pub mod schedule;
 
 pub use aead::{RecordOpener, RecordSealer};
 pub use identity::{DecryptedSecret, KeyId, PrivateIdentity, PrivateKeyOp, PublicIdentity};
+pub use kx::Ephemeral;
 pub use provider::{PrivateKeyProvider, RsaBackend};
 
 use core::fmt;
@@ -39,6 +43,8 @@ pub enum CryptoError {
     SequenceExhausted,
     /// The X25519 result was all zeros (a low-order peer share).
     WeakKeyShare,
+    /// An X25519 ephemeral key could not be set up (the provider failed).
+    KeyExchange,
 }
 
 impl fmt::Display for CryptoError {
@@ -49,6 +55,7 @@ impl fmt::Display for CryptoError {
             CryptoError::Decrypt => "record authentication failed",
             CryptoError::SequenceExhausted => "record sequence numbers exhausted",
             CryptoError::WeakKeyShare => "peer sent a low-order X25519 share",
+            CryptoError::KeyExchange => "X25519 key exchange setup failed",
         })
     }
 }

@@ -1,4 +1,5 @@
-//! RSA private-key providers: who performs RSA-OAEP decryption.
+//! RSA providers: who performs RSA-OAEP decryption with this side's
+//! private key, and RSA-OAEP encryption to a peer's public key.
 //!
 //! [`PrivateKeyProvider`] is the one operation the handshake needs from a
 //! private key: RSAES-OAEP-DECRYPT with SHA-256 and MGF1-SHA-256 under a
@@ -18,11 +19,24 @@
 //!
 //! A driver may plug in its own provider (an HSM, a secure element) with
 //! [`super::PrivateIdentity::from_provider`].
+//!
+//! The public-key side (encrypting the 32-byte secret to the peer) has the
+//! same two built-in choices, picked per [`super::PublicIdentity`] with the
+//! same [`RsaBackend`]. OAEP encryption is randomized (a 32-byte seed): the
+//! `rsa` crate takes the seed from the RNG the core is given, AWS-LC only
+//! from its own OS-seeded DRBG (`aws-lc-rs` accepts no external RNG for
+//! it). Both produce the same wire format; only the `rsa` path reproduces
+//! the committed known-answer vectors from a deterministic RNG, so tests
+//! that compare bytes pin [`RsaBackend::RustCrypto`], while a host, whose
+//! RNG is the OS RNG anyway, gets AWS-LC by default.
 
 use alloc::boxed::Box;
+#[cfg(feature = "aws-lc")]
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::convert::Infallible;
 
-use rand_core::TryCryptoRng;
+use rand_core::{CryptoRng, TryCryptoRng};
 use rsa::Oaep;
 use rsa::traits::PublicKeyParts;
 use sha2::Sha256;
@@ -158,7 +172,77 @@ impl PrivateKeyProvider for AwsLcRsa {
     }
 }
 
-/// Which built-in provider a [`super::PrivateIdentity`] uses.
+/// Who performs RSA-OAEP-SHA256 encryption to a [`super::PublicIdentity`].
+#[derive(Clone)]
+pub(crate) enum PublicKeyEncryptor {
+    /// The `rsa` crate, with the caller's RNG for the OAEP seed.
+    RustCrypto,
+    /// AWS-LC, with its own DRBG for the OAEP seed (shared, immutable key).
+    #[cfg(feature = "aws-lc")]
+    AwsLc(Arc<aws_lc_rs::rsa::OaepPublicEncryptingKey>),
+}
+
+impl core::fmt::Debug for PublicKeyEncryptor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.backend().name())
+    }
+}
+
+impl PublicKeyEncryptor {
+    pub(crate) fn backend(&self) -> RsaBackend {
+        match self {
+            PublicKeyEncryptor::RustCrypto => RsaBackend::RustCrypto,
+            #[cfg(feature = "aws-lc")]
+            PublicKeyEncryptor::AwsLc(_) => RsaBackend::AwsLc,
+        }
+    }
+
+    /// Ciphertext length this encryptor produces for `key`.
+    pub(crate) fn modulus_len(&self, key: &rsa::PublicKey) -> usize {
+        match self {
+            PublicKeyEncryptor::RustCrypto => key.size(),
+            #[cfg(feature = "aws-lc")]
+            PublicKeyEncryptor::AwsLc(k) => k.ciphertext_size(),
+        }
+    }
+
+    /// RSAES-OAEP-ENCRYPT (SHA-256, MGF1-SHA-256) of `secret` under
+    /// `label` to `key` (the same key this encryptor was built from).
+    pub(crate) fn encrypt<R: CryptoRng + ?Sized>(
+        &self,
+        key: &rsa::PublicKey,
+        rng: &mut R,
+        label: &[u8],
+        secret: &[u8; SECRET_LEN],
+    ) -> Result<Vec<u8>, CryptoError> {
+        match self {
+            PublicKeyEncryptor::RustCrypto => key
+                .encrypt(rng, Oaep::<Sha256>::new_with_label(label), secret)
+                .map_err(|_| CryptoError::Encrypt),
+            #[cfg(feature = "aws-lc")]
+            PublicKeyEncryptor::AwsLc(k) => {
+                let mut out = alloc::vec![0u8; k.ciphertext_size()];
+                let n = k
+                    .encrypt(
+                        &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+                        secret,
+                        &mut out,
+                        Some(label),
+                    )
+                    .map_err(|_| CryptoError::Encrypt)?
+                    .len();
+                // RSA ciphertexts are always exactly `k` bytes.
+                if n != out.len() {
+                    return Err(CryptoError::Encrypt);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Which built-in provider a [`super::PrivateIdentity`] or
+/// [`super::PublicIdentity`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum RsaBackend {
@@ -204,6 +288,25 @@ impl RsaBackend {
             RsaBackend::RustCrypto => Box::new(RustCryptoRsa::new(key)),
             #[cfg(feature = "aws-lc")]
             RsaBackend::AwsLc => Box::new(AwsLcRsa::from_rsa(&key)?),
+        })
+    }
+}
+
+impl RsaBackend {
+    /// Builds this backend's encryptor for the public key `spki_der`
+    /// (SubjectPublicKeyInfo DER).
+    #[cfg_attr(not(feature = "aws-lc"), allow(unused_variables))]
+    pub(crate) fn encryptor(self, spki_der: &[u8]) -> Result<PublicKeyEncryptor, CryptoError> {
+        Ok(match self {
+            RsaBackend::RustCrypto => PublicKeyEncryptor::RustCrypto,
+            #[cfg(feature = "aws-lc")]
+            RsaBackend::AwsLc => {
+                let key = aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki_der)
+                    .map_err(|_| CryptoError::BadKey)?;
+                let key = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(key)
+                    .map_err(|_| CryptoError::BadKey)?;
+                PublicKeyEncryptor::AwsLc(Arc::new(key))
+            }
         })
     }
 }

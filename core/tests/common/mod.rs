@@ -24,8 +24,13 @@ pub fn private(name: &str, rng: &mut TestRng) -> PrivateIdentity {
     PrivateIdentity::from_pkcs8_der(&vector(&format!("{name}.key.der")), rng).unwrap()
 }
 
+/// A committed public key, encrypting with the `rsa` crate: the only
+/// encryptor whose OAEP seed comes from the (deterministic) test RNG.
 pub fn public(name: &str) -> PublicIdentity {
-    PublicIdentity::from_spki_der(&vector(&format!("{name}.pub.der"))).unwrap()
+    PublicIdentity::from_spki_der(&vector(&format!("{name}.pub.der")))
+        .unwrap()
+        .using(hytun_core::crypto::RsaBackend::RustCrypto)
+        .unwrap()
 }
 
 pub fn client_config(
