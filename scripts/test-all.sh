@@ -35,6 +35,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v promtool >/dev/null || missing+=(prometheus)
 apt_install() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"; }
+# tests/reverse.rs fetches through a remote listener with curl.
+command -v curl >/dev/null || missing+=(curl)
 # tests/scaleout.rs runs a real load balancer in front of two servers.
 command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
