@@ -369,14 +369,19 @@ impl Common {
             .unwrap_or(false)
     }
 
+    /// Whether a refusal line may be logged now (at most one per second
+    /// server-wide): `Some(n)` with the lines suppressed since the last.
+    fn admit_log_line(&self) -> Option<u64> {
+        self.refusals
+            .lock()
+            .ok()
+            .and_then(|mut l| l.admit(Instant::now()))
+    }
+
     /// Logs a refusal at info, at most one line per second server-wide
     /// (with a count of the lines suppressed in between).
     pub fn log_refusal(&self, peer: SocketAddr, why: &str) {
-        let admitted = self
-            .refusals
-            .lock()
-            .ok()
-            .and_then(|mut l| l.admit(Instant::now()));
+        let admitted = self.admit_log_line();
         match admitted {
             Some(0) => info!("{peer}: refused (busy): {why}"),
             Some(n) => info!("{peer}: refused (busy): {why} ({n} more refusals not logged)"),
@@ -388,11 +393,7 @@ impl Common {
     /// misconfiguration or an attempt to forge a client address),
     /// rate-limited like refusals.
     pub fn log_header_refusal(&self, peer: SocketAddr, why: &admission::HeaderRefusal) {
-        let admitted = self
-            .refusals
-            .lock()
-            .ok()
-            .and_then(|mut l| l.admit(Instant::now()));
+        let admitted = self.admit_log_line();
         match admitted {
             Some(0) => warn!("{peer}: refused: {why}"),
             Some(n) => warn!("{peer}: refused: {why} ({n} more refusals not logged)"),
@@ -402,11 +403,7 @@ impl Common {
 
     /// Logs that a budget was spent (rate-limited like refusals).
     pub fn note_spent(&self, what: &str) {
-        let admitted = self
-            .refusals
-            .lock()
-            .ok()
-            .and_then(|mut l| l.admit(Instant::now()));
+        let admitted = self.admit_log_line();
         if admitted.is_some() {
             warn!("{what}: new streams are refused until it frees up");
         }
