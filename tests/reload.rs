@@ -520,6 +520,14 @@ fn a_reload_applies_live_limits_and_keeps_restart_only_ones() {
             "{what}: {lines:?}"
         );
     }
+    // Shown in the flag's unit, not as Rust debug output.
+    let budget = hytun_tests::harness::log_lines_with("memory-budget changed from");
+    assert!(
+        budget
+            .iter()
+            .any(|l| l.contains("from 100 MiB to") && l.contains(" MiB: this")),
+        "{budget:?}"
+    );
     assert_eq!(
         next.core.identity.public().id(),
         running.core.identity.public().id()

@@ -260,11 +260,15 @@ pub fn reload_server_options(
     current: &ServerOptions,
 ) -> Result<ServerOptions, SetupError> {
     let settings = server_settings(flags, false)?;
-    let restart = |what: &str, from: &dyn std::fmt::Debug, to: &dyn std::fmt::Debug| {
-        log::warn!("reload: {what} changed from {from:?} to {to:?}: this takes a restart");
+    let restart = |what: &str, from: String, to: String| {
+        log::warn!("reload: {what} changed from {from} to {to}: this takes a restart");
     };
     if settings.listen != current.listen {
-        restart("listen address", &current.listen, &settings.listen);
+        restart(
+            "listen address",
+            current.listen.to_string(),
+            settings.listen.to_string(),
+        );
     }
     let running_id = current.core.identity.public().id();
     match hytun_keys::load_private_key(&settings.key).map(|k| k.to_public_key()) {
@@ -278,26 +282,38 @@ pub fn reload_server_options(
     }
     let (old, new) = (&current.limits, &settings.limits);
     let mut limits = settings.limits.clone();
+    // Each restart-only setting, shown in the unit of its flag.
     macro_rules! fixed {
-        ($($field:ident).+, $name:literal) => {
+        ($($field:ident).+, $name:literal, $show:expr) => {
             if old.$($field).+ != new.$($field).+ {
-                restart($name, &old.$($field).+, &new.$($field).+);
+                let show = $show;
+                restart($name, show(&old.$($field).+), show(&new.$($field).+));
                 limits.$($field).+ = old.$($field).+.clone();
             }
         };
     }
-    fixed!(max_pending, "max-pending");
-    fixed!(max_pending_per_source, "max-pending-per-source");
-    fixed!(handshakes_per_source_per_sec, "handshake-rate");
-    fixed!(key_ops_per_sec, "key-ops-rate");
-    fixed!(memory_budget, "memory-budget");
-    fixed!(max_descriptors, "max-descriptors");
-    fixed!(key_workers, "key-workers");
-    fixed!(key_queue, "key-queue");
-    fixed!(dns.workers, "dns-workers");
-    fixed!(dns.max_jobs, "dns-queue");
-    fixed!(dns.per_session, "dns-per-session");
-    fixed!(dns.timeout, "dns-timeout");
+    let number = |v: &usize| v.to_string();
+    let rate = |v: &std::num::NonZeroU32| format!("{v}/s");
+    let secs = |v: &std::time::Duration| format!("{} s", v.as_secs());
+    fixed!(max_pending, "max-pending", number);
+    fixed!(max_pending_per_source, "max-pending-per-source", number);
+    fixed!(handshakes_per_source_per_sec, "handshake-rate", rate);
+    fixed!(key_ops_per_sec, "key-ops-rate", rate);
+    fixed!(memory_budget, "memory-budget", |v: &usize| format!(
+        "{} MiB",
+        v >> 20
+    ));
+    fixed!(max_descriptors, "max-descriptors", |v: &Option<usize>| v
+        .map_or_else(
+            || "the descriptor limit".to_string(),
+            |n| n.to_string()
+        ));
+    fixed!(key_workers, "key-workers", number);
+    fixed!(key_queue, "key-queue", number);
+    fixed!(dns.workers, "dns-workers", number);
+    fixed!(dns.max_jobs, "dns-queue", number);
+    fixed!(dns.per_session, "dns-per-session", number);
+    fixed!(dns.timeout, "dns-timeout", secs);
     let mut core = CoreServerConfig::new(
         current.core.identity.clone(),
         settings.authorized,

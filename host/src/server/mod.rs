@@ -510,7 +510,7 @@ fn log_reload(old: &Shared, new: &Shared) {
     }
     info!(
         "reloaded configuration (generation {}): {} authorized client keys, allowlist {}, \
-         {} sessions, {} MiB per session, hello timeout {:?}",
+         {} sessions, {} MiB per session, hello timeout {} s",
         new.generation,
         after.len(),
         if old.allow == new.allow {
@@ -520,7 +520,7 @@ fn log_reload(old: &Shared, new: &Shared) {
         },
         new.limits.max_sessions,
         new.limits.session_memory >> 20,
-        new.limits.hello_timeout
+        new.limits.hello_timeout.as_secs()
     );
     if new.allow.is_empty() {
         warn!("the reloaded allowlist is empty: every new stream will be refused");
