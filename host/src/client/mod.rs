@@ -176,6 +176,19 @@ struct Local {
     deadline: Option<StdInstant>,
 }
 
+impl Local {
+    /// Sends a proxy's own answer (a SOCKS5 failure, an HTTP error) and
+    /// closes cleanly once it is written: no stream carries this
+    /// connection any more.
+    fn answer_and_close(&mut self, reply: &[u8]) {
+        self.pipe.queue_local(reply);
+        self.pipe.tunnel_fin = true;
+        self.pipe.sock_eof = true;
+        self.phase = Phase::Closing;
+        self.deadline = None;
+    }
+}
+
 enum Tunnel {
     Down {
         retry_at: StdInstant,
@@ -1165,11 +1178,7 @@ impl Client {
                     self.streams.remove(&id);
                     debug!("{}: stream {id} failed before the reply: {reason}", l.peer);
                 }
-                l.pipe.queue_local(&reply);
-                l.pipe.tunnel_fin = true;
-                l.pipe.sock_eof = true;
-                l.phase = Phase::Closing;
-                l.deadline = None;
+                l.answer_and_close(&reply);
                 self.touched_locals.insert(t);
             }
             None => self.end_local(t, End::Abort(reason)),
@@ -1194,11 +1203,7 @@ impl Client {
                     self.streams.remove(&id);
                     debug!("{}: stream {id} refused by server: {code}", l.peer);
                 }
-                l.pipe.queue_local(&reply);
-                l.pipe.tunnel_fin = true;
-                l.pipe.sock_eof = true;
-                l.phase = Phase::Closing;
-                l.deadline = None;
+                l.answer_and_close(&reply);
                 self.touched_locals.insert(t);
             }
             None => self.end_local(t, End::Abort(format!("refused by server: {code}"))),
@@ -1275,11 +1280,7 @@ impl Client {
                             let _ = conn.stream_reset(id, StreamErrorCode::Cancelled);
                         }
                     }
-                    l.pipe.queue_local(&reply);
-                    l.pipe.tunnel_fin = true;
-                    l.pipe.sock_eof = true;
-                    l.phase = Phase::Closing;
-                    l.deadline = None;
+                    l.answer_and_close(&reply);
                     self.touched_locals.insert(t);
                 }
                 // A `-L` application may have sent data already: no clean
