@@ -1283,31 +1283,14 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             Some(idx) if self.listeners[idx].state == ListenState::Granted => {}
             _ => return Err(StreamError::UnknownListener),
         }
-        if self.count_streams(true) >= self.own_stream_limit()
-            || self.streams.len() >= S
-            || self.next_stream_id >= u32::MAX - 1
-        {
-            return Err(StreamError::TooManyStreams);
-        }
-        let id = StreamId(self.next_stream_id);
-        let frame = Frame::Incoming {
+        let window = self.session.stream_window;
+        // No credit toward the client until its OPEN_OK's WINDOW.
+        self.start_own_stream(0, |id| Frame::Incoming {
             id,
-            window: self.session.stream_window,
+            window,
             listen,
             origin,
-        };
-        if !self
-            .push_control(&frame)
-            .map_err(|_| StreamError::NotEstablished)?
-        {
-            return Err(StreamError::Blocked);
-        }
-        self.next_stream_id += 2;
-        // No credit toward the client until its OPEN_OK's WINDOW.
-        let stream = Stream::new(id, OpenState::AwaitingReply, 0, self.session.stream_window);
-        self.insert_stream(stream)
-            .map_err(|_| StreamError::TooManyStreams)?;
-        Ok(id)
+        })
     }
 
     /// Receive memory committed over all streams (windows of streams the
@@ -1864,6 +1847,19 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         if self.keys.is_none() {
             return Err(StreamError::NotEstablished);
         }
+        let window = self.session.stream_window;
+        let send_credit = self.keys.as_ref().map_or(0, |k| k.peer_stream_window);
+        self.start_own_stream(send_credit, |id| Frame::Open { id, window, dest })
+    }
+
+    /// Takes this side's next stream id, announces it with the frame
+    /// `announce` builds (OPEN or INCOMING) and registers the stream,
+    /// awaiting the peer's reply, with `send_credit` toward the peer.
+    fn start_own_stream<'f>(
+        &mut self,
+        send_credit: u32,
+        announce: impl FnOnce(StreamId) -> Frame<'f>,
+    ) -> Result<StreamId, StreamError> {
         if self.count_streams(true) >= self.own_stream_limit()
             || self.streams.len() >= S
             || self.next_stream_id >= u32::MAX - 1
@@ -1871,19 +1867,13 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             return Err(StreamError::TooManyStreams);
         }
         let id = StreamId(self.next_stream_id);
-        let frame = Frame::Open {
-            id,
-            window: self.session.stream_window,
-            dest,
-        };
         if !self
-            .push_control(&frame)
+            .push_control(&announce(id))
             .map_err(|_| StreamError::NotEstablished)?
         {
             return Err(StreamError::Blocked);
         }
         self.next_stream_id += 2;
-        let send_credit = self.keys.as_ref().map_or(0, |k| k.peer_stream_window);
         let stream = Stream::new(
             id,
             OpenState::AwaitingReply,
