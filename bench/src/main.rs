@@ -6,7 +6,8 @@
 //!   the summary table and writes TSV files and an SVG chart.
 //! * `http`, `echo` — the targets (a 1 KiB keep-alive HTTP server and a TCP
 //!   echo server), started by `run` as separate processes.
-//! * `handshakes` — the handshake load generator on its own.
+//! * `handshakes` — the handshake load generator on its own;
+//!   `handshake-floor` — the server handshake's crypto alone, in-process.
 //! * `wan` — throughput of raw, `ssh -L` and hytun through an emulated
 //!   long path at several round-trip times (`scripts/bench.sh wan`);
 //!   `relay` — the delay-line relay it puts in the path; `wan-report` —
@@ -21,6 +22,7 @@
 mod criterion_summary;
 mod delayline;
 mod handshakes;
+mod hs_floor;
 mod measure;
 mod procfs;
 mod relay;
@@ -69,6 +71,18 @@ enum Cmd {
     },
     /// Open fresh hytun sessions to a server as fast as it completes them
     Handshakes(HsArgs),
+    /// The server handshake's crypto alone: in-process, one thread, no I/O
+    HandshakeFloor {
+        /// Client private key (PEM)
+        #[arg(long)]
+        key: PathBuf,
+        /// Server private key (PEM)
+        #[arg(long)]
+        server_key: PathBuf,
+        /// Handshakes to time
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+    },
     /// Print the table (and write the chart) again from a results directory
     Report {
         /// Directory with rounds.tsv
@@ -360,6 +374,14 @@ fn run_cmd(cmd: Cmd) -> Result<(), String> {
             if let Some(ms) = r.server_cpu_ms_per_handshake() {
                 println!("server CPU per handshake {ms:.3} ms");
             }
+            Ok(())
+        }
+        Cmd::HandshakeFloor { key, server_key, n } => {
+            let f = hs_floor::measure(&key, &server_key, n.max(1))?;
+            println!(
+                "server handshake crypto {:.3} ms, of which private-key operation {:.3} ms ({n} handshakes, one thread, no I/O)",
+                f.total_ms, f.private_op_ms
+            );
             Ok(())
         }
         Cmd::Report { results, svg } => run::report(&results, svg.as_deref()),
