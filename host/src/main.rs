@@ -311,9 +311,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let signals = hytun_host::server::stop_signals()?;
             let mut server = Server::bind_group(opts, threads)?;
             server.handle_signals(signals)?;
-            service::notify_ready(&format!("listening on {}", server.local_addr()));
             // SIGHUP re-reads the config file and authorized_keys.
-            server.set_reload(setup::server_reloader(flags));
+            server.set_reload(setup::server_reloader(flags))?;
+            service::notify_ready(&format!("listening on {}", server.local_addr()));
             server.run(true)?;
             Ok(())
         }

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::StreamId;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::admission::{Admission, AdmissionLimits, Refusal};
 use super::proxy_header::Header;
+use super::reload::{ReloadRequest, Reloader};
 use super::session::{Ctx, ReadResult, Route, Routes, Session};
 use super::{LiveConfig, ReloadFn, Shared};
 use crate::keywork::KeyWorkHandle;
@@ -44,7 +45,7 @@ pub struct EventLoop {
     listener: TcpListener,
     shared: Arc<Shared>,
     live: Arc<LiveConfig>,
-    reload: Option<ReloadFn>,
+    reload: Option<Reloader>,
     stop: StopHandle,
     resolver: LoopResolver<(Token, StreamId)>,
     keys: KeyWorkHandle,
@@ -155,9 +156,11 @@ impl EventLoop {
         Ok(())
     }
 
-    /// How this loop answers SIGHUP (when it handles the signals).
-    pub fn set_reload(&mut self, reload: ReloadFn) {
-        self.reload = Some(reload);
+    /// How this loop answers SIGHUP (when it handles the signals): by
+    /// asking a reload thread, started here, to re-read the configuration.
+    pub fn set_reload(&mut self, reload: ReloadFn) -> io::Result<()> {
+        self.reload = Some(Reloader::start(self.live.clone(), reload)?);
+        Ok(())
     }
 
     /// A handle that stops this loop from another thread.
@@ -268,10 +271,17 @@ impl EventLoop {
             info!("SIGHUP: shutting down, not reloading");
             return;
         }
-        match self.reload.as_mut() {
-            Some(reload) => {
-                info!("SIGHUP: reloading the configuration");
-                self.live.reload(reload);
+        match self.reload.as_ref().map(Reloader::request) {
+            Some(ReloadRequest::Queued) => info!("SIGHUP: reloading the configuration"),
+            Some(ReloadRequest::AlreadyQueued) => {
+                info!(
+                    "SIGHUP: a reload is already waiting to run; it will read the files as they are then"
+                );
+            }
+            Some(ReloadRequest::Unavailable) => {
+                error!(
+                    "SIGHUP: the reload thread is gone; restart the server to change its configuration"
+                );
             }
             None => warn!("SIGHUP: this server has no configuration to reload; ignored"),
         }

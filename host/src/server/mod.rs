@@ -15,19 +15,22 @@ pub mod budget;
 mod event_loop;
 pub mod listener;
 pub mod proxy_header;
+pub mod reload;
 pub mod session;
 pub mod upstream;
+
+pub use reload::{LiveConfig, ReloadFn};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hytun_core::ServerConfig;
-use log::{error, info, warn};
+use log::{info, warn};
 
 use crate::allow::AllowList;
 use crate::keywork::KeyWork;
@@ -410,127 +413,6 @@ impl Common {
     }
 }
 
-/// Re-reads the configuration for a reload: given the options in force,
-/// returns the options to use from now on, or why the files could not be
-/// used (the message is logged and the options in force stay).
-pub type ReloadFn = Box<dyn FnMut(&ServerOptions) -> Result<ServerOptions, String> + Send>;
-
-/// The slot every loop of one server takes its [`Shared`] generation from.
-/// A reload writes it once and wakes every loop; each loop compares the
-/// generation number at every wake (one atomic load) and takes the new
-/// `Arc` when it changed.
-pub struct LiveConfig {
-    current: RwLock<Arc<Shared>>,
-    generation: AtomicU64,
-    wakers: Mutex<Vec<Arc<mio::Waker>>>,
-}
-
-impl LiveConfig {
-    fn new(shared: Shared) -> LiveConfig {
-        LiveConfig {
-            generation: AtomicU64::new(shared.generation),
-            current: RwLock::new(Arc::new(shared)),
-            wakers: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The generation now in force.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The configuration now in force.
-    pub fn current(&self) -> Arc<Shared> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn add_waker(&self, waker: Arc<mio::Waker>) {
-        if let Ok(mut w) = self.wakers.lock() {
-            w.push(waker);
-        }
-    }
-
-    /// Publishes `opts` as the next generation (the listen address and the
-    /// server-wide pools stay) and wakes every loop to take it.
-    pub fn publish(&self, opts: ServerOptions) -> Arc<Shared> {
-        let next = {
-            let mut slot = match self.current.write() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let next = Arc::new(slot.next(opts));
-            *slot = next.clone();
-            self.generation.store(next.generation, Ordering::Release);
-            next
-        };
-        if let Ok(wakers) = self.wakers.lock() {
-            for w in wakers.iter() {
-                if let Err(e) = w.wake() {
-                    warn!("cannot wake a server loop for the reload: {e}");
-                }
-            }
-        }
-        next
-    }
-
-    /// Runs `reload` against the configuration in force and publishes the
-    /// result; when it fails, logs why and keeps the configuration in force.
-    /// True if a new generation was published.
-    pub fn reload(&self, reload: &mut ReloadFn) -> bool {
-        let old = self.current();
-        match reload(&old.options()) {
-            Ok(opts) => {
-                let new = self.publish(opts);
-                log_reload(&old, &new);
-                true
-            }
-            Err(why) => {
-                error!("reload failed, keeping the previous configuration: {why}");
-                false
-            }
-        }
-    }
-}
-
-/// Logs what a reload changed: the client keys added and removed (by
-/// fingerprint), whether the allowlist changed, and the live limits.
-fn log_reload(old: &Shared, new: &Shared) {
-    let ids = |s: &Shared| -> Vec<hytun_core::KeyId> {
-        s.core.authorized.iter().map(|k| k.id()).collect()
-    };
-    let (before, after) = (ids(old), ids(new));
-    for id in after.iter().filter(|k| !before.contains(k)) {
-        info!("reload: client key {id} added");
-    }
-    for id in before.iter().filter(|k| !after.contains(k)) {
-        info!("reload: client key {id} removed; its sessions will be ended");
-    }
-    info!(
-        "reloaded configuration (generation {}): {} authorized client keys, allowlist {}, \
-         {} sessions, {} MiB per session, hello timeout {} s",
-        new.generation,
-        after.len(),
-        if old.allow == new.allow {
-            "unchanged"
-        } else {
-            "changed"
-        },
-        new.limits.max_sessions,
-        new.limits.session_memory >> 20,
-        new.limits.hello_timeout.as_secs()
-    );
-    if new.allow.is_empty() {
-        warn!("the reloaded allowlist is empty: every new stream will be refused");
-    } else if new.allow.allows_all() && !old.allow.allows_all() {
-        warn!(
-            "--allow '*': this server will now connect streams to ANY destination its clients name"
-        );
-    }
-}
-
 /// A bound, not yet running server: one event loop per thread over one
 /// listening socket.
 pub struct Server {
@@ -607,10 +489,12 @@ impl Server {
     }
 
     /// How SIGHUP re-reads the configuration (without it, SIGHUP is logged
-    /// and ignored). Runs on the loop that handles the signals.
-    pub fn set_reload(&mut self, reload: ReloadFn) {
-        if let Some(l) = self.loops.first_mut() {
-            l.set_reload(reload);
+    /// and ignored). The loop that handles the signals asks; the reading
+    /// runs on a thread of its own ([`reload::Reloader`]).
+    pub fn set_reload(&mut self, reload: ReloadFn) -> io::Result<()> {
+        match self.loops.first_mut() {
+            Some(l) => l.set_reload(reload),
+            None => Ok(()),
         }
     }
 
