@@ -63,17 +63,7 @@ impl Fixture {
                 "2",
             ],
         );
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.0.stderr.take().expect("server stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
+        let log = capture(child.0.stderr.take().expect("server stderr"));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         assert!(wait_listening(addr, Duration::from_secs(20)), "server up");
         Fixture {
@@ -231,6 +221,68 @@ fn sighup_admits_an_added_key_and_ends_a_removed_keys_sessions() {
     let mut s = open_stream(&stranger);
     echo(&mut s, b"after reload");
     f.assert_running();
+}
+
+/// A stderr reader: every line into a shared string.
+fn capture(stderr: std::process::ChildStderr) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    log
+}
+
+#[test]
+fn a_client_whose_key_is_removed_is_told_why() {
+    let echo_server = EchoServer::start().expect("echo");
+    let f = Fixture::start(&["client"], &allow_only(echo_server.addr));
+    // A real `hytun client` process, so its own log can be read.
+    let port = free_port();
+    let forward = format!("127.0.0.1:{port}:{}", echo_server.addr);
+    let key = keydir().join("client.key");
+    let server_key = keydir().join("server.pub");
+    let mut client = spawn_hytun(
+        f.dir.path(),
+        &[
+            "client",
+            "--server",
+            &f.addr.to_string(),
+            "--key",
+            key.to_str().unwrap_or_default(),
+            "--server-key",
+            server_key.to_str().unwrap_or_default(),
+            "-L",
+            &forward,
+        ],
+    );
+    let client_log = capture(client.0.stderr.take().expect("client stderr"));
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert!(wait_listening(local, Duration::from_secs(20)), "client up");
+    let mut s = TcpStream::connect(local).expect("connect forward");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    echo(&mut s, b"before");
+
+    write_authorized(f.dir.path(), &["stranger"]);
+    f.sighup(1);
+    f.wait_log(&["no longer in authorized_keys", &fingerprint("client")]);
+    // The CLOSE says why (code 6, KeyRevoked), not "shutting down".
+    let deadline = Instant::now() + LOG_WAIT;
+    loop {
+        let log = client_log.lock().map(|l| l.clone()).unwrap_or_default();
+        if log.contains("client key no longer authorized by the server") {
+            assert!(!log.contains("peer shutting down"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "client never said why:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(read_end(&mut s), Err(io::ErrorKind::ConnectionReset));
 }
 
 #[test]

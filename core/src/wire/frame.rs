@@ -278,6 +278,9 @@ pub enum CloseCode {
     ShuttingDown,
     /// An internal error at the sender.
     Internal,
+    /// The server no longer authorizes the client's key (it was removed
+    /// from the server's `authorized_keys`).
+    KeyRevoked,
     /// Any other reason (including unknown codes from the peer).
     Other,
 }
@@ -292,6 +295,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => 3,
             CloseCode::ShuttingDown => 4,
             CloseCode::Internal => 5,
+            CloseCode::KeyRevoked => 6,
             CloseCode::Other => 255,
         }
     }
@@ -305,6 +309,7 @@ impl CloseCode {
             3 => CloseCode::IdleTimeout,
             4 => CloseCode::ShuttingDown,
             5 => CloseCode::Internal,
+            6 => CloseCode::KeyRevoked,
             _ => CloseCode::Other,
         }
     }
@@ -319,6 +324,7 @@ impl fmt::Display for CloseCode {
             CloseCode::IdleTimeout => "idle timeout",
             CloseCode::ShuttingDown => "peer shutting down",
             CloseCode::Internal => "internal error",
+            CloseCode::KeyRevoked => "client key no longer authorized by the server",
             CloseCode::Other => "closed",
         })
     }
@@ -907,6 +913,36 @@ mod tests {
         let n = reset.emit(&mut buf).unwrap();
         assert_eq!(&buf[..n], &[T_RESET, 0, 0, 0, 5, 9]);
         assert_eq!(Frame::parse(&buf[..n]).unwrap(), (reset, n));
+    }
+
+    #[test]
+    fn close_codes_match_the_protocol_table() {
+        // docs/PROTOCOL.md §7.4, code by code.
+        let table = [
+            (0, CloseCode::Normal),
+            (1, CloseCode::ProtocolViolation),
+            (2, CloseCode::FlowControl),
+            (3, CloseCode::IdleTimeout),
+            (4, CloseCode::ShuttingDown),
+            (5, CloseCode::Internal),
+            (6, CloseCode::KeyRevoked),
+            (255, CloseCode::Other),
+        ];
+        for (code, name) in table {
+            assert_eq!(name.code(), code);
+            assert_eq!(CloseCode::from_code(code), name);
+        }
+        // Unassigned codes are read as Other, never an error.
+        for code in 7..=254 {
+            assert_eq!(CloseCode::from_code(code), CloseCode::Other);
+        }
+        let mut buf = [0u8; 4];
+        let close = Frame::Close {
+            code: CloseCode::KeyRevoked,
+        };
+        let n = close.emit(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[T_CLOSE, 6]);
+        assert_eq!(Frame::parse(&buf[..n]).unwrap(), (close, n));
     }
 
     #[test]

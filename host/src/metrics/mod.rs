@@ -123,11 +123,13 @@ pub enum SessionEnd {
     ProtocolError,
     /// Anything else.
     Other,
+    /// (Server) Ended by a reload that removed the client's key.
+    Revoked,
 }
 
 impl SessionEnd {
     /// Every reason, in label order.
-    pub const ALL: [SessionEnd; 7] = [
+    pub const ALL: [SessionEnd; 8] = [
         SessionEnd::PeerClosed,
         SessionEnd::Shutdown,
         SessionEnd::LocallyClosed,
@@ -135,6 +137,7 @@ impl SessionEnd {
         SessionEnd::Truncated,
         SessionEnd::ProtocolError,
         SessionEnd::Other,
+        SessionEnd::Revoked,
     ];
 
     /// The label value.
@@ -142,6 +145,7 @@ impl SessionEnd {
         match self {
             SessionEnd::PeerClosed => "peer_closed",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Revoked => "revoked",
             SessionEnd::LocallyClosed => "locally_closed",
             SessionEnd::IdleTimeout => "idle_timeout",
             SessionEnd::Truncated => "truncated",
@@ -155,6 +159,7 @@ impl SessionEnd {
         match error {
             Some(ConnectionError::PeerClosed(_)) => SessionEnd::PeerClosed,
             Some(ConnectionError::LocallyClosed(CloseCode::ShuttingDown)) => SessionEnd::Shutdown,
+            Some(ConnectionError::LocallyClosed(CloseCode::KeyRevoked)) => SessionEnd::Revoked,
             Some(ConnectionError::LocallyClosed(_)) => SessionEnd::LocallyClosed,
             Some(ConnectionError::Timeout(_)) => SessionEnd::IdleTimeout,
             Some(ConnectionError::Truncated) => SessionEnd::Truncated,
@@ -675,6 +680,10 @@ mod tests {
             (
                 ConnectionError::LocallyClosed(CloseCode::ShuttingDown),
                 SessionEnd::Shutdown,
+            ),
+            (
+                ConnectionError::LocallyClosed(CloseCode::KeyRevoked),
+                SessionEnd::Revoked,
             ),
             (
                 ConnectionError::LocallyClosed(CloseCode::Normal),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
-use hytun_core::StreamId;
+use hytun_core::{CloseCode, StreamId};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -319,7 +319,7 @@ impl EventLoop {
             s.peer,
             s.stream_count()
         );
-        s.close_now();
+        s.close_now(CloseCode::KeyRevoked);
         self.close_session(t);
     }
 
@@ -671,7 +671,7 @@ impl EventLoop {
         let tokens: Vec<Token> = self.sessions.keys().copied().collect();
         for t in tokens {
             if let Some(s) = self.sessions.get_mut(&t) {
-                s.close_now();
+                s.close_now(CloseCode::ShuttingDown);
             }
             self.close_session(t);
         }

@@ -1194,11 +1194,12 @@ impl Session {
         }
     }
 
-    /// Ends the session now with an authenticated CLOSE (if keys exist).
-    pub fn close_now(&mut self) {
+    /// Ends the session now with an authenticated CLOSE carrying `code`
+    /// (if keys exist).
+    pub fn close_now(&mut self, code: CloseCode) {
         if let Phase::Core(c) = &mut self.phase {
             if !c.is_closed() {
-                c.close(CloseCode::ShuttingDown);
+                c.close(code);
             }
             while c.poll_event().is_some() {}
         }
