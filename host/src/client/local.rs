@@ -608,3 +608,218 @@ fn http_status(code: StreamErrorCode) -> ProxyStatus {
         _ => ProxyStatus::BadGateway,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::thread::sleep;
+
+    use super::*;
+
+    /// A local connection's socket (ours, non-blocking) and the
+    /// application's end of it, over loopback.
+    fn pair() -> (TcpStream, std::net::TcpStream, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let app = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        app.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (ours, peer) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(ours), app, peer)
+    }
+
+    /// Negotiates until the request bytes the application sent have
+    /// arrived and been parsed (bounded: loopback delivers at once).
+    fn negotiate(l: &mut Local) -> Negotiation {
+        for _ in 0..500 {
+            match l.negotiate() {
+                Negotiation::Pending => sleep(Duration::from_millis(2)),
+                done => return done,
+            }
+        }
+        panic!("the request never arrived");
+    }
+
+    /// Everything the application reads until the connection's end, and
+    /// how it ended (`Ok` for a clean EOF).
+    fn read_to_end(app: &mut std::net::TcpStream) -> (Vec<u8>, io::Result<()>) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match app.read(&mut buf) {
+                Ok(0) => return (got, Ok(())),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    }
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_socks_client_whose_stream_is_refused_gets_the_matching_reply_and_a_clean_close() {
+        let (sock, mut app, peer) = pair();
+        let mut l = Local::accepted(sock, peer, ListenerKind::Socks);
+        assert!(l.is_negotiating());
+        // Greeting (no auth), then CONNECT 127.0.0.1:80.
+        app.write_all(&[5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 80])
+            .unwrap();
+        assert!(matches!(negotiate(&mut l), Negotiation::Request));
+        let (host, port, early) = l.request().unwrap();
+        assert_eq!((host, port, early), (&DestHost::Ip(LOOPBACK), 80, &[][..]));
+
+        let id = StreamId(1);
+        assert!(l.stream_opened(id, 0).is_ok());
+        assert_eq!(l.stream(), Some(id));
+        // The reply waits for OPENED, so the deadline still runs.
+        assert!(l.deadline().is_some());
+
+        let Outcome::Answered(stream) = l.refuse(StreamErrorCode::ConnectionRefused) else {
+            panic!("a SOCKS client is answered");
+        };
+        assert_eq!(stream, Some(id));
+        assert_eq!(l.stream(), None);
+        assert!(l.deadline().is_none());
+        assert!(matches!(l.service(None), Some(End::Clean)));
+        let registry = mio::Poll::new().unwrap();
+        l.close(registry.registry(), None, End::Clean);
+
+        let mut want = vec![5, 0];
+        want.extend_from_slice(&socks5::reply(Socks5Reply::ConnectionRefused, None));
+        let (got, end) = read_to_end(&mut app);
+        assert_eq!(got, want);
+        assert!(end.is_ok(), "a clean close, not a reset: {end:?}");
+    }
+
+    #[test]
+    fn an_http_connect_whose_stream_fails_before_the_reply_gets_a_502() {
+        let (sock, mut app, peer) = pair();
+        let mut l = Local::accepted(sock, peer, ListenerKind::HttpProxy);
+        app.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+            .unwrap();
+        assert!(matches!(negotiate(&mut l), Negotiation::Request));
+        let id = StreamId(3);
+        assert!(l.stream_opened(id, 0).is_ok());
+        assert_eq!(l.stream(), Some(id), "CONNECT waits for OPENED");
+
+        let Outcome::Answered(stream) = l.fail("reset by the server: refused".into()) else {
+            panic!("a CONNECT client is answered");
+        };
+        assert_eq!(stream, Some(id));
+        assert!(matches!(l.service(None), Some(End::Clean)));
+        drop(l);
+
+        let (got, end) = read_to_end(&mut app);
+        let got = String::from_utf8(got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+        assert!(got.contains("reset by the server: refused"), "{got}");
+        assert!(end.is_ok(), "{end:?}");
+    }
+
+    #[test]
+    fn a_forward_connection_has_no_answer_to_give_so_it_is_reset() {
+        let (sock, mut app, peer) = pair();
+        let kind = ListenerKind::Forward {
+            host: DestHost::Ip(LOOPBACK),
+            port: 9,
+        };
+        let mut l = Local::accepted(sock, peer, kind);
+        assert!(l.is_waiting());
+        assert!(
+            matches!(l.refuse(StreamErrorCode::NotAllowed), Outcome::Abort(r) if r.starts_with("refused by server: "))
+        );
+        assert!(matches!(l.expire(), Outcome::Abort(r) if r == "tunnel not available in time"));
+        assert!(matches!(l.fail("tunnel lost".into()), Outcome::Abort(r) if r == "tunnel lost"));
+        assert!(matches!(l.end_on_stop(), End::Abort(_)));
+        let registry = mio::Poll::new().unwrap();
+        l.close(registry.registry(), None, End::Abort("test".into()));
+
+        let (got, end) = read_to_end(&mut app);
+        assert!(got.is_empty());
+        let e = end.expect_err("an abort must not look like a clean end");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn early_bytes_beyond_the_initial_credit_end_the_connection() {
+        let request = b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        for sent_all in [false, true] {
+            let (sock, mut app, peer) = pair();
+            let mut l = Local::accepted(sock, peer, ListenerKind::HttpProxy);
+            app.write_all(request).unwrap();
+            assert!(matches!(negotiate(&mut l), Negotiation::Request));
+            let early = l.request().unwrap().2.len();
+            assert!(early > 0, "the rewritten request head goes as early bytes");
+            let id = StreamId(5);
+            if sent_all {
+                // A plain http:// request relays at once.
+                assert!(l.stream_opened(id, early).is_ok());
+                assert!(l.deadline().is_none());
+            } else {
+                let Err(End::Abort(reason)) = l.stream_opened(id, early - 1) else {
+                    panic!("the excess must end the connection");
+                };
+                assert_eq!(reason, "1 early bytes exceed the initial stream window");
+            }
+            assert_eq!(l.stream(), Some(id));
+        }
+    }
+
+    #[test]
+    fn a_stop_closes_a_connection_without_a_stream_cleanly() {
+        let (sock, _app, peer) = pair();
+        let l = Local::accepted(sock, peer, ListenerKind::Socks);
+        assert!(matches!(l.end_on_stop(), End::Clean));
+    }
+
+    #[test]
+    fn refusal_codes_map_to_socks_replies_and_http_statuses() {
+        use StreamErrorCode as C;
+        let cases = [
+            (
+                C::NotAllowed,
+                Socks5Reply::NotAllowed,
+                ProxyStatus::Forbidden,
+            ),
+            (
+                C::ConnectionRefused,
+                Socks5Reply::ConnectionRefused,
+                ProxyStatus::BadGateway,
+            ),
+            (
+                C::HostUnreachable,
+                Socks5Reply::HostUnreachable,
+                ProxyStatus::BadGateway,
+            ),
+            (
+                C::NetworkUnreachable,
+                Socks5Reply::NetworkUnreachable,
+                ProxyStatus::BadGateway,
+            ),
+            (
+                C::TimedOut,
+                Socks5Reply::TtlExpired,
+                ProxyStatus::GatewayTimeout,
+            ),
+            (
+                C::ResourceExhausted,
+                Socks5Reply::GeneralFailure,
+                ProxyStatus::Unavailable,
+            ),
+            (
+                C::SessionClosing,
+                Socks5Reply::GeneralFailure,
+                ProxyStatus::Unavailable,
+            ),
+            (
+                C::Other,
+                Socks5Reply::GeneralFailure,
+                ProxyStatus::BadGateway,
+            ),
+        ];
+        for (code, socks, http) in cases {
+            assert_eq!(socks_code(code), socks, "{code}");
+            assert_eq!(http_status(code), http, "{code}");
+        }
+    }
+}

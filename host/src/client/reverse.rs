@@ -94,12 +94,9 @@ impl ReverseListeners {
     /// A session is up: forgets the last session's listeners and asks the
     /// server on `conn` for every reverse forward.
     pub(super) fn request_all(&mut self, conn: &mut HostConnection) {
-        self.requested.clear();
-        self.granted.clear();
-        if self.specs.is_empty() {
+        if !self.new_session() {
             return;
         }
-        self.sessions += 1;
         for (i, spec) in self.specs.iter().enumerate() {
             match conn.request_listen(bind_destination(spec.bind)) {
                 Ok(id) => {
@@ -109,6 +106,18 @@ impl ReverseListeners {
                 Err(e) => warn!("cannot ask for reverse forward {}: {e}", describe(spec)),
             }
         }
+    }
+
+    /// Forgets the last session's listeners; false when there are no
+    /// forwards to ask for (and so no session counted).
+    fn new_session(&mut self) -> bool {
+        self.requested.clear();
+        self.granted.clear();
+        if self.specs.is_empty() {
+            return false;
+        }
+        self.sessions += 1;
+        true
     }
 
     pub(super) fn on_granted(&mut self, id: ListenId) {
@@ -241,5 +250,70 @@ impl Locals {
         }
         tunnel.forget_stream(id);
         tunnel.refuse_incoming(id, code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn forwards() -> ReverseListeners {
+        ReverseListeners::new(vec![ReverseSpec {
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            host: DestHost::Ip(Ipv4Addr::LOCALHOST.into()),
+            port: 80,
+        }])
+    }
+
+    /// As `request_all` leaves a new session once LISTEN `id` is sent.
+    fn asked(l: &mut ReverseListeners, id: ListenId) {
+        assert!(l.new_session());
+        l.requested.insert(id, 0);
+    }
+
+    #[test]
+    fn a_refused_listener_stops_the_client_at_first_contact_and_reconnects_later() {
+        let mut l = forwards();
+        asked(&mut l, ListenId(1));
+        let Some(ListenRefusal::Fatal(msg)) =
+            l.on_refused(ListenId(1), ListenErrorCode::AddressInUse)
+        else {
+            panic!("first contact is final");
+        };
+        assert_eq!(
+            msg,
+            "server refused reverse forward 127.0.0.1:8080 -> 127.0.0.1:80: address already in use on the server"
+        );
+        // An answer to a listener this session did not ask for is ignored.
+        assert!(l.on_refused(ListenId(1), ListenErrorCode::Other).is_none());
+
+        asked(&mut l, ListenId(2));
+        assert!(matches!(
+            l.on_refused(ListenId(2), ListenErrorCode::AddressInUse),
+            Some(ListenRefusal::Reconnect)
+        ));
+    }
+
+    #[test]
+    fn without_forwards_no_session_is_counted() {
+        let mut l = ReverseListeners::new(Vec::new());
+        assert!(!l.new_session());
+        assert_eq!(l.sessions, 0);
+    }
+
+    #[test]
+    fn only_a_granted_listener_has_a_target() {
+        let mut l = forwards();
+        asked(&mut l, ListenId(1));
+        assert!(l.target(ListenId(1)).is_none(), "asked, not granted");
+        l.on_granted(ListenId(7));
+        assert!(l.target(ListenId(7)).is_none(), "never asked for");
+        l.on_granted(ListenId(1));
+        assert_eq!(l.target(ListenId(1)).map(|s| s.port), Some(80));
+        // Granted listeners do not outlive their session.
+        asked(&mut l, ListenId(1));
+        assert!(l.target(ListenId(1)).is_none());
     }
 }
