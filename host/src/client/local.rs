@@ -403,10 +403,7 @@ impl Local {
                     return Negotiation::Request;
                 }
                 Err(reply) => {
-                    self.pipe.queue_local(&reply);
-                    self.pipe.tunnel_fin = true;
-                    self.pipe.sock_eof = true;
-                    self.phase = Phase::Closing;
+                    self.answer_and_close(&reply);
                     return Negotiation::Refused;
                 }
             }
@@ -688,6 +685,28 @@ mod tests {
         want.extend_from_slice(&socks5::reply(Socks5Reply::ConnectionRefused, None));
         let (got, end) = read_to_end(&mut app);
         assert_eq!(got, want);
+        assert!(end.is_ok(), "a clean close, not a reset: {end:?}");
+    }
+
+    #[test]
+    fn a_malformed_request_is_answered_and_its_deadline_cleared() {
+        let (sock, mut app, peer) = pair();
+        let mut l = Local::accepted(sock, peer, ListenerKind::HttpProxy);
+        assert!(l.deadline().is_some());
+        app.write_all(b"NOT-HTTP\r\n\r\n").unwrap();
+        assert!(matches!(negotiate(&mut l), Negotiation::Refused));
+        // Answered: no "tunnel not available in time" later, however long
+        // the application takes to read the answer.
+        assert!(l.deadline().is_none());
+        assert!(matches!(l.service(None), Some(End::Clean)));
+        let registry = mio::Poll::new().unwrap();
+        l.close(registry.registry(), None, End::Clean);
+        let (got, end) = read_to_end(&mut app);
+        assert!(
+            got.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
         assert!(end.is_ok(), "a clean close, not a reset: {end:?}");
     }
 
