@@ -15,11 +15,21 @@
 //! `handle_input` (with its RNG for blinding). A driver that wants it off
 //! its event loop calls [`Connection::defer_private_key_ops`]; then, when a
 //! handshake message needs the operation, `handle_input` stops right after
-//! that message, [`Connection::take_private_key_op`] returns the
-//! [`PrivateKeyOp`] to run (on any thread), and the driver hands its result
-//! to [`Connection::complete_private_key_op`] and resumes feeding the bytes
-//! not consumed yet. In between, the connection consumes no input and has
-//! nothing to transmit; only timers run.
+//! that message and hands the driver a job to run on any thread:
+//!
+//! * the client: [`Connection::take_private_key_op`] returns the
+//!   [`PrivateKeyOp`] (the decryption of the server's secret); its result
+//!   goes to [`Connection::complete_private_key_op`];
+//! * the server: [`Connection::take_server_hello_job`] returns the whole
+//!   reply to the ClientHello as a [`ServerHelloJob`] (X25519, the RSA-OAEP
+//!   encryption to the client key, the private-key operation, the key
+//!   schedule, its Finished), so none of the server's handshake crypto runs
+//!   on the driver's loop; its result goes to
+//!   [`Connection::complete_server_hello_job`].
+//!
+//! The driver then resumes feeding the bytes not consumed yet. In between,
+//! the connection consumes no input and has nothing to transmit; only
+//! timers run.
 //!
 //! Every fatal condition — bad input, a timeout, the peer's CLOSE, a local
 //! `close` — ends in exactly one [`Event::Closed`]; after it the driver
@@ -55,7 +65,7 @@ use crate::crypto::{
 use crate::error::{ConnectionError, HandshakeError, ProtocolViolation, StreamError, TimeoutKind};
 use crate::handshake::{
     self, ClientAwaitPrivateKey, ClientExpectServerFinished, ClientExpectServerHello, Established,
-    ServerAwaitPrivateKey, ServerExpectClientFinished,
+    Rejection, ServerExpectClientFinished, ServerHelloJob, ServerHelloReply,
 };
 use crate::memory::{ByteStore, Heap, Inline, Memory, VecStore};
 use crate::stream::{EndState, OpenState, Stream};
@@ -230,7 +240,8 @@ enum State {
     ClientAwaitPrivateKey(ClientAwaitPrivateKey),
     ClientExpectServerFinished(ClientExpectServerFinished),
     ServerExpectClientHello,
-    ServerAwaitPrivateKey(ServerAwaitPrivateKey),
+    /// The reply to the ClientHello is a job the driver runs.
+    ServerAwaitHelloJob,
     ServerExpectClientFinished(ServerExpectClientFinished),
     Established,
     Failed,
@@ -282,8 +293,11 @@ struct Inner<const TX: usize, const S: usize, M: Memory> {
     /// Hand private-key operations to the driver instead of running them
     /// in `handle_input` (a driver property: kept across restarts).
     defer_private_key: bool,
-    /// The operation an `Await` state waits for, until the driver takes it.
+    /// The operation `ClientAwaitPrivateKey` waits for, until the driver
+    /// takes it.
     private_key_op: Option<PrivateKeyOp>,
+    /// The job `ServerAwaitHelloJob` waits for, until the driver takes it.
+    server_hello_job: Option<ServerHelloJob>,
     session: SessionConfig,
     local_max_record: usize,
     keys: Option<Keys>,
@@ -365,6 +379,7 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
                 state: State::Unstarted,
                 defer_private_key: false,
                 private_key_op: None,
+                server_hello_job: None,
                 session: SessionConfig::UNSET,
                 local_max_record: 0,
                 keys: None,
@@ -420,6 +435,7 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         i.role = Some(role);
         i.state = state;
         i.private_key_op = None;
+        i.server_hello_job = None;
         i.session = session;
         i.keys = None;
         i.tx.clear();
@@ -500,26 +516,28 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         );
     }
 
-    /// Makes the handshake hand its RSA private-key operation to the driver
-    /// instead of running it inside `handle_input` (see the module docs).
-    /// Call before the handshake reaches that step; the setting survives
-    /// `start_client`/`start_server`.
+    /// Makes the handshake hand the step with its RSA private-key operation
+    /// to the driver instead of running it inside `handle_input` (see the
+    /// module docs): on the client the operation alone, on the server the
+    /// whole reply to the ClientHello. Call before the handshake reaches
+    /// that step; the setting survives `start_client`/`start_server`.
     pub fn defer_private_key_ops(&mut self, defer: bool) {
         self.inner.defer_private_key = defer;
     }
 
-    /// True while the handshake waits for a private-key operation's result
-    /// ([`Self::complete_private_key_op`]).
+    /// True while the handshake waits for the result of a job it handed
+    /// out ([`Self::complete_private_key_op`],
+    /// [`Self::complete_server_hello_job`]).
     pub fn awaits_private_key_op(&self) -> bool {
         self.inner.error.is_none()
             && matches!(
                 self.inner.state,
-                State::ClientAwaitPrivateKey(_) | State::ServerAwaitPrivateKey(_)
+                State::ClientAwaitPrivateKey(_) | State::ServerAwaitHelloJob
             )
     }
 
-    /// The private-key operation to run, once, after `handle_input` stopped
-    /// at a step that needs it (deferred mode only).
+    /// (Client) The private-key operation to run, once, after
+    /// `handle_input` stopped at the ServerHello (deferred mode only).
     pub fn take_private_key_op(&mut self) -> Option<PrivateKeyOp> {
         if self.inner.error.is_some() {
             return None;
@@ -527,11 +545,11 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
         self.inner.private_key_op.take()
     }
 
-    /// Continues the handshake with the result of the operation from
-    /// [`Self::take_private_key_op`]: the server queues its `ServerHello`
-    /// and Finished, the client becomes ready for the server's Finished.
-    /// Then feed the input not consumed yet. Ignored if the connection is
-    /// not waiting for a result (e.g. it timed out or was closed meanwhile).
+    /// (Client) Continues the handshake with the result of the operation
+    /// from [`Self::take_private_key_op`]: the client becomes ready for the
+    /// server's Finished. Then feed the input not consumed yet. Ignored if
+    /// the connection is not waiting for it (e.g. it timed out or was
+    /// closed meanwhile).
     pub fn complete_private_key_op(&mut self, result: DecryptedSecret) {
         let i = &mut self.inner;
         if i.error.is_some() {
@@ -542,18 +560,42 @@ impl<const TX: usize, const RX: usize, const S: usize, M: Memory> Connection<TX,
             State::ClientAwaitPrivateKey(st) => {
                 i.state = State::ClientExpectServerFinished(st.finish(result));
             }
-            State::ServerAwaitPrivateKey(st) => match st.finish(result, i.tx.raw_tail()) {
-                Ok((n, next)) => {
-                    i.tx.commit_raw(n);
-                    i.state = State::ServerExpectClientFinished(next);
-                }
-                Err(rej) => {
-                    // The ServerHello alone must not go out.
-                    i.tx.clear();
-                    i.fail(rej.error.into());
-                }
-            },
             other => i.state = other,
+        }
+    }
+
+    /// (Server) The reply to the ClientHello to run, once, after
+    /// `handle_input` stopped at it (deferred mode only).
+    pub fn take_server_hello_job(&mut self) -> Option<ServerHelloJob> {
+        if self.inner.error.is_some() {
+            return None;
+        }
+        self.inner.server_hello_job.take()
+    }
+
+    /// (Server) Continues the handshake with the result of the job from
+    /// [`Self::take_server_hello_job`]: queues the `ServerHello` and
+    /// Finished, or the alert and the failure of a rejected ClientHello.
+    /// Then feed the input not consumed yet. Ignored if the connection is
+    /// not waiting for it (e.g. it timed out or was closed meanwhile).
+    pub fn complete_server_hello_job(&mut self, reply: ServerHelloReply) {
+        let i = &mut self.inner;
+        if i.error.is_some() || !matches!(i.state, State::ServerAwaitHelloJob) {
+            return;
+        }
+        i.state = State::Failed;
+        match reply.0 {
+            Ok((flight, next)) => {
+                let out = i.tx.raw_tail();
+                if flight.len() > out.len() {
+                    i.fail(HandshakeError::Crypto(CryptoError::BadKey).into());
+                    return;
+                }
+                out[..flight.len()].copy_from_slice(&flight);
+                i.tx.commit_raw(flight.len());
+                i.state = State::ServerExpectClientFinished(next);
+            }
+            Err(rej) => i.reject_client_hello(rej),
         }
     }
 
@@ -1456,10 +1498,7 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
         self.error = Some(error);
         self.closed_event = true;
         self.private_key_op = None;
-        if matches!(self.state, State::ServerAwaitPrivateKey(_)) {
-            // The ServerHello waiting for its Finished must not go out.
-            self.tx.clear();
-        }
+        self.server_hello_job = None;
         self.dirty.clear();
         self.pending_ping = false;
         let send_close = self.keys.is_some()
@@ -1518,33 +1557,27 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
                 let cfg = cfg.clone();
                 let max_streams = usize::from(self.session.max_streams).min(S) as u16;
                 let max_record = self.local_max_record as u16;
-                let out = self.tx.raw_tail();
-                let started =
-                    handshake::server_hello(&cfg, max_record, max_streams, whole, rng, out);
-                let result = match started {
-                    Ok((sh_len, next, op)) if self.defer_private_key => {
-                        self.private_key_op = Some(op);
-                        Ok((sh_len, State::ServerAwaitPrivateKey(next)))
-                    }
-                    Ok((sh_len, next, op)) => {
-                        next.finish(op.run(rng), &mut out[sh_len..])
-                            .map(|(fin_len, next)| {
-                                (sh_len + fin_len, State::ServerExpectClientFinished(next))
-                            })
-                    }
-                    Err(rej) => Err(rej),
-                };
-                match result {
-                    Ok((n, next)) => {
-                        self.tx.commit_raw(n);
-                        Ok(next)
-                    }
-                    Err(rej) => {
-                        if let Some((reason, key)) = rej.alert {
-                            let n = handshake::emit_alert(reason, key, self.tx.raw_tail());
+                if self.defer_private_key {
+                    self.server_hello_job =
+                        Some(ServerHelloJob::new(cfg, max_record, max_streams, whole));
+                    Ok(State::ServerAwaitHelloJob)
+                } else {
+                    match handshake::handle_client_hello(
+                        &cfg,
+                        max_record,
+                        max_streams,
+                        whole,
+                        rng,
+                        self.tx.raw_tail(),
+                    ) {
+                        Ok((n, next)) => {
                             self.tx.commit_raw(n);
+                            Ok(State::ServerExpectClientFinished(next))
                         }
-                        Err(rej.error.into())
+                        Err(rej) => {
+                            self.reject_client_hello(rej);
+                            return;
+                        }
                     }
                 }
             }
@@ -1560,6 +1593,16 @@ impl<const TX: usize, const S: usize, M: Memory> Inner<TX, S, M> {
             Ok(next) => self.state = next,
             Err(e) => self.fail(e),
         }
+    }
+
+    /// A ClientHello the server refuses: the alert (if the rejection has
+    /// one) goes out, then the session fails.
+    fn reject_client_hello(&mut self, rej: Rejection) {
+        if let Some((reason, key)) = rej.alert {
+            let n = handshake::emit_alert(reason, key, self.tx.raw_tail());
+            self.tx.commit_raw(n);
+        }
+        self.fail(rej.error.into());
     }
 
     fn establish(&mut self, est: Established) {

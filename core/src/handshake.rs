@@ -18,9 +18,15 @@
 //! return a [`PrivateKeyOp`] and an "await" state ([`ClientAwaitPrivateKey`],
 //! [`ServerAwaitPrivateKey`]) whose `finish` takes the operation's result.
 //! The one-call transitions (`handle`, `handle_client_hello`) are exactly
-//! `begin`, `run`, `finish` in a row. The states take whole encoded
+//! `begin`, `run`, `finish` in a row. A server can also hand off its whole
+//! reply to a `ClientHello` at once ([`ServerHelloJob`]), so none of its
+//! handshake crypto runs where the message arrived. The states take whole encoded
 //! messages (header included) because the transcript hashes whole messages.
 //! Nothing here touches buffers beyond the output slice it is given.
+
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
 
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
@@ -381,6 +387,60 @@ pub fn handle_client_hello<R: CryptoRng + ?Sized>(
     let (sh_len, next, op) = server_hello(config, max_record, max_streams, whole, rng, out)?;
     let (fin_len, next) = next.finish(op.run(rng), &mut out[sh_len..])?;
     Ok((sh_len + fin_len, next))
+}
+
+/// The server's whole reply to a `ClientHello` as one self-contained job:
+/// the checks, the X25519 key and agreement, the RSA-OAEP encryption of the
+/// server's secret to the client key, the private-key operation, the key
+/// schedule and the server's Finished — every costly step of the server's
+/// handshake. `Send + 'static` (it owns a copy of the message and a
+/// reference to the configuration), so a driver can run it on a worker
+/// thread; [`Self::run`] is exactly [`handle_client_hello`].
+#[derive(Clone)]
+pub struct ServerHelloJob {
+    config: Arc<ServerConfig>,
+    hello: Vec<u8>,
+    max_record: u16,
+    max_streams: u16,
+}
+
+/// The outcome of a [`ServerHelloJob`]: the server's first flight
+/// (`ServerHello` ‖ Finished) and its next state, or the rejection (with
+/// the alert to send, if any).
+pub struct ServerHelloReply(pub(crate) Result<(Vec<u8>, ServerExpectClientFinished), Rejection>);
+
+/// The most a server's first flight can take: a `ServerHello` and a
+/// Finished, each at most one handshake message.
+const MAX_SERVER_FLIGHT: usize = 2 * (HEADER_LEN + crate::wire::handshake::MAX_BODY_LEN);
+
+impl ServerHelloJob {
+    /// Packages the reply to `whole` (a `ClientHello`, header included).
+    pub fn new(config: Arc<ServerConfig>, max_record: u16, max_streams: u16, whole: &[u8]) -> Self {
+        ServerHelloJob {
+            config,
+            hello: whole.to_vec(),
+            max_record,
+            max_streams,
+        }
+    }
+
+    /// Does the work, with `rng` for the server's randomness and blinding.
+    pub fn run<R: CryptoRng + ?Sized>(self, rng: &mut R) -> ServerHelloReply {
+        let mut out = vec![0u8; MAX_SERVER_FLIGHT];
+        let result = handle_client_hello(
+            &self.config,
+            self.max_record,
+            self.max_streams,
+            &self.hello,
+            rng,
+            &mut out,
+        )
+        .map(|(n, next)| {
+            out.truncate(n);
+            (out, next)
+        });
+        ServerHelloReply(result)
+    }
 }
 
 /// First half of [`handle_client_hello`]: checks the `ClientHello`, writes

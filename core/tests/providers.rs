@@ -11,9 +11,11 @@
 //!   randomized per call; the `rsa` encryptor is reproducible from the RNG,
 //!   and sessions whose both encryptions go through AWS-LC complete.
 //! * A connection in deferred mode (`defer_private_key_ops`) hands its
-//!   private-key operation out, consumes no input and sends nothing while
+//!   job out (the client its private-key operation, the server its whole
+//!   reply to the ClientHello), consumes no input and sends nothing while
 //!   it waits, and writes exactly the bytes of the inline mode once the
-//!   result comes back — also when the operation ran on another thread.
+//!   result comes back — also when the job ran on another thread, and also
+//!   when the server's reply is a refusal.
 
 mod common;
 
@@ -258,8 +260,33 @@ impl Side {
         side
     }
 
-    /// Runs a pending operation, if any; true if it did.
-    fn work(&mut self) -> bool {
+    /// Runs a pending job, if any; true if it did. A server's job draws
+    /// its randomness from `rng`, the session's RNG, right where the inline
+    /// mode draws it (inside the `handle_input` that read the ClientHello),
+    /// so both modes write the same bytes.
+    fn work(&mut self, rng: &mut TestRng) -> bool {
+        if let Some(job) = self.conn.take_server_hello_job() {
+            assert!(self.conn.awaits_private_key_op());
+            assert!(self.conn.take_server_hello_job().is_none(), "taken twice");
+            assert!(self.conn.take_private_key_op().is_none());
+            let reply = match self.mode {
+                Mode::Thread => {
+                    let mut moved = std::mem::replace(rng, TestRng::new("stand-in"));
+                    let (reply, back) = std::thread::spawn(move || {
+                        let reply = job.run(&mut moved);
+                        (reply, moved)
+                    })
+                    .join()
+                    .unwrap();
+                    *rng = back;
+                    reply
+                }
+                Mode::Inline | Mode::Deferred => job.run(rng),
+            };
+            self.conn.complete_server_hello_job(reply);
+            self.ops += 1;
+            return true;
+        }
         let Some(op) = self.conn.take_private_key_op() else {
             return false;
         };
@@ -344,9 +371,9 @@ fn session(
         let mut progress = move_bytes(&mut s.client, &mut s.server, &mut s.c2s, tamper_c2s);
         progress |= move_bytes(&mut s.server, &mut s.client, &mut s.s2c, &|_| {});
         progress |= s.server.feed(now, &mut rng);
-        progress |= s.server.work();
+        progress |= s.server.work(&mut rng);
         progress |= s.client.feed(now, &mut rng);
-        progress |= s.client.work();
+        progress |= s.client.work(&mut rng);
         if !opened && s.client.conn.is_established() {
             let id = s
                 .client
@@ -471,8 +498,8 @@ fn sessions_with_every_encryptor_complete() {
             for _ in 0..100 {
                 let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
                 p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
-                p |= server.feed(now, &mut rng) | server.work();
-                p |= client.feed(now, &mut rng) | client.work();
+                p |= server.feed(now, &mut rng) | server.work(&mut rng);
+                p |= client.feed(now, &mut rng) | client.work(&mut rng);
                 if !p {
                     break;
                 }
@@ -511,7 +538,7 @@ fn a_waiting_server_consumes_nothing_and_sends_nothing() {
     assert!(!server.conn.wants_transmit());
     assert!(server.conn.transmit_pending().is_empty());
     assert!(server.conn.poll_event().is_none());
-    assert!(server.work());
+    assert!(server.work(&mut rng));
     assert!(!server.conn.awaits_private_key_op());
     assert_eq!(server.conn.transmit_pending().len(), 335 + 35);
 }
@@ -519,7 +546,7 @@ fn a_waiting_server_consumes_nothing_and_sends_nothing() {
 #[test]
 fn handshake_timeout_while_waiting_drops_the_server_hello() {
     let (mut server, _, _) = awaiting_server();
-    let op = server.conn.take_private_key_op().unwrap();
+    let job = server.conn.take_server_hello_job().unwrap();
     server
         .conn
         .handle_timeout(Instant::from_millis(1_000 + 10_000));
@@ -534,25 +561,25 @@ fn handshake_timeout_while_waiting_drops_the_server_hello() {
     // A late result is ignored.
     server
         .conn
-        .complete_private_key_op(op.run(&mut TestRng::new("late")));
+        .complete_server_hello_job(job.run(&mut TestRng::new("late")));
     assert!(server.conn.transmit_pending().is_empty());
-    assert!(server.conn.take_private_key_op().is_none());
+    assert!(server.conn.take_server_hello_job().is_none());
 }
 
 #[test]
 fn a_result_without_a_waiting_handshake_is_ignored() {
     let (mut server, hello, _) = awaiting_server();
-    let op = server.conn.take_private_key_op().unwrap();
-    let spare = op.clone();
+    let job = server.conn.take_server_hello_job().unwrap();
+    let spare = job.clone();
     server
         .conn
-        .complete_private_key_op(op.run(&mut TestRng::new("w")));
+        .complete_server_hello_job(job.run(&mut TestRng::new("w")));
     let flight = server.conn.transmit_pending().to_vec();
     assert_eq!(flight.len(), 335 + 35);
     // A second result (a duplicate delivery) changes nothing.
     server
         .conn
-        .complete_private_key_op(spare.run(&mut TestRng::new("w")));
+        .complete_server_hello_job(spare.run(&mut TestRng::new("w2")));
     assert_eq!(server.conn.transmit_pending(), &flight[..]);
     assert!(hello.len() > 256);
 }
@@ -575,7 +602,7 @@ fn a_waiting_client_keeps_the_server_finished_for_later() {
     assert!(client.conn.awaits_private_key_op());
     assert!(!client.conn.wants_transmit());
     assert_eq!(client.conn.handle_input(&flight[n..], now, &mut rng), 0);
-    assert!(client.work());
+    assert!(client.work(&mut rng));
     assert_eq!(client.conn.handle_input(&flight[n..], now, &mut rng), 35);
     client.feed(now, &mut rng);
     assert_eq!(client.events, vec![Ev::Connected]);
@@ -603,8 +630,8 @@ fn deferred_handshake_with_a_3072_bit_server_key() {
     for _ in 0..100 {
         let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
         p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
-        p |= server.feed(now, &mut rng) | server.work();
-        p |= client.feed(now, &mut rng) | client.work();
+        p |= server.feed(now, &mut rng) | server.work(&mut rng);
+        p |= client.feed(now, &mut rng) | client.work(&mut rng);
         if !p {
             break;
         }
@@ -613,4 +640,44 @@ fn deferred_handshake_with_a_3072_bit_server_key() {
     assert_eq!(server.events, vec![Ev::Connected]);
     assert_eq!(client.conn.peer_key(), Some(public("server3072").id()));
     assert_eq!((client.ops, server.ops), (1, 1));
+}
+
+#[test]
+fn a_refused_client_hello_gets_the_same_alert_when_deferred() {
+    // A server that authorizes no client key: the ClientHello is refused
+    // with an Unauthorized alert, inline or from a deferred job alike.
+    let (ccfg, _) = configs(RsaBackend::DEFAULT, RsaBackend::DEFAULT);
+    let mut keys = TestRng::new("keys");
+    let scfg = Arc::new(ServerConfig::new(
+        identity("server", RsaBackend::DEFAULT, &mut keys),
+        Vec::new(),
+        SessionConfig::HOST,
+    ));
+    let now = Instant::from_millis(1_000);
+    let mut flights = Vec::new();
+    for mode in [Mode::Inline, Mode::Deferred, Mode::Thread] {
+        let mut rng = TestRng::new("session");
+        let mut client = Conn::client(ccfg.clone(), now, &mut rng);
+        let hello = client.transmit_pending().to_vec();
+        let mut server = Side::new(Conn::server(scfg.clone(), now), mode);
+        server.inbox = hello;
+        server.feed(now, &mut rng);
+        assert_eq!(server.work(&mut rng), mode != Mode::Inline, "{mode:?}");
+        server.feed(now, &mut rng);
+        assert!(
+            matches!(
+                server.events.as_slice(),
+                [Ev::Closed(ConnectionError::Handshake(
+                    HandshakeError::UnauthorizedClient(_)
+                ))]
+            ),
+            "{mode:?}: {:?}",
+            server.events
+        );
+        flights.push(server.conn.transmit_pending().to_vec());
+    }
+    assert!(!flights[0].is_empty(), "no alert");
+    for (i, f) in flights.iter().enumerate() {
+        assert_eq!(f, &flights[0], "mode {i}");
+    }
 }

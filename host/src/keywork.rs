@@ -1,10 +1,13 @@
-//! RSA private-key operations off the event loop: a fixed pool of worker
-//! threads fed through one bounded job queue.
+//! Handshake crypto off the event loop: a fixed pool of worker threads fed
+//! through one bounded job queue. A job is a [`KeyJob`]: the client's
+//! [`PrivateKeyOp`] (its RSA decryption) or the server's
+//! [`ServerHelloJob`] (its whole reply to a ClientHello, private-key
+//! operation included).
 //!
 //! This module owns the threads, the queue and the completion queues; it
 //! knows nothing about sessions. An event loop gets a [`KeyWorkHandle`]
-//! (one per loop, with the loop's `mio::Waker`), submits a
-//! [`PrivateKeyOp`] tagged with a token of its choosing
+//! (one per loop, with the loop's `mio::Waker`), submits a job tagged
+//! with a token of its choosing
 //! ([`KeyWorkHandle::try_submit`] never blocks: a full queue hands the
 //! operation back), and after the waker fires drains the results with
 //! [`KeyWorkHandle::drain`]. Memory is bounded: at most `capacity` jobs
@@ -22,6 +25,32 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use hytun_core::crypto::{DecryptedSecret, PrivateKeyOp};
+use hytun_core::handshake::{ServerHelloJob, ServerHelloReply};
+
+/// The RNG a worker gives its jobs: the operating system's.
+pub type WorkerRng = rand_core::UnwrapErr<getrandom::SysRng>;
+
+/// Work the pool runs: self-contained, so it can move to a worker thread.
+pub trait KeyJob: Send + 'static {
+    /// What comes back to the loop.
+    type Output: Send + 'static;
+    /// Does the work.
+    fn run(self, rng: &mut WorkerRng) -> Self::Output;
+}
+
+impl KeyJob for PrivateKeyOp {
+    type Output = DecryptedSecret;
+    fn run(self, rng: &mut WorkerRng) -> DecryptedSecret {
+        PrivateKeyOp::run(&self, rng)
+    }
+}
+
+impl KeyJob for ServerHelloJob {
+    type Output = ServerHelloReply;
+    fn run(self, rng: &mut WorkerRng) -> ServerHelloReply {
+        ServerHelloJob::run(self, rng)
+    }
+}
 
 /// Why a job was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,34 +73,41 @@ impl fmt::Display for KeyWorkError {
 
 impl std::error::Error for KeyWorkError {}
 
-/// A job the pool did not take, with the operation handed back.
-#[derive(Debug)]
-pub struct Rejected {
+/// A job the pool did not take, handed back.
+pub struct Rejected<J> {
     /// Why.
     pub reason: KeyWorkError,
-    /// The operation, to retry, run elsewhere or drop.
-    pub op: PrivateKeyOp,
+    /// The job, to retry, run elsewhere or drop.
+    pub op: J,
+}
+
+impl<J> fmt::Debug for Rejected<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where one event loop's results land.
-struct Completions {
-    done: Mutex<VecDeque<(u64, DecryptedSecret)>>,
+struct Completions<J: KeyJob> {
+    done: Mutex<VecDeque<(u64, J::Output)>>,
     waker: Arc<mio::Waker>,
 }
 
-struct Job {
+struct Job<J: KeyJob> {
     token: u64,
-    op: PrivateKeyOp,
-    to: Arc<Completions>,
+    op: J,
+    to: Arc<Completions<J>>,
 }
 
-struct Queue {
-    jobs: VecDeque<Job>,
+struct Queue<J: KeyJob> {
+    jobs: VecDeque<Job<J>>,
     closed: bool,
 }
 
-struct Shared {
-    queue: Mutex<Queue>,
+struct Shared<J: KeyJob> {
+    queue: Mutex<Queue<J>>,
     ready: Condvar,
     capacity: usize,
 }
@@ -85,15 +121,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The worker pool. Dropping it stops the workers after the job each is
 /// running; queued jobs are dropped without a result.
-pub struct KeyWork {
-    shared: Arc<Shared>,
+pub struct KeyWork<J: KeyJob = PrivateKeyOp> {
+    shared: Arc<Shared<J>>,
     workers: Vec<JoinHandle<()>>,
 }
 
-impl KeyWork {
+impl<J: KeyJob> KeyWork<J> {
     /// Starts `workers` threads (at least 1) sharing a queue of at most
     /// `capacity` waiting jobs (at least 1).
-    pub fn new(workers: usize, capacity: usize) -> std::io::Result<KeyWork> {
+    pub fn new(workers: usize, capacity: usize) -> std::io::Result<KeyWork<J>> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(capacity.max(1)),
@@ -117,7 +153,7 @@ impl KeyWork {
     }
 
     /// A submission handle for one event loop; its results wake `waker`.
-    pub fn handle(&self, waker: Arc<mio::Waker>) -> KeyWorkHandle {
+    pub fn handle(&self, waker: Arc<mio::Waker>) -> KeyWorkHandle<J> {
         KeyWorkHandle {
             shared: self.shared.clone(),
             completions: Arc::new(Completions {
@@ -133,7 +169,7 @@ impl KeyWork {
     }
 }
 
-impl Drop for KeyWork {
+impl<J: KeyJob> Drop for KeyWork<J> {
     fn drop(&mut self) {
         {
             let mut q = lock(&self.shared.queue);
@@ -147,8 +183,8 @@ impl Drop for KeyWork {
     }
 }
 
-fn worker(shared: &Shared) {
-    let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+fn worker<J: KeyJob>(shared: &Shared<J>) {
+    let mut rng: WorkerRng = rand_core::UnwrapErr(getrandom::SysRng);
     loop {
         let job = {
             let mut q = lock(&shared.queue);
@@ -162,7 +198,7 @@ fn worker(shared: &Shared) {
                 q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let result = job.op.run(&mut rng);
+        let result = KeyJob::run(job.op, &mut rng);
         lock(&job.to.done).push_back((job.token, result));
         if let Err(e) = job.to.waker.wake() {
             log::warn!("private-key worker cannot wake its event loop: {e}");
@@ -171,16 +207,16 @@ fn worker(shared: &Shared) {
 }
 
 /// One event loop's access to the pool.
-pub struct KeyWorkHandle {
-    shared: Arc<Shared>,
-    completions: Arc<Completions>,
+pub struct KeyWorkHandle<J: KeyJob = PrivateKeyOp> {
+    shared: Arc<Shared<J>>,
+    completions: Arc<Completions<J>>,
 }
 
-impl KeyWorkHandle {
+impl<J: KeyJob> KeyWorkHandle<J> {
     /// Queues `op`; its result comes back tagged with `token`. Never
-    /// blocks: when the queue is full (or the pool closed) the operation
-    /// is handed back.
-    pub fn try_submit(&self, token: u64, op: PrivateKeyOp) -> Result<(), Rejected> {
+    /// blocks: when the queue is full (or the pool closed) the job is
+    /// handed back.
+    pub fn try_submit(&self, token: u64, op: J) -> Result<(), Rejected<J>> {
         {
             let mut q = lock(&self.shared.queue);
             if q.closed {
@@ -227,7 +263,7 @@ impl KeyWorkHandle {
     }
 
     /// Hands every finished result of this loop to `f`, oldest first.
-    pub fn drain(&self, mut f: impl FnMut(u64, DecryptedSecret)) {
+    pub fn drain(&self, mut f: impl FnMut(u64, J::Output)) {
         // Take the batch first so `f` runs without the lock.
         let batch = std::mem::take(&mut *lock(&self.completions.done));
         for (token, result) in batch {

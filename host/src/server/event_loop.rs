@@ -29,6 +29,7 @@ use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
 use crate::service::StatusLine;
+use hytun_core::handshake::ServerHelloJob;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -48,7 +49,7 @@ pub struct EventLoop {
     reload: Option<Reloader>,
     stop: StopHandle,
     resolver: LoopResolver<(Token, StreamId)>,
-    keys: KeyWorkHandle,
+    keys: KeyWorkHandle<ServerHelloJob>,
     clock: Clock,
     sessions: HashMap<Token, Session>,
     routes: Routes,

@@ -41,6 +41,7 @@ use crate::runtime::StopHandle;
 use admission::TrustedProxies;
 use budget::{LogLimiter, Pool, RateCap};
 pub use event_loop::EventLoop;
+use hytun_core::handshake::ServerHelloJob;
 pub use upstream::error_code;
 
 /// How long an upstream connect may take.
@@ -207,7 +208,7 @@ pub struct Common {
     /// The name-lookup pool every loop submits to.
     pub dns: ResolverPool,
     /// The private-key worker pool every loop submits to.
-    pub keywork: KeyWork,
+    pub keywork: KeyWork<ServerHelloJob>,
     /// Counters every loop adds to (see [`crate::metrics`]).
     pub metrics: Arc<ServerMetrics>,
     rate: Mutex<HandshakeRateLimiter>,

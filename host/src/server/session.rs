@@ -36,6 +36,7 @@ use crate::metrics::ServerMetrics;
 use crate::pipe::{ReadOutcome, Readiness};
 use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
+use hytun_core::handshake::{ServerHelloJob, ServerHelloReply};
 
 /// Memory charged per stream besides its receive credit (the upstream's
 /// state and pipe bookkeeping).
@@ -114,7 +115,7 @@ pub struct Ctx<'a> {
     /// The loop's read buffer for tunnel input.
     pub scratch: &'a mut Vec<u8>,
     /// The private-key worker pool.
-    pub keys: &'a KeyWorkHandle,
+    pub keys: &'a KeyWorkHandle<ServerHelloJob>,
 }
 
 /// What reading the tunnel socket produced.
@@ -316,9 +317,9 @@ impl Session {
     }
 
     /// Admits the pending session: charges its fixed memory, creates the
-    /// core and feeds it the first message (the private-key operation
-    /// happens here). False if the memory budget cannot hold another
-    /// session.
+    /// core and feeds it the first message (whose reply, with every costly
+    /// step of the server's handshake, goes to the worker pool). False if
+    /// the memory budget cannot hold another session.
     pub fn start_core(&mut self, ctx: &mut Ctx<'_>) -> bool {
         let Phase::Pending(flight) = &self.phase else {
             return true;
@@ -333,7 +334,9 @@ impl Session {
             ctx.shared.core.clone(),
             ctx.clock.now(),
         ));
-        // The private-key operation runs on the worker pool, not here.
+        // The reply to the ClientHello (X25519, RSA encryption to the
+        // client key, the private-key operation) runs on the worker pool,
+        // not on this loop.
         conn.defer_private_key_ops(true);
         self.phase = Phase::Core(conn);
         self.rebalance_memory(ctx.shared);
@@ -343,16 +346,16 @@ impl Session {
         true
     }
 
-    /// True if the worker pool refused this session's private-key
-    /// operation (the loop then answers Busy).
+    /// True if the worker pool refused this session's handshake job (the
+    /// loop then answers Busy).
     pub fn key_queue_full(&self) -> bool {
         self.key_refused
     }
 
     /// Feeds tunnel input to the core, draining events as it goes. Input
-    /// that arrives while the handshake waits for its private-key operation
-    /// is held until the result is back; the operation itself goes to the
-    /// worker pool.
+    /// that arrives while the handshake waits for its reply to the
+    /// ClientHello is held until the result is back; the job itself goes
+    /// to the worker pool.
     fn feed(&mut self, ctx: &mut Ctx<'_>, input: &[u8]) {
         if !self.held.is_empty() {
             self.hold(input);
@@ -367,8 +370,8 @@ impl Session {
             };
             let used = c.handle_input(&input[off..], now, &mut rng);
             off += used;
-            if let Some(op) = c.take_private_key_op()
-                && ctx.keys.try_submit(self.token.0 as u64, op).is_err()
+            if let Some(job) = c.take_server_hello_job()
+                && ctx.keys.try_submit(self.token.0 as u64, job).is_err()
             {
                 self.key_refused = true;
                 return;
@@ -415,16 +418,12 @@ impl Session {
         self.held.extend_from_slice(input);
     }
 
-    /// The worker pool finished this session's private-key operation.
-    pub fn on_key_result(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        result: hytun_core::crypto::DecryptedSecret,
-    ) {
+    /// The worker pool finished this session's reply to the ClientHello.
+    pub fn on_key_result(&mut self, ctx: &mut Ctx<'_>, reply: ServerHelloReply) {
         let Phase::Core(c) = &mut self.phase else {
             return;
         };
-        c.complete_private_key_op(result);
+        c.complete_server_hello_job(reply);
         self.drain_events(ctx);
         let held = std::mem::take(&mut self.held);
         if !held.is_empty() {
