@@ -2,17 +2,22 @@
 //! for the client, connections accepted there reach an origin on the
 //! client's side; refusals (not permitted, port taken, listener budget)
 //! end the client at first contact with the reason; the listener goes away
-//! with the session and comes back when the client reconnects.
+//! with the session and comes back when the client reconnects. Target
+//! names are looked up off the client's loop (a slow name stalls no other
+//! stream) and their addresses tried in order.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Read, Write};
+use std::net::{Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::thread;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use hytun_host::allow::DestHost;
 use hytun_host::client::{Client, ClientError, ClientOptions};
 use hytun_host::config::ReverseSpec;
+use hytun_host::resolver::LookupFn;
+use hytun_host::runtime::StopHandle;
 use hytun_host::server::ServerOptions;
 use hytun_host::server::listener::PermitListen;
 use hytun_host::setup::{self, ServerFlags};
@@ -324,4 +329,258 @@ fn toml_keys_configure_both_sides() {
     .expect("client options");
     assert_eq!(client.reverse.len(), 1);
     assert_eq!(client.reverse[0].bind.port(), 8080);
+}
+
+fn reverse_to_name(remote_port: u16, name: &str, port: u16) -> ReverseSpec {
+    ReverseSpec {
+        bind: SocketAddr::from(([127, 0, 0, 1], remote_port)),
+        host: DestHost::Domain(name.into()),
+        port,
+    }
+}
+
+/// A client whose `-R` target names `lookup` resolves; stopped when dropped.
+struct LookupClient {
+    stop: StopHandle,
+    thread: Option<JoinHandle<Result<(), ClientError>>>,
+}
+
+impl LookupClient {
+    fn start(opts: ClientOptions, lookup: impl LookupFn) -> LookupClient {
+        let mut client = Client::bind(opts).expect("bind client");
+        client.resolve_targets_with(lookup).expect("resolver");
+        let stop = client.stop_handle();
+        let thread = Some(thread::spawn(move || client.run(false)));
+        LookupClient { stop, thread }
+    }
+}
+
+impl Drop for LookupClient {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Writes `msg` and reads its echo back (bounded by a generous timeout).
+fn echo_round(s: &mut TcpStream, msg: &[u8]) {
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("echo within 20 s");
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn a_name_target_is_resolved_by_the_system_and_reaches_the_origin() {
+    // `localhost` through the system resolver, to an origin on 127.0.0.1
+    // only: should the system list ::1 first, that address is refused and
+    // the next one tried.
+    let origin = http_origin("found by name");
+    let server = RunningServer::start(server_permitting(&["127.0.0.1:*"]));
+    let port = free_port();
+    let _client = RunningClient::start(client_with(
+        server.addr,
+        vec![reverse_to_name(port, "localhost", origin.port())],
+    ));
+    let remote = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(up(remote));
+    for _ in 0..2 {
+        assert_eq!(curl(&format!("http://{remote}/")), "found by name");
+    }
+}
+
+#[test]
+fn the_addresses_of_a_name_are_tried_in_order_until_one_connects() {
+    // The origin listens on 127.0.0.1 only; the name lists a closed port
+    // and ::1 first, as a resolver preferring IPv6 would.
+    let origin = http_origin("third address");
+    let closed = closed_port();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&asked);
+    let lookup = move |host: &str, port: u16| -> io::Result<Vec<SocketAddr>> {
+        log.lock().expect("lock").push((host.to_string(), port));
+        Ok(vec![
+            closed,
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ])
+    };
+    let server = RunningServer::start(server_permitting(&["127.0.0.1:*"]));
+    let port = free_port();
+    let _client = LookupClient::start(
+        client_with(
+            server.addr,
+            vec![reverse_to_name(port, "target.test", origin.port())],
+        ),
+        lookup,
+    );
+    let remote = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(up(remote));
+    assert_eq!(curl(&format!("http://{remote}/")), "third address");
+    // One lookup per stream (the readiness probe made one too), each of
+    // the forward's name and port.
+    let asked = asked.lock().expect("lock").clone();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|(h, p)| h == "target.test" && *p == origin.port()),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn a_name_that_does_not_resolve_refuses_its_stream_and_nothing_else() {
+    let origin = http_origin("still here");
+    let lookup = |host: &str, _: u16| -> io::Result<Vec<SocketAddr>> {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host}: no such name"),
+        ))
+    };
+    let server = RunningServer::start(server_permitting(&["127.0.0.1:*"]));
+    let (good, bad) = (free_port(), free_port());
+    let _client = LookupClient::start(
+        client_with(
+            server.addr,
+            vec![
+                reverse(good, origin),
+                reverse_to_name(bad, "missing.test", 80),
+            ],
+        ),
+        lookup,
+    );
+    let (good, bad) = (
+        SocketAddr::from(([127, 0, 0, 1], good)),
+        SocketAddr::from(([127, 0, 0, 1], bad)),
+    );
+    assert!(up(good) && up(bad));
+    for _ in 0..2 {
+        // The server resets the connection it accepted for the refused
+        // stream: never a clean end, never data.
+        let mut s = TcpStream::connect(bad).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        let e = s.read(&mut buf).expect_err("a refused stream is reset");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    }
+    assert_eq!(curl(&format!("http://{good}/")), "still here");
+}
+
+/// A lookup that blocks names starting with `slow` until opened, and
+/// counts the lookups blocked.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn wait_blocked(&self, n: usize) {
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut st = self.state.lock().expect("lock");
+        while st.1 != n {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "never {n} lookups blocked");
+            st = self.changed.wait_timeout(st, left).expect("lock").0;
+        }
+    }
+
+    fn blocked(&self) -> usize {
+        self.state.lock().expect("lock").1
+    }
+
+    fn open(&self) {
+        self.state.lock().expect("lock").0 = true;
+        self.changed.notify_all();
+    }
+}
+
+#[test]
+fn a_slow_lookup_does_not_stall_the_other_streams() {
+    let echo = EchoServer::start().expect("echo");
+    let gate = Arc::new(Gate::default());
+    let g = Arc::clone(&gate);
+    let target = echo.addr;
+    let lookup = move |host: &str, _: u16| -> io::Result<Vec<SocketAddr>> {
+        if host.starts_with("slow") {
+            let mut st = g.state.lock().expect("lock");
+            st.1 += 1;
+            g.changed.notify_all();
+            while !st.0 {
+                st = g.changed.wait(st).expect("lock");
+            }
+            st.1 -= 1;
+        }
+        Ok(vec![target])
+    };
+    let server = RunningServer::start(server_permitting(&["127.0.0.1:*"]));
+    let (direct, named) = (free_port(), free_port());
+    let _client = LookupClient::start(
+        client_with(
+            server.addr,
+            vec![
+                reverse(direct, echo.addr),
+                reverse_to_name(named, "slow.test", echo.addr.port()),
+            ],
+        ),
+        lookup,
+    );
+    let (direct, named) = (
+        SocketAddr::from(([127, 0, 0, 1], direct)),
+        SocketAddr::from(([127, 0, 0, 1], named)),
+    );
+    assert!(up(direct));
+    let mut established = TcpStream::connect(direct).expect("connect");
+    echo_round(&mut established, b"before");
+
+    // Streams whose target name hangs in the resolver (the readiness
+    // probe's, then one that waits)...
+    assert!(up(named));
+    gate.wait_blocked(1);
+    let mut waiting = TcpStream::connect(named).expect("connect");
+    gate.wait_blocked(2);
+    // ...while the established stream keeps moving and a new one to an IP
+    // target connects: the loop is not blocked in the lookups.
+    echo_round(&mut established, b"during the lookup");
+    let mut fresh = TcpStream::connect(direct).expect("connect");
+    echo_round(&mut fresh, b"a new stream meanwhile");
+    assert_eq!(gate.blocked(), 2, "the lookups were blocked throughout");
+
+    // Once the name resolves, its streams connect too. The one that
+    // waited does unless the machine stalled past the lookup deadline
+    // (5 s) meanwhile; then it is refused, which resets it: it never
+    // hangs and never ends cleanly.
+    gate.open();
+    let mut later = TcpStream::connect(named).expect("connect");
+    echo_round(&mut later, b"a name resolved at once");
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut back = [0u8; 16];
+    match waiting
+        .write_all(b"after the lookup")
+        .and_then(|()| waiting.read_exact(&mut back))
+    {
+        Ok(()) => assert_eq!(&back, b"after the lookup"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+    }
+    echo_round(&mut established, b"after");
 }

@@ -8,21 +8,30 @@
 //! the abortive one (RST) with its log line. It holds no stream map and no
 //! tunnel: the table ([`super::locals`]) binds it to a stream, and the core
 //! connection is lent to it for the calls that move its bytes.
+//!
+//! A `-R` target starts without a socket while its name is looked up
+//! (the ticket of the lookup is kept to match and cancel it), then tries
+//! its addresses in order: an attempt that fails (refused, unreachable,
+//! or cannot even start) moves on to the next address at once; each
+//! attempt gets the connect timeout it was given, and an attempt that
+//! times out fails the target (see [`super::reverse`]).
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{HostConnection, StreamErrorCode, StreamId};
 use log::{debug, warn};
-use mio::Registry;
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 
 use super::{ListenerKind, PENDING_LOCAL_TIMEOUT};
 use crate::allow::DestHost;
 use crate::pipe::Pipe;
 use crate::proxy::http::{HttpProxyParser, ProxyRequest, ProxyStatus};
 use crate::proxy::socks5::{self, Socks5Handshake, Socks5Progress, Socks5Reply};
+use crate::resolver::Ticket;
 
 /// Where a local connection is in its life.
 enum Phase {
@@ -38,8 +47,17 @@ enum Phase {
     Opening(StreamId),
     /// Relaying.
     Streaming(StreamId),
-    /// (`-R`) The server opened the stream; connecting to the target.
-    Connecting(StreamId),
+    /// (`-R`) The server opened the stream; the target's name is being
+    /// looked up (lookup `ticket`); no socket yet.
+    Resolving { id: StreamId, ticket: Ticket },
+    /// (`-R`) The server opened the stream; connecting to the target's
+    /// address, with the addresses still to try if this attempt fails and
+    /// the time each attempt gets.
+    Connecting {
+        id: StreamId,
+        rest: VecDeque<SocketAddr>,
+        timeout: Duration,
+    },
     /// Closing after a final local reply was flushed.
     Closing,
 }
@@ -140,21 +158,103 @@ impl Local {
         }
     }
 
-    /// (`-R`) A target socket still connecting for the server-opened
-    /// stream `id`, given `timeout` to come up.
-    pub(super) fn target(
-        sock: TcpStream,
+    /// (`-R`) The target of the server-opened stream `id` whose name is
+    /// being looked up (lookup `ticket`); `peer` names it in the log until
+    /// it connects, and it gives up at `deadline`.
+    pub(super) fn resolving(
         peer: SocketAddr,
         id: StreamId,
-        timeout: Duration,
+        ticket: Ticket,
+        deadline: StdInstant,
     ) -> Local {
         Local {
             peer,
-            pipe: Pipe::new(Some(sock)),
+            pipe: Pipe::new(None),
             proto: Proto::Forward,
-            phase: Phase::Connecting(id),
-            deadline: Some(StdInstant::now() + timeout),
+            phase: Phase::Resolving { id, ticket },
+            deadline: Some(deadline),
         }
+    }
+
+    /// (`-R`) Starts connecting the target of stream `id` to the first of
+    /// `addrs` that takes a connect attempt, its socket registered under
+    /// `t`; the others are kept for [`finish_connect`](Self::finish_connect)
+    /// to fall back on. Each attempt gets `timeout`.
+    ///
+    /// # Errors
+    /// No address took an attempt: the last address's error.
+    pub(super) fn connect_target(
+        registry: &Registry,
+        t: Token,
+        id: StreamId,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> io::Result<Local> {
+        let mut l = Local {
+            peer: addrs.first().copied().unwrap_or(UNSPECIFIED),
+            pipe: Pipe::new(None),
+            proto: Proto::Forward,
+            phase: Phase::Connecting {
+                id,
+                rest: addrs.into(),
+                timeout,
+            },
+            deadline: None,
+        };
+        l.try_next(registry, t, no_address())?;
+        Ok(l)
+    }
+
+    /// (`-R`) The lookup of a resolving target found `addrs`: starts
+    /// connecting as [`connect_target`](Self::connect_target) does.
+    ///
+    /// # Errors
+    /// No address took an attempt (the last one's error), or the target
+    /// was not resolving.
+    pub(super) fn connect_resolved(
+        &mut self,
+        registry: &Registry,
+        t: Token,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let Phase::Resolving { id, .. } = self.phase else {
+            return Err(io::Error::other("the target is not being looked up"));
+        };
+        self.phase = Phase::Connecting {
+            id,
+            rest: addrs.into(),
+            timeout,
+        };
+        self.try_next(registry, t, no_address())
+    }
+
+    /// Starts a non-blocking connect to the next address left that takes
+    /// one, registered under `t`, and restarts the attempt's deadline.
+    /// `last` is the error to report if none is left.
+    fn try_next(&mut self, registry: &Registry, t: Token, mut last: io::Error) -> io::Result<()> {
+        let Phase::Connecting { id, rest, timeout } = &mut self.phase else {
+            return Err(last);
+        };
+        while let Some(addr) = rest.pop_front() {
+            let attempt = TcpStream::connect(addr).and_then(|mut sock| {
+                registry.register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
+                Ok(sock)
+            });
+            match attempt {
+                Ok(sock) => {
+                    self.pipe.sock = Some(sock);
+                    self.peer = addr;
+                    self.deadline = Some(StdInstant::now() + *timeout);
+                    return Ok(());
+                }
+                Err(e) => {
+                    debug!("reverse stream {id}: cannot connect to {addr}: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The application's (or target's) address, for the log.
@@ -170,7 +270,10 @@ impl Local {
     /// The stream this connection holds a place in the stream map for.
     pub(super) fn stream(&self) -> Option<StreamId> {
         match self.phase {
-            Phase::Streaming(id) | Phase::Opening(id) | Phase::Connecting(id) => Some(id),
+            Phase::Streaming(id)
+            | Phase::Opening(id)
+            | Phase::Resolving { id, .. }
+            | Phase::Connecting { id, .. } => Some(id),
             _ => None,
         }
     }
@@ -178,7 +281,16 @@ impl Local {
     /// (`-R`) The stream whose target is still connecting, if so.
     pub(super) fn connecting(&self) -> Option<StreamId> {
         match self.phase {
-            Phase::Connecting(id) => Some(id),
+            Phase::Connecting { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// (`-R`) The stream whose target's name is being looked up, and the
+    /// lookup's ticket, if so.
+    pub(super) fn lookup(&self) -> Option<(StreamId, Ticket)> {
+        match self.phase {
+            Phase::Resolving { id, ticket } => Some((id, ticket)),
             _ => None,
         }
     }
@@ -462,26 +574,43 @@ impl Local {
         }
     }
 
-    /// (`-R`) Readiness on a target socket that is still connecting: once
-    /// connected it relays (the stream is to be accepted).
-    pub(super) fn finish_connect(&mut self) -> TargetConnect {
-        let Phase::Connecting(id) = self.phase else {
+    /// (`-R`) Readiness on a target socket (registered under `t`) that is
+    /// still connecting: once connected it relays (the stream is to be
+    /// accepted); if this address failed, the next one is tried under the
+    /// same token, and only when none is left does the connect fail.
+    pub(super) fn finish_connect(&mut self, registry: &Registry, t: Token) -> TargetConnect {
+        let Phase::Connecting { id, .. } = self.phase else {
             return TargetConnect::Pending;
         };
         let Some(sock) = self.pipe.sock.as_ref() else {
             return TargetConnect::Pending;
         };
-        match sock.take_error() {
-            Ok(Some(e)) | Err(e) => return TargetConnect::Failed(id, e),
+        let failure = match sock.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
             Ok(None) => match sock.peer_addr() {
-                Ok(addr) => self.peer = addr,
+                Ok(addr) => {
+                    self.peer = addr;
+                    None
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                     return TargetConnect::Pending;
                 }
-                Err(e) => return TargetConnect::Failed(id, e),
+                Err(e) => Some(e),
             },
+        };
+        if let Some(e) = failure {
+            debug!("{}: reverse stream {id}: connect failed: {e}", self.peer);
+            if let Some(mut sock) = self.pipe.sock.take() {
+                let _ = registry.deregister(&mut sock);
+            }
+            return match self.try_next(registry, t, e) {
+                Ok(()) => TargetConnect::Pending,
+                Err(e) => TargetConnect::Failed(id, e),
+            };
         }
-        let _ = sock.set_nodelay(true);
+        if let Some(sock) = self.pipe.sock.as_ref() {
+            let _ = sock.set_nodelay(true);
+        }
         self.phase = Phase::Streaming(id);
         self.deadline = None;
         debug!("{}: reverse stream {id} connected", self.peer);
@@ -492,7 +621,10 @@ impl Local {
     /// on `conn`), and reads the socket into the stream. The end it comes
     /// to, if any, is returned for the table to carry out.
     pub(super) fn service(&mut self, mut conn: Option<&mut HostConnection>) -> Option<End> {
-        if matches!(self.phase, Phase::Connecting(_)) {
+        if matches!(
+            self.phase,
+            Phase::Resolving { .. } | Phase::Connecting { .. }
+        ) {
             // Nothing is written to (or shut down on) a socket that is
             // still connecting; the stream is not accepted yet.
             return None;
@@ -573,6 +705,15 @@ impl Local {
     }
 }
 
+/// The peer a target has before any address is known (never connected to).
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// The error of a target with no address to try.
+fn no_address() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
+}
+
 /// A local socket error as an abort reason.
 fn local_failure(what: &str, e: &io::Error) -> String {
     match e.kind() {
@@ -609,7 +750,7 @@ fn http_status(code: StreamErrorCode) -> ProxyStatus {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use std::thread::sleep;
 
     use super::*;
@@ -789,6 +930,131 @@ mod tests {
         let (sock, _app, peer) = pair();
         let l = Local::accepted(sock, peer, ListenerKind::Socks);
         assert!(matches!(l.end_on_stop(), End::Clean));
+    }
+
+    /// Drives a connecting target until it connects or fails (bounded:
+    /// loopback answers at once).
+    fn drive_connect(l: &mut Local, poll: &mut mio::Poll, t: Token) -> TargetConnect {
+        let mut events = mio::Events::with_capacity(8);
+        let until = StdInstant::now() + Duration::from_secs(30);
+        loop {
+            assert!(StdInstant::now() < until, "the connect never finished");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            if events.iter().any(|e| e.token() == t) {
+                match l.finish_connect(poll.registry(), t) {
+                    TargetConnect::Pending => {}
+                    done => return done,
+                }
+            }
+        }
+    }
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[test]
+    fn a_target_tries_its_addresses_in_order_until_one_connects() {
+        let mut poll = mio::Poll::new().unwrap();
+        let t = Token(7);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        // Refused asynchronously (a closed port), then at once or
+        // asynchronously (IPv6 loopback without a listener on that port,
+        // or no IPv6 at all), then the address that listens.
+        let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), open.port());
+        let addrs = vec![closed_port(), v6, open];
+        let id = StreamId(3);
+        let mut l =
+            Local::connect_target(poll.registry(), t, id, addrs, Duration::from_secs(10)).unwrap();
+        assert_eq!(l.connecting(), Some(id));
+        assert!(l.deadline().is_some());
+        assert!(matches!(
+            drive_connect(&mut l, &mut poll, t),
+            TargetConnect::Connected(got) if got == id
+        ));
+        assert_eq!(l.peer(), open, "connected to the address that listens");
+        assert_eq!(l.stream(), Some(id));
+        assert!(l.deadline().is_none(), "a connected target has no deadline");
+        let (_conn, from) = listener.accept().unwrap();
+        assert_eq!(
+            Some(from),
+            l.pipe.sock.as_ref().and_then(|s| s.local_addr().ok())
+        );
+    }
+
+    #[test]
+    fn a_target_whose_every_address_refuses_fails_with_the_last_error() {
+        let mut poll = mio::Poll::new().unwrap();
+        let t = Token(8);
+        let addrs = vec![closed_port(), closed_port()];
+        let mut l = Local::connect_target(
+            poll.registry(),
+            t,
+            StreamId(5),
+            addrs,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let TargetConnect::Failed(id, e) = drive_connect(&mut l, &mut poll, t) else {
+            panic!("no address listens");
+        };
+        assert_eq!(id, StreamId(5));
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        // Nothing to try at all is an error at once, not a hang.
+        let e = Local::connect_target(poll.registry(), t, id, Vec::new(), Duration::from_secs(1))
+            .err()
+            .expect("no address");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_resolving_target_has_its_stream_and_lookup_but_no_socket_yet() {
+        let mut poll = mio::Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let (pool, ticket) = {
+            // A real ticket, from a pool whose lookup answers at once.
+            let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), Token(0)).unwrap());
+            let pool = crate::resolver::ResolverPool::with_lookup(
+                crate::resolver::ResolverConfig::default(),
+                |_: &str, _: u16| Ok(Vec::new()),
+            )
+            .unwrap();
+            let lookups = pool.attach::<()>(waker);
+            let ticket = lookups.submit(1, (), "target.test", 80).unwrap();
+            (pool, ticket)
+        };
+        let id = StreamId(9);
+        let deadline = StdInstant::now() + Duration::from_secs(10);
+        let mut l = Local::resolving(open, id, ticket, deadline);
+        assert_eq!(l.lookup(), Some((id, ticket)));
+        assert_eq!(l.stream(), Some(id));
+        assert_eq!(l.connecting(), None);
+        assert_eq!(l.deadline(), Some(deadline));
+        assert!(
+            l.service(None).is_none(),
+            "nothing to move before it connects"
+        );
+        assert!(matches!(l.end_on_stop(), End::Abort(_)));
+        let t = Token(9);
+        l.connect_resolved(poll.registry(), t, vec![open], Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(l.lookup(), None, "the lookup is done");
+        assert_eq!(l.connecting(), Some(id));
+        assert!(matches!(
+            drive_connect(&mut l, &mut poll, t),
+            TargetConnect::Connected(_)
+        ));
+        // Only a resolving target takes addresses.
+        assert!(
+            l.connect_resolved(poll.registry(), t, vec![open], Duration::from_secs(1))
+                .is_err()
+        );
+        drop(pool);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! (unmapping and resetting its stream), answering a failed stream — with
 //! the session lent to each call, and it is the [`StreamRouter`] the
 //! session hands its stream events to. The table owns no socket of the
-//! tunnel; each [`Local`] owns its own.
+//! tunnel; each [`Local`] owns its own. It also holds the resolver of `-R`
+//! target names, if the client has one, so that a connection that ends
+//! while its target's name is looked up cancels the lookup.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant as StdInstant};
@@ -15,6 +17,7 @@ use hytun_core::{StreamErrorCode, StreamId};
 use mio::{Registry, Token};
 
 use super::local::{End, Local, Negotiation, Outcome};
+use super::reverse::TargetResolver;
 use super::tunnel::{OpenError, StreamRouter, TunnelSession};
 use crate::config::ReverseSpec;
 use crate::pipe::Readiness;
@@ -25,6 +28,8 @@ pub(super) struct Locals {
     next_token: usize,
     /// Connections to service in the next pass.
     touched: HashSet<Token>,
+    /// Looks up `-R` target names (only when some target is a name).
+    pub(super) targets: Option<TargetResolver>,
 }
 
 impl Locals {
@@ -34,6 +39,7 @@ impl Locals {
             table: HashMap::new(),
             next_token: last_used,
             touched: HashSet::new(),
+            targets: None,
         }
     }
 
@@ -200,6 +206,7 @@ impl Locals {
         let Some(l) = self.table.remove(&t) else {
             return;
         };
+        self.cancel_lookup(&l);
         if let Some(id) = l.stream() {
             tunnel.forget_stream(id);
         }
@@ -284,6 +291,18 @@ impl Locals {
                     id,
                     StreamErrorCode::TimedOut,
                     "target connect timed out",
+                );
+                continue;
+            }
+            if let Some((id, _)) = l.lookup() {
+                // Only if the resolver pool missed its own deadline.
+                self.fail_target(
+                    registry,
+                    tunnel,
+                    t,
+                    id,
+                    StreamErrorCode::TimedOut,
+                    "target name lookup timed out",
                 );
                 continue;
             }

@@ -27,8 +27,11 @@
 //! connection (its pipe, proxy negotiation, phase, deadline and how it
 //! ends); `locals.rs` is the table of them, which carries out what needs a
 //! connection and the session together and receives the session's stream
-//! events; `reverse.rs` is `-R` (the session's listeners, and the target
-//! connections). Each call gets the pieces it needs, lent explicitly.
+//! events; `reverse.rs` is `-R` (the session's listeners, the target
+//! connections, and the lookups of target names, which run on a small
+//! resolver pool of the client's own, off the loop, and come back through
+//! the loop's waker like the private-key results). Each call gets the
+//! pieces it needs, lent explicitly.
 
 mod local;
 mod locals;
@@ -49,12 +52,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use self::local::Local;
 use self::locals::Locals;
+use self::reverse::TargetResolver;
 use self::tunnel::{TUNNEL, TunnelOptions, TunnelSession};
 use crate::allow::DestHost;
 use crate::config::Endpoint;
 use crate::keywork::KeyWork;
 use crate::metrics::{ClientMetrics, Exporter, ExporterError};
 use crate::pipe::Readiness;
+use crate::resolver::{LookupFn, SystemLookup};
 use crate::runtime::StopHandle;
 
 const WAKER: Token = Token(0);
@@ -151,6 +156,8 @@ pub struct Client {
     stop: StopHandle,
     metrics: Arc<ClientMetrics>,
     exporter: Option<Exporter>,
+    /// Wakes the loop: key-work and name-lookup results, stop requests.
+    waker: Arc<Waker>,
 }
 
 impl Client {
@@ -169,8 +176,15 @@ impl Client {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
         let stop = StopHandle::new(Arc::new(AtomicBool::new(false)), waker.clone());
         let key_pool = KeyWork::new(1, 2).map_err(ClientError::Io)?;
-        let key_jobs = key_pool.handle(waker);
+        let key_jobs = key_pool.handle(waker.clone());
         let mut locals = Locals::new(FIRST_DYNAMIC);
+        if reverse
+            .iter()
+            .any(|spec| matches!(spec.host, DestHost::Domain(_)))
+        {
+            locals.targets =
+                Some(TargetResolver::new(waker.clone(), SystemLookup).map_err(ClientError::Io)?);
+        }
         let mut listeners = HashMap::new();
         let mut bound = Vec::new();
         let mut kinds = Vec::new();
@@ -217,7 +231,21 @@ impl Client {
             stop,
             metrics,
             exporter,
+            waker,
         })
+    }
+
+    /// Looks up `-R` target names with `lookup` instead of the system
+    /// resolver (tests inject slow or fixed answers this way); replaces the
+    /// resolver pool, or starts one if no target is a name. Call it before
+    /// [`run`](Self::run).
+    ///
+    /// # Errors
+    /// The pool's worker threads could not be started.
+    pub fn resolve_targets_with(&mut self, lookup: impl LookupFn) -> Result<(), ClientError> {
+        self.locals.targets =
+            Some(TargetResolver::new(self.waker.clone(), lookup).map_err(ClientError::Io)?);
+        Ok(())
     }
 
     /// Where the metrics endpoint listens, if it runs.
@@ -284,7 +312,10 @@ impl Client {
                 let registry = self.poll.registry();
                 let token = event.token();
                 match token {
-                    WAKER => self.tunnel.take_key_results(registry, &mut self.locals),
+                    WAKER => {
+                        self.tunnel.take_key_results(registry, &mut self.locals);
+                        self.locals.take_resolved(registry, &mut self.tunnel);
+                    }
                     SIGNALS => {
                         if let Some(s) = signals.as_mut() {
                             for sig in s.pending() {

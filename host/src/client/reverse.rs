@@ -9,32 +9,72 @@
 //! (retrying cannot fix a port that is taken or not permitted); on a later
 //! session it closes that session so the next one asks again.
 //!
-//! Two halves: [`ReverseListeners`], the listener bookkeeping the tunnel
-//! session owns (it is per session), and the target connections, which are
-//! local connections and so are carried out on the table of
+//! Three parts: [`ReverseListeners`], the listener bookkeeping the tunnel
+//! session owns (it is per session); [`TargetResolver`], the lookups of
+//! target *names*; and the target connections, which are local
+//! connections and so are carried out on the table of
 //! [`Locals`](super::locals::Locals).
+//!
+//! Target names are never resolved on the event loop: the client starts a
+//! small [`ResolverPool`] (2 workers, at most 64 lookups in flight, 5 s
+//! deadline) only when some `-R` target is a name, and its results wake
+//! the loop through its waker. An IP target is connected at once. Each
+//! lookup is tagged with the tunnel session and the stream it is for, and
+//! the stream's local connection keeps the lookup's ticket while it waits:
+//! a result is used only if all three still match, so a result for a
+//! session that ended (a new session reuses stream ids) or for a stream the
+//! server reset meanwhile (which ended its local connection and cancelled
+//! the lookup) is dropped. A lookup that fails, finds no address, passes
+//! its deadline, or cannot be queued refuses the stream (HostUnreachable,
+//! TimedOut, ResourceExhausted) with one log line naming the target.
+//!
+//! The addresses are tried in the resolver's order: an attempt refused or
+//! failing at once moves on to the next address; the stream is refused
+//! with the last error when none is left. The connect timeout (10 s) is per
+//! attempt, restarted for each address, as on the server; an attempt that
+//! times out refuses the stream (TimedOut) rather than moving on, so a
+//! blackholed address costs one timeout, not one per address.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{
     Destination, Host, HostConnection, ListenErrorCode, ListenId, StreamErrorCode, StreamId,
 };
 use log::{debug, error, info, warn};
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token, Waker};
 
 use super::local::{End, Local, TargetConnect};
 use super::locals::Locals;
 use super::tunnel::TunnelSession;
 use crate::allow::DestHost;
 use crate::config::ReverseSpec;
+use crate::resolver::{
+    LookupError, LookupFn, LoopResolver, Resolved, ResolverConfig, ResolverPool, SubmitError,
+    Ticket,
+};
 use crate::server::error_code;
 
-/// How long connecting to a reverse forward's target may take.
+/// How long one attempt to connect to a reverse forward's target may take.
 const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The target-name resolver's pool: two workers are plenty for one
+/// client's forwards; the deadline bounds how long a stream waits for a
+/// name.
+const LOOKUPS: ResolverConfig = ResolverConfig {
+    workers: 2,
+    max_stuck: 4,
+    max_jobs: 64,
+    per_session: 64,
+    timeout: Duration::from_secs(5),
+};
+
+/// A resolving target gives up on its own this long after the pool's
+/// deadline, should the pool ever fail to answer.
+const LOOKUP_GRACE: Duration = Duration::from_secs(5);
 
 /// The reverse forwards and the listeners the current session asked for.
 #[derive(Debug, Default)]
@@ -71,14 +111,92 @@ fn describe(spec: &ReverseSpec) -> String {
     format!("{} -> {}", spec.bind, spec.host.with_port(spec.port))
 }
 
-/// The target's first address (names resolved by the system resolver).
-fn resolve(host: &DestHost, port: u16) -> io::Result<SocketAddr> {
-    match host {
-        DestHost::Ip(ip) => Ok(SocketAddr::new(*ip, port)),
-        DestHost::Domain(name) => (name.as_str(), port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name has no address")),
+/// A server-opened stream whose target is being set up: what the log and
+/// the refusal need.
+#[derive(Debug, Clone)]
+pub(super) struct Incoming {
+    id: StreamId,
+    spec: ReverseSpec,
+    origin: String,
+}
+
+impl Incoming {
+    /// `HOST:PORT` of the target, for the log.
+    fn target(&self) -> String {
+        self.spec.host.with_port(self.spec.port)
+    }
+}
+
+/// What a lookup of a target name is for: the tunnel session and stream it
+/// was asked for, and the local connection waiting for it.
+#[derive(Debug)]
+pub(super) struct TargetLookup {
+    session: u64,
+    local: Token,
+    stream: Incoming,
+}
+
+/// The lookups of `-R` target names: a small pool of its own, whose
+/// results wake the client's loop.
+pub(super) struct TargetResolver {
+    /// Declared before the pool: dropping it cancels its lookups first.
+    lookups: LoopResolver<TargetLookup>,
+    _pool: ResolverPool,
+    /// Every lookup is its own unit of the pool's per-session limits: the
+    /// client is one tenant, and the pool's fair share of workers per
+    /// session would otherwise run its lookups one at a time and let one
+    /// stuck lookup hold up the others.
+    next_key: u64,
+}
+
+impl TargetResolver {
+    /// A pool resolving with `lookup` (the system resolver in the client),
+    /// waking the loop with `waker`.
+    ///
+    /// # Errors
+    /// A worker thread could not be started.
+    pub(super) fn new(waker: Arc<Waker>, lookup: impl LookupFn) -> io::Result<TargetResolver> {
+        let pool = ResolverPool::with_lookup(LOOKUPS, lookup)?;
+        Ok(TargetResolver {
+            lookups: pool.attach(waker),
+            _pool: pool,
+            next_key: 0,
+        })
+    }
+
+    fn submit(&mut self, tag: TargetLookup, name: &str) -> Result<Ticket, SubmitError> {
+        self.next_key += 1;
+        let port = tag.stream.spec.port;
+        self.lookups.submit(self.next_key, tag, name, port)
+    }
+
+    /// Cancels a lookup whose stream no longer waits for it.
+    pub(super) fn cancel(&self, ticket: Ticket) {
+        self.lookups.cancel(ticket);
+    }
+}
+
+/// The refusal for a lookup that produced no address.
+fn lookup_refusal(e: &LookupError) -> StreamErrorCode {
+    match e {
+        LookupError::TimedOut => StreamErrorCode::TimedOut,
+        LookupError::NoAddresses | LookupError::Failed(_) | LookupError::NotAllowed => {
+            StreamErrorCode::HostUnreachable
+        }
+    }
+}
+
+/// The refusal, and the reason for the log, for a lookup that could not
+/// be queued.
+fn submit_refusal(e: SubmitError) -> (StreamErrorCode, &'static str) {
+    match e {
+        SubmitError::Full | SubmitError::QuotaExceeded => (
+            StreamErrorCode::ResourceExhausted,
+            "too many name lookups in progress",
+        ),
+        SubmitError::Closed | SubmitError::NotAllowed => {
+            (StreamErrorCode::Other, "the name resolver is not running")
+        }
     }
 }
 
@@ -159,8 +277,9 @@ impl ReverseListeners {
 }
 
 impl Locals {
-    /// The server opened stream `id` for a connection accepted on the
-    /// listener of `spec`: connect it to that forward's target.
+    /// The server opened stream `id` for a connection `origin` made to the
+    /// listener of `spec`: connect it to that forward's target, an IP
+    /// address at once, a name once the resolver pool has looked it up.
     pub(super) fn connect_target(
         &mut self,
         registry: &Registry,
@@ -169,33 +288,160 @@ impl Locals {
         spec: &ReverseSpec,
         origin: &str,
     ) {
-        let target = spec.host.with_port(spec.port);
-        let sock = resolve(&spec.host, spec.port).and_then(TcpStream::connect);
-        let mut sock = match sock {
-            Ok(s) => s,
-            Err(e) => {
-                info!("{origin}: reverse stream {id} to {target} failed: {e}");
-                tunnel.refuse_incoming(id, error_code(&e));
-                return;
-            }
+        let stream = Incoming {
+            id,
+            spec: spec.clone(),
+            origin: origin.to_owned(),
         };
         let t = self.next_token();
-        if let Err(e) = registry.register(&mut sock, t, Interest::READABLE | Interest::WRITABLE) {
-            warn!("{origin}: cannot register the target socket: {e}");
-            tunnel.refuse_incoming(id, StreamErrorCode::Other);
+        match &spec.host {
+            DestHost::Ip(ip) => {
+                let addr = SocketAddr::new(*ip, spec.port);
+                self.connect_addrs(registry, tunnel, t, &stream, vec![addr]);
+            }
+            DestHost::Domain(name) => self.look_up_target(tunnel, t, stream, name),
+        }
+    }
+
+    /// Queues the lookup of target `name` for `stream`, whose local
+    /// connection (token `t`) waits for it without a socket.
+    fn look_up_target(
+        &mut self,
+        tunnel: &mut TunnelSession,
+        t: Token,
+        stream: Incoming,
+        name: &str,
+    ) {
+        let (id, bind) = (stream.id, stream.spec.bind);
+        let target = stream.target();
+        let origin = stream.origin.clone();
+        let tag = TargetLookup {
+            session: tunnel.session_serial(),
+            local: t,
+            stream,
+        };
+        let submitted = match self.targets.as_mut() {
+            Some(r) => r.submit(tag, name),
+            None => Err(SubmitError::Closed),
+        };
+        match submitted {
+            Ok(ticket) => {
+                debug!("{origin}: reverse stream {id}: looking up {name}");
+                let deadline = StdInstant::now() + LOOKUPS.timeout + LOOKUP_GRACE;
+                self.insert(t, Local::resolving(bind, id, ticket, deadline));
+                tunnel.bind_stream(id, t);
+            }
+            Err(e) => {
+                let (code, why) = submit_refusal(e);
+                info!("{origin}: reverse stream {id} to {target} failed: {why}");
+                tunnel.refuse_incoming(id, code);
+            }
+        }
+    }
+
+    /// Lookups of target names finished (the loop's waker fired): each
+    /// result still wanted starts its target's connect or refuses its
+    /// stream.
+    pub(super) fn take_resolved(&mut self, registry: &Registry, tunnel: &mut TunnelSession) {
+        let Some(r) = self.targets.as_ref() else {
+            return;
+        };
+        let mut done = Vec::new();
+        while let Some(res) = r.lookups.try_result() {
+            done.push(res);
+        }
+        for res in done {
+            self.on_resolved(registry, tunnel, res);
+        }
+    }
+
+    fn on_resolved(
+        &mut self,
+        registry: &Registry,
+        tunnel: &mut TunnelSession,
+        res: Resolved<TargetLookup>,
+    ) {
+        let Resolved {
+            ticket,
+            tag,
+            result,
+        } = res;
+        let TargetLookup {
+            session,
+            local: t,
+            stream,
+        } = tag;
+        // Only for the session and stream it was asked for, whose local
+        // connection still waits for this very lookup.
+        let waiting = self.get_mut(t).and_then(|l| l.lookup());
+        if session != tunnel.session_serial() || waiting != Some((stream.id, ticket)) {
+            debug!(
+                "{}: dropping the lookup of {} for reverse stream {}: no longer wanted",
+                stream.origin,
+                stream.target(),
+                stream.id
+            );
             return;
         }
-        info!(
-            "{origin}: reverse stream {id} via {} to {target}",
-            spec.bind
-        );
-        let peer = sock.peer_addr().unwrap_or(spec.bind);
-        self.insert(t, Local::target(sock, peer, id, TARGET_CONNECT_TIMEOUT));
-        tunnel.bind_stream(id, t);
+        match result {
+            Ok(addrs) => self.connect_addrs(registry, tunnel, t, &stream, addrs),
+            Err(e) => {
+                info!(
+                    "{}: reverse stream {} to {} failed: {e}",
+                    stream.origin,
+                    stream.id,
+                    stream.target()
+                );
+                self.drop_target(registry, tunnel, t, stream.id, lookup_refusal(&e));
+            }
+        }
+    }
+
+    /// Starts connecting `stream`'s target to `addrs` (in order) under
+    /// token `t`: the local connection waiting there for a lookup, or a new
+    /// one.
+    fn connect_addrs(
+        &mut self,
+        registry: &Registry,
+        tunnel: &mut TunnelSession,
+        t: Token,
+        stream: &Incoming,
+        addrs: Vec<SocketAddr>,
+    ) {
+        let id = stream.id;
+        let started = match self.get_mut(t) {
+            Some(l) => l
+                .connect_resolved(registry, t, addrs, TARGET_CONNECT_TIMEOUT)
+                .map(|()| None),
+            None => Local::connect_target(registry, t, id, addrs, TARGET_CONNECT_TIMEOUT).map(Some),
+        };
+        match started {
+            Ok(new) => {
+                if let Some(l) = new {
+                    self.insert(t, l);
+                    tunnel.bind_stream(id, t);
+                }
+                info!(
+                    "{}: reverse stream {id} via {} to {}",
+                    stream.origin,
+                    stream.spec.bind,
+                    stream.target()
+                );
+            }
+            Err(e) => {
+                info!(
+                    "{}: reverse stream {id} to {} failed: {e}",
+                    stream.origin,
+                    stream.target()
+                );
+                self.drop_target(registry, tunnel, t, id, error_code(&e));
+            }
+        }
     }
 
     /// Readiness on a target socket that is still connecting: accept the
-    /// stream once connected, refuse it with the connect error otherwise.
+    /// stream once connected, try the next address if this one failed,
+    /// refuse the stream with the connect error when none is left.
     pub(super) fn finish_target_connect(
         &mut self,
         registry: &Registry,
@@ -205,7 +451,7 @@ impl Locals {
         let Some(l) = self.get_mut(t) else {
             return;
         };
-        match l.finish_connect() {
+        match l.finish_connect(registry, t) {
             TargetConnect::Pending => {}
             TargetConnect::Failed(id, e) => self.fail_target(
                 registry,
@@ -233,6 +479,14 @@ impl Locals {
         }
     }
 
+    /// Cancels the lookup `l` waits for, if any: its stream no longer
+    /// needs it.
+    pub(super) fn cancel_lookup(&self, l: &Local) {
+        if let (Some((_, ticket)), Some(r)) = (l.lookup(), self.targets.as_ref()) {
+            r.cancel(ticket);
+        }
+    }
+
     /// A target connection that never came up: the stream is refused (the
     /// server resets the accepted connection) and the socket dropped.
     pub(super) fn fail_target(
@@ -244,8 +498,24 @@ impl Locals {
         code: StreamErrorCode,
         why: &str,
     ) {
-        if let Some(l) = self.remove(t) {
+        if let Some(l) = self.get_mut(t) {
             info!("{}: reverse stream {id} refused: {why}", l.peer());
+        }
+        self.drop_target(registry, tunnel, t, id, code);
+    }
+
+    /// Refuses stream `id` and drops its target connection (token `t`),
+    /// if it has one yet, without a log line of its own.
+    fn drop_target(
+        &mut self,
+        registry: &Registry,
+        tunnel: &mut TunnelSession,
+        t: Token,
+        id: StreamId,
+        code: StreamErrorCode,
+    ) {
+        if let Some(l) = self.remove(t) {
+            self.cancel_lookup(&l);
             l.discard(registry);
         }
         tunnel.forget_stream(id);
@@ -301,6 +571,31 @@ mod tests {
         let mut l = ReverseListeners::new(Vec::new());
         assert!(!l.new_session());
         assert_eq!(l.sessions, 0);
+    }
+
+    #[test]
+    fn lookup_failures_refuse_with_the_matching_code() {
+        use StreamErrorCode as C;
+        for (e, code) in [
+            (LookupError::TimedOut, C::TimedOut),
+            (LookupError::NoAddresses, C::HostUnreachable),
+            (
+                LookupError::Failed("no such name".into()),
+                C::HostUnreachable,
+            ),
+            (LookupError::NotAllowed, C::HostUnreachable),
+        ] {
+            assert_eq!(lookup_refusal(&e), code, "{e}");
+        }
+        assert_eq!(
+            submit_refusal(SubmitError::Full),
+            (C::ResourceExhausted, "too many name lookups in progress")
+        );
+        assert_eq!(
+            submit_refusal(SubmitError::QuotaExceeded).0,
+            C::ResourceExhausted
+        );
+        assert_eq!(submit_refusal(SubmitError::Closed).0, C::Other);
     }
 
     #[test]

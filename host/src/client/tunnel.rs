@@ -163,6 +163,9 @@ pub(super) struct TunnelSession {
     held: Vec<u8>,
     metrics: Arc<ClientMetrics>,
     reverse: ReverseListeners,
+    /// Counts the sessions that came up (their core connection started):
+    /// names the current one, since a new session reuses stream ids.
+    serial: u64,
 }
 
 /// The core's form of a destination.
@@ -204,12 +207,18 @@ impl TunnelSession {
             held: Vec::new(),
             metrics,
             reverse: ReverseListeners::new(opts.reverse),
+            serial: 0,
         }
     }
 
     /// Why the client must stop, if it must (taken once).
     pub(super) fn take_fatal(&mut self) -> Option<ClientError> {
         self.fatal.take()
+    }
+
+    /// Names the current (or last) session: different for every session.
+    pub(super) fn session_serial(&self) -> u64 {
+        self.serial
     }
 
     /// Streams the session carries.
@@ -456,6 +465,7 @@ impl TunnelSession {
             ));
             conn.defer_private_key_ops(true);
             self.held.clear();
+            self.serial += 1;
             if let Link::Connecting { sock, .. } = std::mem::replace(
                 &mut self.link,
                 Link::Down {
