@@ -526,8 +526,17 @@ impl Locals {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+    use std::sync::OnceLock;
 
+    use hytun_core::{ClientConfig, PrivateIdentity, SessionConfig};
+    use mio::{Events, Poll};
+
+    use super::super::tunnel::{StreamRouter, TunnelOptions};
     use super::*;
+    use crate::config::Endpoint;
+    use crate::keywork::KeyWork;
+    use crate::metrics::ClientMetrics;
+    use crate::runtime::os_rng;
 
     fn forwards() -> ReverseListeners {
         ReverseListeners::new(vec![ReverseSpec {
@@ -610,5 +619,148 @@ mod tests {
         // Granted listeners do not outlive their session.
         asked(&mut l, ListenId(1));
         assert!(l.target(ListenId(1)).is_none());
+    }
+
+    /// A client's loop pieces without a server: the poll and its waker,
+    /// the table of local connections with a target resolver that answers
+    /// every name with `target` at once, and a tunnel session that is down.
+    struct Pieces {
+        poll: Poll,
+        locals: Locals,
+        tunnel: TunnelSession,
+    }
+
+    const WAKER: Token = Token(0);
+
+    fn client_config() -> Arc<ClientConfig> {
+        static CFG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+        CFG.get_or_init(|| {
+            let key = hytun_keys::generate(2048).expect("keygen");
+            let identity = PrivateIdentity::new(key, &mut os_rng()).expect("identity");
+            let pinned = identity.public().clone();
+            Arc::new(ClientConfig::new(identity, pinned, SessionConfig::HOST))
+        })
+        .clone()
+    }
+
+    impl Pieces {
+        fn new(target: SocketAddr) -> Pieces {
+            let poll = Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+            let mut locals = Locals::new(16);
+            locals.targets = Some(
+                TargetResolver::new(waker.clone(), move |_: &str, _: u16| Ok(vec![target]))
+                    .unwrap(),
+            );
+            let key_pool = KeyWork::new(1, 2).unwrap();
+            let key_jobs = key_pool.handle(waker);
+            let tunnel = TunnelSession::new(
+                TunnelOptions {
+                    server: Endpoint {
+                        host: DestHost::Ip(Ipv4Addr::LOCALHOST.into()),
+                        port: 9,
+                    },
+                    core: client_config(),
+                    reverse: Vec::new(),
+                    fail_fast_on_auth: false,
+                    fail_fast_on_first_attempt: false,
+                },
+                key_pool,
+                key_jobs,
+                Arc::new(ClientMetrics::new()),
+            );
+            Pieces {
+                poll,
+                locals,
+                tunnel,
+            }
+        }
+
+        /// The server opens stream `id` for the name forward; returns the
+        /// token of the local connection that waits for the lookup.
+        fn incoming(&mut self, id: StreamId) -> Token {
+            let spec = ReverseSpec {
+                bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+                host: DestHost::Domain("target.test".into()),
+                port: 80,
+            };
+            let t = Token(self.locals.next_token().0 + 1);
+            self.locals.connect_target(
+                self.poll.registry(),
+                &mut self.tunnel,
+                id,
+                &spec,
+                "127.0.0.1:5555",
+            );
+            let l = self.locals.get_mut(t).expect("a local connection waits");
+            assert_eq!(l.lookup().map(|(s, _)| s), Some(id));
+            t
+        }
+
+        /// Waits for the loop's waker: a lookup result was delivered
+        /// (bounded by a generous 30 s so a bug fails instead of hanging).
+        fn wait_for_result(&mut self) {
+            let mut events = Events::with_capacity(4);
+            let until = StdInstant::now() + Duration::from_secs(30);
+            loop {
+                assert!(StdInstant::now() < until, "no lookup result");
+                self.poll
+                    .poll(&mut events, Some(Duration::from_millis(100)))
+                    .unwrap();
+                if events.iter().any(|e| e.token() == WAKER) {
+                    return;
+                }
+            }
+        }
+
+        fn take_resolved(&mut self) {
+            self.locals
+                .take_resolved(self.poll.registry(), &mut self.tunnel);
+        }
+    }
+
+    // Two guards keep a stale result away from a stream, and each alone
+    // passes these tests: ending a connection cancels its lookup (which
+    // also withdraws a result already delivered), and a result is used
+    // only if its session, stream and ticket still match.
+
+    #[test]
+    fn a_result_for_a_stream_the_server_reset_is_dropped() {
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = Pieces::new(target.local_addr().unwrap());
+        let t = p.incoming(StreamId(2));
+        assert_eq!(p.tunnel.stream_count(), 1);
+        p.wait_for_result();
+        // The server resets the stream before the loop takes the result.
+        p.locals.reset(
+            p.poll.registry(),
+            &mut p.tunnel,
+            t,
+            StreamErrorCode::Cancelled,
+        );
+        assert!(p.locals.get_mut(t).is_none());
+        p.take_resolved();
+        assert!(p.locals.get_mut(t).is_none(), "the result was used");
+        assert_eq!(p.tunnel.stream_count(), 0);
+    }
+
+    #[test]
+    fn a_result_for_a_session_that_ended_never_reaches_the_new_session() {
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = Pieces::new(target.local_addr().unwrap());
+        let old = p.incoming(StreamId(2));
+        p.wait_for_result();
+        // The session dies before the loop takes the result; the next one
+        // reuses stream id 2 for another connection.
+        p.locals
+            .session_lost(p.poll.registry(), &mut p.tunnel, vec![old], "tunnel lost");
+        p.tunnel.pretend_new_session();
+        let new = p.incoming(StreamId(2));
+        p.wait_for_result();
+        p.take_resolved();
+        assert!(p.locals.get_mut(old).is_none(), "the old result was used");
+        let l = p.locals.get_mut(new).expect("the new stream's target");
+        assert_eq!(l.connecting(), Some(StreamId(2)), "the new result was not");
+        assert_eq!(p.tunnel.stream_count(), 1);
     }
 }
