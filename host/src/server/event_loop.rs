@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant as StdInstant};
 
+use hytun_core::handshake::ServerHelloJob;
 use hytun_core::{CloseCode, StreamId};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -29,7 +30,6 @@ use crate::pipe::Readiness;
 use crate::resolver::LoopResolver;
 use crate::runtime::{Clock, StopHandle};
 use crate::service::StatusLine;
-use hytun_core::handshake::ServerHelloJob;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hytun_core::ServerConfig;
+use hytun_core::handshake::ServerHelloJob;
 use log::{info, warn};
 
 use crate::allow::AllowList;
@@ -41,7 +42,6 @@ use crate::runtime::StopHandle;
 use admission::TrustedProxies;
 use budget::{LogLimiter, Pool, RateCap};
 pub use event_loop::EventLoop;
-use hytun_core::handshake::ServerHelloJob;
 pub use upstream::error_code;
 
 /// How long an upstream connect may take.

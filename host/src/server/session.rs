@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
+use hytun_core::handshake::{ServerHelloJob, ServerHelloReply};
 use hytun_core::{
     CloseCode, ConnectionError, Event, HandshakeError, Host, HostConnection, ListenErrorCode,
     ListenId, StreamErrorCode, StreamId,
@@ -36,7 +37,6 @@ use crate::metrics::ServerMetrics;
 use crate::pipe::{ReadOutcome, Readiness};
 use crate::resolver::{self, LookupError, LoopResolver, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng};
-use hytun_core::handshake::{ServerHelloJob, ServerHelloReply};
 
 /// Memory charged per stream besides its receive credit (the upstream's
 /// state and pipe bookkeeping).
