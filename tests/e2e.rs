@@ -777,3 +777,107 @@ fn server_with_three_loops_serves_every_session() {
     stop.stop();
     group.join().unwrap().unwrap();
 }
+
+/// Answers `tunnel.test` with `ip` (at the asked port) once `open` is set,
+/// holding every lookup until then (at most a minute); other names fail.
+struct GatedLookup {
+    ip: std::net::IpAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl hytun_host::resolver::LookupFn for GatedLookup {
+    fn lookup(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let until = Instant::now() + Duration::from_secs(60);
+        while !self.open.load(SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if host == "tunnel.test" {
+            Ok(vec![SocketAddr::new(self.ip, port)])
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "unknown name",
+            ))
+        }
+    }
+}
+
+#[test]
+fn a_server_name_is_looked_up_off_the_loop() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    let echo = EchoServer::start().unwrap();
+    let server = RunningServer::start(loopback(), &[&echo.addr.to_string()]);
+    let by_name = || {
+        let mut opts = client_opts(
+            server.addr,
+            "client",
+            "server",
+            vec![(loopback(), forward_to(echo.addr))],
+        );
+        opts.server = Endpoint {
+            host: DestHost::Domain("tunnel.test".into()),
+            port: server.addr.port(),
+        };
+        opts
+    };
+
+    // A lookup that hangs does not hang the client: its loop still runs,
+    // so a stop request ends it at once.
+    let open = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut client = Client::bind(by_name()).expect("bind client");
+    client
+        .resolve_server_with(GatedLookup {
+            ip: server.addr.ip(),
+            open: open.clone(),
+            calls: calls.clone(),
+        })
+        .expect("resolver");
+    let stop = client.stop_handle();
+    let running = thread::spawn(move || client.run(false));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls.load(SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server name was never looked up"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the client did not stop while its server lookup hung"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(running.join().expect("client thread").is_ok());
+    open.store(true, SeqCst);
+
+    // Answered, the name leads to the server: a forward carries data.
+    let mut client = Client::bind(by_name()).expect("bind client");
+    client
+        .resolve_server_with(GatedLookup {
+            ip: server.addr.ip(),
+            open: Arc::new(AtomicBool::new(true)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        })
+        .expect("resolver");
+    let local = client.local_addrs()[0];
+    let stop = client.stop_handle();
+    let running = thread::spawn(move || client.run(false));
+    let mut s = TcpStream::connect(local).expect("connect forward");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(b"by name").unwrap();
+    let mut back = [0u8; 7];
+    s.read_exact(&mut back).expect("echo through the tunnel");
+    assert_eq!(&back, b"by name");
+    stop.stop();
+    assert!(running.join().expect("client thread").is_ok());
+}

@@ -53,7 +53,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use self::local::Local;
 use self::locals::Locals;
 use self::reverse::TargetResolver;
-use self::tunnel::{TUNNEL, TunnelOptions, TunnelSession};
+use self::tunnel::{ServerLookup, TUNNEL, TunnelOptions, TunnelSession};
 use crate::allow::DestHost;
 use crate::config::Endpoint;
 use crate::keywork::KeyWork;
@@ -209,7 +209,7 @@ impl Client {
             }
             None => None,
         };
-        let tunnel = TunnelSession::new(
+        let mut tunnel = TunnelSession::new(
             TunnelOptions {
                 server,
                 core,
@@ -221,6 +221,11 @@ impl Client {
             key_jobs,
             metrics.clone(),
         );
+        if tunnel.server_is_a_name() {
+            tunnel.set_server_lookup(
+                ServerLookup::new(waker.clone(), SystemLookup).map_err(ClientError::Io)?,
+            );
+        }
         Ok(Client {
             poll,
             listeners,
@@ -245,6 +250,19 @@ impl Client {
     pub fn resolve_targets_with(&mut self, lookup: impl LookupFn) -> Result<(), ClientError> {
         self.locals.targets =
             Some(TargetResolver::new(self.waker.clone(), lookup).map_err(ClientError::Io)?);
+        Ok(())
+    }
+
+    /// Looks up the server's name with `lookup` instead of the system
+    /// resolver (tests inject slow or fixed answers this way). Call it
+    /// before [`run`](Self::run).
+    ///
+    /// # Errors
+    /// The pool's worker thread could not be started.
+    pub fn resolve_server_with(&mut self, lookup: impl LookupFn) -> Result<(), ClientError> {
+        self.tunnel.set_server_lookup(
+            ServerLookup::new(self.waker.clone(), lookup).map_err(ClientError::Io)?,
+        );
         Ok(())
     }
 
@@ -313,6 +331,7 @@ impl Client {
                 let token = event.token();
                 match token {
                     WAKER => {
+                        self.tunnel.take_server_lookup(registry);
                         self.tunnel.take_key_results(registry, &mut self.locals);
                         self.locals.take_resolved(registry, &mut self.tunnel);
                     }

@@ -1,6 +1,8 @@
 //! [`TunnelSession`]: the client's one session with the server. It owns
 //! the tunnel socket and its core [`HostConnection`], the
-//! Down → Connecting → Up life cycle with reconnect backoff and the
+//! Down → (Resolving →) Connecting → Up life cycle with reconnect backoff
+//! (a server given by name is looked up on a [`ServerLookup`] pool, off
+//! the loop, its answer arriving through the loop's waker), the
 //! fail-fast decisions of first contact, the private-key work the
 //! handshake hands off (the job handle, the generation that tags the
 //! current job, and the server input held while it runs), the map from
@@ -12,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -22,7 +24,7 @@ use hytun_core::{
 };
 use log::{debug, error, info, warn};
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry, Token, Waker};
 
 use super::reverse::{ListenRefusal, ReverseListeners};
 use super::{ClientError, describe_failure};
@@ -31,6 +33,7 @@ use crate::backoff::Backoff;
 use crate::config::{Endpoint, ReverseSpec};
 use crate::keywork::{KeyWork, KeyWorkHandle};
 use crate::metrics::ClientMetrics;
+use crate::resolver::{LookupFn, LoopResolver, ResolverConfig, ResolverPool, SubmitError, Ticket};
 use crate::runtime::{Clock, os_rng, random_u64};
 
 /// The tunnel socket's poll token.
@@ -120,6 +123,10 @@ enum Link {
     Down {
         retry_at: StdInstant,
     },
+    /// The server's name is being looked up (off the loop).
+    Resolving {
+        ticket: Ticket,
+    },
     Connecting {
         sock: TcpStream,
         addr: SocketAddr,
@@ -136,9 +143,42 @@ enum Link {
     },
 }
 
+/// The pool that looks up the server's name when it is given by name: one
+/// lookup at a time, answered (or timed out) within the connect timeout,
+/// so a slow or dead resolver never stalls the loop's local listeners.
+pub(super) struct ServerLookup {
+    /// Declared before the pool: dropping it cancels its lookup first.
+    lookups: LoopResolver<()>,
+    _pool: ResolverPool,
+}
+
+const SERVER_LOOKUP: ResolverConfig = ResolverConfig {
+    workers: 1,
+    max_stuck: 2,
+    max_jobs: 1,
+    per_session: 1,
+    timeout: TUNNEL_CONNECT_TIMEOUT,
+};
+
+impl ServerLookup {
+    /// A pool resolving with `lookup`, waking the loop with `waker`.
+    ///
+    /// # Errors
+    /// The worker thread could not be started.
+    pub(super) fn new(waker: Arc<Waker>, lookup: impl LookupFn) -> io::Result<ServerLookup> {
+        let pool = ResolverPool::with_lookup(SERVER_LOOKUP, lookup)?;
+        Ok(ServerLookup {
+            lookups: pool.attach(waker),
+            _pool: pool,
+        })
+    }
+}
+
 /// The client's tunnel session (one at a time, re-established on demand).
 pub(super) struct TunnelSession {
     server: Endpoint,
+    /// Looks up `server` when it is a name.
+    server_lookup: Option<ServerLookup>,
     core: Arc<ClientConfig>,
     fail_fast_on_auth: bool,
     fail_fast_on_first_attempt: bool,
@@ -189,6 +229,7 @@ impl TunnelSession {
     ) -> TunnelSession {
         TunnelSession {
             server: opts.server,
+            server_lookup: None,
             core: opts.core,
             fail_fast_on_auth: opts.fail_fast_on_auth,
             fail_fast_on_first_attempt: opts.fail_fast_on_first_attempt,
@@ -209,6 +250,16 @@ impl TunnelSession {
             reverse: ReverseListeners::new(opts.reverse),
             serial: 0,
         }
+    }
+
+    /// Where the server's name is looked up (needed when it is a name).
+    pub(super) fn set_server_lookup(&mut self, lookup: ServerLookup) {
+        self.server_lookup = Some(lookup);
+    }
+
+    /// True if the server is given by name (and so needs a lookup).
+    pub(super) fn server_is_a_name(&self) -> bool {
+        matches!(self.server.host, DestHost::Domain(_))
     }
 
     /// Why the client must stop, if it must (taken once).
@@ -316,7 +367,8 @@ impl TunnelSession {
             Link::Down { retry_at } if self.wants_tunnel() => {
                 Some(retry_at.saturating_duration_since(now))
             }
-            Link::Down { .. } => None,
+            // The lookup answers (or times out) through the loop's waker.
+            Link::Down { .. } | Link::Resolving { .. } => None,
             Link::Connecting { deadline, .. } => Some(deadline.saturating_duration_since(now)),
             Link::Up { conn, .. } => conn.poll_timeout().map(|t| self.clock.until(t)),
         }
@@ -342,6 +394,8 @@ impl TunnelSession {
                     self.start_connect(registry);
                 }
             }
+            // The lookup's own deadline answers through the waker.
+            Link::Resolving { .. } => {}
             Link::Connecting { deadline, addr, .. } => {
                 if now >= *deadline {
                     let why = format!("server {addr}: connect timed out");
@@ -364,23 +418,69 @@ impl TunnelSession {
         }
     }
 
+    /// Starts a connection attempt: at once to an IP address; for a name,
+    /// its lookup first, on the [`ServerLookup`] pool, never on the loop.
     fn start_connect(&mut self, registry: &Registry) {
-        let addrs: Vec<SocketAddr> =
-            match (self.server.host.to_string().as_str(), self.server.port).to_socket_addrs() {
-                Ok(a) => a.collect(),
+        let name = match &self.server.host {
+            DestHost::Ip(ip) => {
+                let addr = SocketAddr::new(*ip, self.server.port);
+                self.connect_to(registry, addr);
+                return;
+            }
+            DestHost::Domain(name) => name.clone(),
+        };
+        let submitted = match &self.server_lookup {
+            Some(l) => l.lookups.submit(0, (), &name, self.server.port),
+            None => Err(SubmitError::Closed),
+        };
+        match submitted {
+            Ok(ticket) => {
+                debug!("looking up server {}", self.server);
+                self.link = Link::Resolving { ticket };
+            }
+            Err(e) => {
+                let why = format!("cannot resolve server {}: {e}", self.server);
+                warn!("{why}");
+                self.schedule_retry(why);
+            }
+        }
+    }
+
+    /// Results of the server-name lookup (after a wake): a current one
+    /// starts the connect, a failed one schedules a retry.
+    pub(super) fn take_server_lookup(&mut self, registry: &Registry) {
+        let Some(l) = &self.server_lookup else {
+            return;
+        };
+        let mut results = Vec::new();
+        while let Some(r) = l.lookups.try_result() {
+            results.push(r);
+        }
+        for r in results {
+            if !matches!(&self.link, Link::Resolving { ticket } if *ticket == r.ticket) {
+                continue;
+            }
+            self.link = Link::Down {
+                retry_at: StdInstant::now(),
+            };
+            match r.result.map(|addrs| addrs.first().copied()) {
+                Ok(Some(addr)) => self.connect_to(registry, addr),
+                Ok(None) => {
+                    let why = format!("server {} resolved to no address", self.server);
+                    warn!("{why}");
+                    self.schedule_retry(why);
+                }
                 Err(e) => {
                     let why = format!("cannot resolve server {}: {e}", self.server);
                     warn!("{why}");
                     self.schedule_retry(why);
-                    return;
                 }
-            };
-        let Some(addr) = addrs.first().copied() else {
-            let why = format!("server {} resolved to no address", self.server);
-            warn!("{why}");
-            self.schedule_retry(why);
-            return;
-        };
+            }
+        }
+    }
+
+    /// Opens the tunnel socket to `addr` (non-blocking).
+    fn connect_to(&mut self, registry: &Registry, addr: SocketAddr) {
         match TcpStream::connect(addr) {
             Ok(mut sock) => {
                 if let Err(e) =
