@@ -24,7 +24,7 @@
 # keep-alive stream through the tunnel on an idle server and under a steady
 # handshake load of HS_LOAD_FRACTION (0.5) of the measured per-core rate.
 #   Knobs: HS_SECS=5 HS_BITS="2048 3072" HS_LOAD_FRACTION=0.5 WRK_DUR=5
-#   OSSL_SECS=3 HS_FLOOR_N=1000 HS_PORT=24300; writes $W/handshakes/summary.md.
+#   OSSL_SECS=3 HS_FLOOR_N=1000 HS_PORT=24500; writes $W/handshakes/summary.md.
 # Env knobs (defaults): ROUNDS=3 DUR=3 WRK_DUR=3 AB_N=150 IDLE_N=1000 HS_SECS=3
 #   TOOLS=raw,ssh-aes,ssh-aes-tty,hytun  W=/tmp/hytun-bench  BASE_PORT=24100
 #   SVG=docs/bench/hytun-vs-ssh.svg  SKIP_INSTALL=1 (no apt-get)  SKIP_BUILD=1
