@@ -347,6 +347,10 @@ fn the_http_proxy_counts_the_bytes_of_plain_http_requests() {
         vec![(loopback(), ListenerKind::HttpProxy)],
     ));
     let mut app = TcpStream::connect(client.addrs[0]).unwrap();
+    // The log names the connection by its address, which an earlier
+    // connection of this test process may have used too.
+    let peer = format!("{}: ", app.local_addr().unwrap());
+    forget_log_lines_with(&peer);
     app.set_read_timeout(Some(WAIT)).unwrap();
     let request = format!(
         "GET http://{}/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -357,7 +361,6 @@ fn the_http_proxy_counts_the_bytes_of_plain_http_requests() {
     let mut reply = Vec::new();
     app.read_to_end(&mut reply).unwrap();
     assert!(reply.starts_with(b"HTTP/1.1 200"), "{reply:?}");
-    let peer = app.local_addr().unwrap().to_string();
     drop(app);
     let line = wait_log(&peer, " closed (", WAIT).expect("a 'closed' log line");
     assert!(

@@ -17,8 +17,16 @@ use hytun_tests::*;
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
+/// How the client's log names a local connection: its address, then ": ".
+fn log_name(app: &TcpStream) -> String {
+    format!("{}: ", app.local_addr().unwrap())
+}
+
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect local listener");
+    // Ports are reused across the tests of this process: forget the lines
+    // of an earlier connection from the same address.
+    forget_log_lines_with(&log_name(&s));
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s
@@ -83,7 +91,7 @@ fn reset(s: TcpStream) {
 }
 
 fn assert_aborted(app: &TcpStream) -> String {
-    let peer = app.local_addr().unwrap().to_string();
+    let peer = log_name(app);
     wait_log(&peer, "aborted (", LOG_WAIT).unwrap_or_else(|| {
         panic!(
             "no 'aborted' log line for {peer}: {:?}",
@@ -109,7 +117,7 @@ fn clean_transfer_ends_with_fin_and_the_exact_bytes() {
     far.shutdown(Shutdown::Write).unwrap();
     let body = read_end(&mut app);
     assert_eq!(body, Ok(1_000_000), "clean end with every byte");
-    let peer = app.local_addr().unwrap().to_string();
+    let peer = log_name(&app);
     let line = wait_log(&peer, " closed (", LOG_WAIT).expect("a 'closed' log line");
     assert!(line.contains("6 bytes sent, 1000000 received"), "{line}");
     assert!(log_lines_with(&peer).iter().all(|l| !l.contains("aborted")));
@@ -205,7 +213,7 @@ fn a_reset_by_the_application_resets_the_destination() {
     read_exactly(&mut app, 10);
     app.write_all(b"hello").unwrap();
     read_exactly(&mut far, 5);
-    let peer = app.local_addr().unwrap().to_string();
+    let peer = log_name(&app);
     reset(app);
     assert_eq!(read_end(&mut far), Err(io::ErrorKind::ConnectionReset));
     let line = wait_log(&peer, "aborted (", LOG_WAIT).expect("aborted log");

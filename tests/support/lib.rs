@@ -435,6 +435,16 @@ pub mod harness {
             .unwrap_or_default()
     }
 
+    /// Drops the captured lines containing `needle`: a test that looks up
+    /// lines by a local address calls it when it opens the connection, so
+    /// a line of an earlier connection that used the same port (another
+    /// test of the same process) cannot be taken for this one's.
+    pub fn forget_log_lines_with(needle: &str) {
+        if let Ok(mut l) = lines().lock() {
+            l.retain(|s| !s.contains(needle));
+        }
+    }
+
     /// Waits until a captured log line contains both `a` and `b`.
     pub fn wait_log(a: &str, b: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
