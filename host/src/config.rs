@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::allow::{AllowList, DestHost, parse_port};
 use crate::server::admission::TrustedProxies;
+use crate::server::listener::PermitListen;
 
 /// The port `--server HOST` dials when HOST has none.
 pub const DEFAULT_SERVER_PORT: u16 = 7000;
@@ -52,70 +53,106 @@ const DEPRECATED_KEYS: &[(&str, &str, &str)] = &[
     ("client", "keepalive-secs", "keepalive"),
 ];
 
-/// `[server]`: settings of `hytun server`; each key is the flag's name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The settings of `hytun server`: its command-line flags and, with the
+/// same names, the keys of the `[server]` table (`config` is a flag only).
+/// One type for both, so a setting cannot exist in one and not the other;
+/// the flags win over the file when both are given (merged by
+/// `setup::server_options`). The doc comments are the `--help` text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServerConfig {
-    /// Address to accept tunnel clients on.
+    /// Address to accept tunnel clients on, [BIND:]PORT [default: 127.0.0.1:7000].
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     pub listen: Option<ListenSpec>,
-    /// The server's private key file.
+    /// The server's private key [default: keys/server.key].
+    #[arg(long)]
     pub key: Option<PathBuf>,
-    /// File of client public keys allowed to connect.
+    /// File of authorized client public keys (PEM, concatenated) [default: keys/authorized_keys].
+    #[arg(long)]
     pub authorized_keys: Option<PathBuf>,
-    /// Destination allowlist patterns (see `allow`); validated on load.
-    pub allow: Option<Vec<String>>,
-    /// Event-loop threads.
-    pub threads: Option<Threads>,
-    /// Most concurrent client sessions.
+    /// Destination allowed for streams: host:port, host:*, *.example.com:443, 10.0.0.0/8:*, or '*' for all. Repeatable; replaces the config's list. Without any --allow every stream is refused.
+    #[arg(long = "allow", value_name = "PATTERN")]
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Most concurrent sessions [default: 256].
+    #[arg(long, value_name = "N")]
     pub max_sessions: Option<MaxSessions>,
-    /// Most concurrent streams within one session.
+    /// Most concurrent streams per session, 1-1024 [default: 1024].
+    #[arg(long, value_name = "N")]
     #[serde(alias = "max-streams-per-session")]
     pub max_streams: Option<MaxStreams>,
-    /// Seconds a client has to complete the handshake.
+    /// Seconds a client has to finish the handshake [default: 10].
+    #[arg(long, value_name = "SECS")]
     #[serde(alias = "handshake-timeout-secs")]
     pub handshake_timeout: Option<HandshakeTimeout>,
-    /// Seconds without traffic before a session is closed.
+    /// Seconds without any traffic before a session is declared dead, at least 3 [default: 45].
+    #[arg(long, value_name = "SECS")]
     #[serde(alias = "idle-timeout-secs")]
     pub idle_timeout: Option<IdleTimeout>,
-    /// Handshakes per second allowed from one source address (burst 2x).
+    /// Handshakes per second allowed per source address (burst 2x) [default: 20].
+    #[arg(long, value_name = "N")]
     #[serde(alias = "handshakes-per-source-per-sec")]
     pub handshake_rate: Option<HandshakeRate>,
-    /// Most connections still in the handshake.
+    /// Most connections still in the handshake; when full, the oldest stalled one is dropped for a newcomer [default: 128].
+    #[arg(long, value_name = "N")]
     pub max_pending: Option<MaxPending>,
-    /// Most pending handshakes from one source per event loop.
+    /// Most pending handshakes from one source address (IPv6: /64) per event loop [default: 8].
+    #[arg(long, value_name = "N")]
     pub max_pending_per_source: Option<MaxPendingPerSource>,
-    /// Seconds from accept to a complete ClientHello.
+    /// Seconds from accept to a complete ClientHello [default: 5].
+    #[arg(long, value_name = "SECS")]
     pub hello_timeout: Option<HelloTimeout>,
-    /// Private-key operations per second, server-wide.
+    /// Private-key operations (handshakes) per second, server-wide [default: 500].
+    #[arg(long, value_name = "N")]
     pub key_ops_rate: Option<KeyOpsRate>,
-    /// MiB of receive credit and session state, server-wide.
+    /// MiB of stream receive credit and session state the server may hold [default: 256].
+    #[arg(long, value_name = "MIB")]
     pub memory_budget: Option<MemoryBudget>,
-    /// MiB one session may hold.
+    /// MiB one session may hold [default: 64].
+    #[arg(long, value_name = "MIB")]
     pub session_memory: Option<SessionMemory>,
-    /// Descriptors the server may use (default: the raised RLIMIT_NOFILE).
+    /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
+    #[arg(long, value_name = "N")]
     pub max_descriptors: Option<MaxDescriptors>,
-    /// Private-key worker threads.
+    /// Threads for private-key operations (handshakes), off the event loops [default: one per CPU, at most 8].
+    #[arg(long, value_name = "N")]
     pub key_workers: Option<KeyWorkers>,
-    /// Private-key operations waiting for a worker, server-wide.
+    /// Private-key operations waiting for a worker; past that a handshake gets Busy [default: 64].
+    #[arg(long, value_name = "N")]
     pub key_queue: Option<KeyQueue>,
-    /// Name-lookup worker threads.
+    /// Name-lookup worker threads, shared by all event loops [default: 4].
+    #[arg(long, value_name = "N")]
     pub dns_workers: Option<DnsWorkers>,
-    /// Most name lookups in flight, server-wide.
+    /// Most name lookups in flight, server-wide; more OPENs are refused (resource) [default: 256].
+    #[arg(long, value_name = "N")]
     pub dns_queue: Option<DnsQueue>,
-    /// Most name lookups in flight per session.
+    /// Most name lookups in flight per session [default: 8].
+    #[arg(long, value_name = "N")]
     pub dns_per_session: Option<DnsPerSession>,
-    /// Seconds before a name lookup is answered as timed out.
+    /// Seconds before a name lookup is answered as timed out [default: 5].
+    #[arg(long, value_name = "SECS")]
     pub dns_timeout: Option<DnsTimeout>,
-    /// Seconds a graceful stop waits for open streams.
+    /// Address clients may ask the server to listen on for them (-R): HOST:PORT or HOST:*, HOST an IP, localhost or *. Repeatable. Default: none.
+    #[arg(long = "permit-listen", value_parser = PermitListen::parse, value_name = "HOST:PORT")]
+    #[serde(default)]
+    pub permit_listen: Vec<PermitListen>,
+    /// Load balancer address or network (CIDR) that must send a PROXY protocol v1/v2 header with the real client address; a PROXY header from anywhere else is refused. Repeatable.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
+    /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<Threads>,
+    /// Seconds a graceful stop (SIGINT/SIGTERM) waits for open streams; a second signal stops at once [default: 5].
+    #[arg(long, value_name = "SECS")]
     pub drain_timeout: Option<DrainTimeout>,
-    /// Where to serve Prometheus metrics (`[BIND:]PORT`).
+    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
+    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
     pub metrics: Option<ListenSpec>,
-    /// Where clients may ask the server to listen (`-R`): `HOST:PORT` or
-    /// `HOST:*`. Default: nowhere.
-    pub permit_listen: Option<Vec<crate::server::listener::PermitListen>>,
-    /// Addresses/networks of load balancers that must send a PROXY
-    /// protocol header (v1 or v2); validated on load.
-    pub proxy_protocol_from: Option<Vec<String>>,
+    /// TOML config file ([server] table, keys named like these flags); flags win.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
 }
 
 /// `[client]`: settings of `hytun client` (and `fetch`); each key is the
@@ -355,20 +392,18 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new(""));
         if let Some(server) = &mut config.server {
-            if let Some(patterns) = &server.allow {
-                AllowList::parse(patterns).map_err(|e| ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    field: "server.allow",
-                    message: e.to_string(),
-                })?;
-            }
-            if let Some(nets) = &server.proxy_protocol_from {
-                TrustedProxies::parse(nets).map_err(|e| ConfigError::Invalid {
+            AllowList::parse(&server.allow).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: "server.allow",
+                message: e.to_string(),
+            })?;
+            TrustedProxies::parse(&server.proxy_protocol_from).map_err(|e| {
+                ConfigError::Invalid {
                     path: path.to_path_buf(),
                     field: "server.proxy-protocol-from",
                     message: e.to_string(),
-                })?;
-            }
+                }
+            })?;
             resolve(base, &mut server.key);
             resolve(base, &mut server.authorized_keys);
         }
@@ -839,7 +874,7 @@ keepalive = 15
             server.authorized_keys,
             Some(PathBuf::from("/etc/hytun/authorized_keys"))
         );
-        assert_eq!(server.allow.as_ref().map(Vec::len), Some(2));
+        assert_eq!(server.allow.len(), 2);
         assert_eq!(server.threads.map(Threads::get), Some(2));
         assert_eq!(server.max_sessions.map(MaxSessions::get), Some(256));
         assert_eq!(server.max_streams.map(MaxStreams::get), Some(1024));
@@ -1049,12 +1084,7 @@ keepalive = 15
         assert!(shown.contains("server.proxy-protocol-from"), "{shown}");
         assert!(shown.contains("host bits"), "{shown}");
         let ok = load("[server]\nproxy-protocol-from = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
-        assert_eq!(
-            ok.server
-                .and_then(|s| s.proxy_protocol_from)
-                .map(|v| v.len()),
-            Some(2)
-        );
+        assert_eq!(ok.server.map(|s| s.proxy_protocol_from.len()), Some(2));
         let err = load("[server]\nallow = [\"example.com\"]\n").unwrap_err();
         let shown = err.to_string();
         assert!(shown.contains("server.allow"), "{shown}");
@@ -1149,7 +1179,7 @@ keepalive = 15
         )
         .unwrap();
         assert_eq!(c.client.and_then(|c| c.reverse).map(|r| r.len()), Some(1));
-        let permits = c.server.and_then(|s| s.permit_listen).unwrap();
+        let permits = c.server.map(|s| s.permit_listen).unwrap();
         assert_eq!(permits[1].to_string(), "[::1]:8080");
         let err = Config::from_toml(
             "[server]\npermit-listen = [\"nope\"]\n",

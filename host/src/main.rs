@@ -9,15 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use hytun_host::client::Client;
-use hytun_host::config::{
-    DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
-    HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
-    KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
-    MaxStreams, MemoryBudget, ReverseSpec, SessionMemory, Threads,
-};
+use hytun_host::config::{Endpoint, ForwardSpec, Keepalive, ListenSpec, ReverseSpec};
 use hytun_host::fetch::{self, HttpUrl};
 use hytun_host::server::Server;
-use hytun_host::server::listener::PermitListen;
 use hytun_host::service;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
 
@@ -60,7 +54,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run the tunnel server.
-    Server(Box<ServerArgs>),
+    Server(Box<ServerFlags>),
     /// Run the tunnel client (port forwards, SOCKS5, HTTP proxy).
     Client(ClientArgs),
     /// Fetch one http:// URL through the tunnel; the body goes to stdout.
@@ -90,94 +84,6 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
-}
-
-#[derive(Args, Debug)]
-struct ServerArgs {
-    /// Address to accept tunnel clients on, [BIND:]PORT [default: 127.0.0.1:7000].
-    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
-    listen: Option<ListenSpec>,
-    /// The server's private key [default: keys/server.key].
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// File of authorized client public keys (PEM, concatenated) [default: keys/authorized_keys].
-    #[arg(long)]
-    authorized_keys: Option<PathBuf>,
-    /// Destination allowed for streams: host:port, host:*, *.example.com:443, 10.0.0.0/8:*, or '*' for all. Repeatable; replaces the config's list. Without any --allow every stream is refused.
-    #[arg(long = "allow", value_name = "PATTERN")]
-    allow: Vec<String>,
-    /// Most concurrent sessions [default: 256].
-    #[arg(long, value_name = "N")]
-    max_sessions: Option<MaxSessions>,
-    /// Most concurrent streams per session, 1-1024 [default: 1024].
-    #[arg(long, value_name = "N")]
-    max_streams: Option<MaxStreams>,
-    /// Seconds a client has to finish the handshake [default: 10].
-    #[arg(long, value_name = "SECS")]
-    handshake_timeout: Option<HandshakeTimeout>,
-    /// Seconds without any traffic before a session is declared dead, at least 3 [default: 45].
-    #[arg(long, value_name = "SECS")]
-    idle_timeout: Option<IdleTimeout>,
-    /// Handshakes per second allowed per source address (burst 2x) [default: 20].
-    #[arg(long, value_name = "N")]
-    handshake_rate: Option<HandshakeRate>,
-    /// Most connections still in the handshake; when full, the oldest stalled one is dropped for a newcomer [default: 128].
-    #[arg(long, value_name = "N")]
-    max_pending: Option<MaxPending>,
-    /// Most pending handshakes from one source address (IPv6: /64) per event loop [default: 8].
-    #[arg(long, value_name = "N")]
-    max_pending_per_source: Option<MaxPendingPerSource>,
-    /// Seconds from accept to a complete ClientHello [default: 5].
-    #[arg(long, value_name = "SECS")]
-    hello_timeout: Option<HelloTimeout>,
-    /// Private-key operations (handshakes) per second, server-wide [default: 500].
-    #[arg(long, value_name = "N")]
-    key_ops_rate: Option<KeyOpsRate>,
-    /// MiB of stream receive credit and session state the server may hold [default: 256].
-    #[arg(long, value_name = "MIB")]
-    memory_budget: Option<MemoryBudget>,
-    /// MiB one session may hold [default: 64].
-    #[arg(long, value_name = "MIB")]
-    session_memory: Option<SessionMemory>,
-    /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
-    #[arg(long, value_name = "N")]
-    max_descriptors: Option<MaxDescriptors>,
-    /// Threads for private-key operations (handshakes), off the event loops [default: one per CPU, at most 8].
-    #[arg(long, value_name = "N")]
-    key_workers: Option<KeyWorkers>,
-    /// Private-key operations waiting for a worker; past that a handshake gets Busy [default: 64].
-    #[arg(long, value_name = "N")]
-    key_queue: Option<KeyQueue>,
-    /// Name-lookup worker threads, shared by all event loops [default: 4].
-    #[arg(long, value_name = "N")]
-    dns_workers: Option<DnsWorkers>,
-    /// Most name lookups in flight, server-wide; more OPENs are refused (resource) [default: 256].
-    #[arg(long, value_name = "N")]
-    dns_queue: Option<DnsQueue>,
-    /// Most name lookups in flight per session [default: 8].
-    #[arg(long, value_name = "N")]
-    dns_per_session: Option<DnsPerSession>,
-    /// Seconds before a name lookup is answered as timed out [default: 5].
-    #[arg(long, value_name = "SECS")]
-    dns_timeout: Option<DnsTimeout>,
-    /// Address clients may ask the server to listen on for them (-R): HOST:PORT or HOST:*, HOST an IP, localhost or *. Repeatable. Default: none.
-    #[arg(long = "permit-listen", value_parser = PermitListen::parse, value_name = "HOST:PORT")]
-    permit_listen: Vec<PermitListen>,
-    /// Load balancer address or network (CIDR) that must send a PROXY protocol v1/v2 header with the real client address; a PROXY header from anywhere else is refused. Repeatable.
-    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
-    proxy_protocol_from: Vec<String>,
-    /// Event-loop threads; they share the listening socket and each keeps the sessions it accepted [default: the number of CPUs, at most 8].
-    #[arg(long, value_name = "N")]
-    threads: Option<Threads>,
-    /// Seconds a graceful stop (SIGINT/SIGTERM) waits for open streams; a second signal stops at once [default: 5].
-    #[arg(long, value_name = "SECS")]
-    drain_timeout: Option<DrainTimeout>,
-    /// Serve Prometheus metrics at http://[BIND:]PORT/metrics (no authentication: keep it on loopback).
-    #[arg(long, value_parser = ListenSpec::parse, value_name = "[BIND:]PORT")]
-    metrics: Option<ListenSpec>,
-    /// TOML config file ([server] table, keys named like these flags); flags win.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -275,36 +181,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Fingerprint { files } => print_fingerprints(&files),
         Command::Server(a) => {
-            let flags = ServerFlags {
-                listen: a.listen,
-                key: a.key,
-                authorized_keys: a.authorized_keys,
-                allow: a.allow,
-                threads: a.threads,
-                max_sessions: a.max_sessions,
-                max_streams: a.max_streams,
-                handshake_timeout: a.handshake_timeout,
-                idle_timeout: a.idle_timeout,
-                handshake_rate: a.handshake_rate,
-                max_pending: a.max_pending,
-                max_pending_per_source: a.max_pending_per_source,
-                hello_timeout: a.hello_timeout,
-                key_ops_rate: a.key_ops_rate,
-                memory_budget: a.memory_budget,
-                session_memory: a.session_memory,
-                max_descriptors: a.max_descriptors,
-                key_workers: a.key_workers,
-                key_queue: a.key_queue,
-                dns_workers: a.dns_workers,
-                dns_queue: a.dns_queue,
-                dns_per_session: a.dns_per_session,
-                dns_timeout: a.dns_timeout,
-                drain_timeout: a.drain_timeout,
-                metrics: a.metrics,
-                permit_listen: a.permit_listen,
-                proxy_protocol_from: a.proxy_protocol_from,
-                config: a.config,
-            };
+            let flags = *a;
             let (opts, threads) = setup::server_setup(flags.clone())?;
             // Signals first: one that arrives once the socket listens must
             // stop the server gracefully, not kill it.

@@ -17,9 +17,8 @@ use crate::allow::AllowList;
 use crate::client::{ClientOptions, ListenerKind};
 use crate::config::{
     self, DnsPerSession, DnsQueue, DnsTimeout, DnsWorkers, DrainTimeout, Endpoint, ForwardSpec,
-    HandshakeRate, HandshakeTimeout, HelloTimeout, IdleTimeout, Keepalive, KeyOpsRate, KeyQueue,
-    KeyWorkers, ListenSpec, MaxDescriptors, MaxPending, MaxPendingPerSource, MaxSessions,
-    MaxStreams, MemoryBudget, ReverseSpec, SessionMemory, Threads,
+    HelloTimeout, Keepalive, KeyQueue, KeyWorkers, ListenSpec, MaxDescriptors, MaxPending,
+    MaxPendingPerSource, MaxSessions, MaxStreams, ReverseSpec, Threads,
 };
 use crate::resolver::ResolverConfig;
 use crate::runtime::os_rng;
@@ -50,68 +49,9 @@ fn err(e: impl std::fmt::Display) -> SetupError {
     SetupError(e.to_string())
 }
 
-/// Server flags (all optional: the config or defaults fill the gaps). The
-/// numbers are already range-checked by their types (see
-/// [`crate::config`]).
-#[derive(Debug, Default, Clone)]
-pub struct ServerFlags {
-    /// `--listen`.
-    pub listen: Option<ListenSpec>,
-    /// `--key`.
-    pub key: Option<PathBuf>,
-    /// `--authorized-keys`.
-    pub authorized_keys: Option<PathBuf>,
-    /// `--allow` (replaces the config's list when given).
-    pub allow: Vec<String>,
-    /// `--threads`.
-    pub threads: Option<Threads>,
-    /// `--max-sessions`.
-    pub max_sessions: Option<MaxSessions>,
-    /// `--max-streams`.
-    pub max_streams: Option<MaxStreams>,
-    /// `--handshake-timeout` seconds.
-    pub handshake_timeout: Option<HandshakeTimeout>,
-    /// `--idle-timeout` seconds.
-    pub idle_timeout: Option<IdleTimeout>,
-    /// `--handshake-rate` per source per second.
-    pub handshake_rate: Option<HandshakeRate>,
-    /// `--max-pending`.
-    pub max_pending: Option<MaxPending>,
-    /// `--max-pending-per-source`.
-    pub max_pending_per_source: Option<MaxPendingPerSource>,
-    /// `--hello-timeout` seconds.
-    pub hello_timeout: Option<HelloTimeout>,
-    /// `--key-ops-rate` per second.
-    pub key_ops_rate: Option<KeyOpsRate>,
-    /// `--memory-budget` MiB.
-    pub memory_budget: Option<MemoryBudget>,
-    /// `--session-memory` MiB.
-    pub session_memory: Option<SessionMemory>,
-    /// `--max-descriptors`.
-    pub max_descriptors: Option<MaxDescriptors>,
-    /// `--key-workers`.
-    pub key_workers: Option<KeyWorkers>,
-    /// `--key-queue`.
-    pub key_queue: Option<KeyQueue>,
-    /// `--dns-workers`.
-    pub dns_workers: Option<DnsWorkers>,
-    /// `--dns-queue`.
-    pub dns_queue: Option<DnsQueue>,
-    /// `--dns-per-session`.
-    pub dns_per_session: Option<DnsPerSession>,
-    /// `--dns-timeout` seconds.
-    pub dns_timeout: Option<DnsTimeout>,
-    /// `--drain-timeout` seconds.
-    pub drain_timeout: Option<DrainTimeout>,
-    /// `--metrics`.
-    pub metrics: Option<ListenSpec>,
-    /// `--permit-listen` (replaces the config's list when given).
-    pub permit_listen: Vec<PermitListen>,
-    /// `--proxy-protocol-from` (replaces the config's list when given).
-    pub proxy_protocol_from: Vec<String>,
-    /// `--config`.
-    pub config: Option<PathBuf>,
-}
+/// Server flags (all optional: the config or defaults fill the gaps): the
+/// same type as the `[server]` table, see [`crate::config::ServerConfig`].
+pub type ServerFlags = crate::config::ServerConfig;
 
 /// Client flags.
 #[derive(Debug, Default, Clone)]
@@ -353,13 +293,13 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
         .or(cfg.authorized_keys)
         .unwrap_or_else(|| Path::new(DEFAULT_KEY_DIR).join("authorized_keys"));
     let allow_patterns = if flags.allow.is_empty() {
-        cfg.allow.unwrap_or_default()
+        cfg.allow
     } else {
         flags.allow
     };
     let allow = AllowList::parse(&allow_patterns).map_err(err)?;
     let proxy_from = if flags.proxy_protocol_from.is_empty() {
-        cfg.proxy_protocol_from.clone().unwrap_or_default()
+        cfg.proxy_protocol_from.clone()
     } else {
         flags.proxy_protocol_from.clone()
     };
@@ -373,7 +313,7 @@ fn server_settings(flags: ServerFlags, load_key: bool) -> Result<ServerSettings,
     let mut authorized_ids = Vec::new();
     let mut listen_policy = ListenPolicy {
         server: if flags.permit_listen.is_empty() {
-            cfg.permit_listen.unwrap_or_default()
+            cfg.permit_listen
         } else {
             flags.permit_listen
         },
