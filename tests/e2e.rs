@@ -5,76 +5,35 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
 use hytun_host::allow::DestHost;
-use hytun_host::client::{Client, ClientError, ClientOptions, ListenerKind};
+use hytun_host::client::{Client, ClientOptions, ListenerKind};
 use hytun_host::config::{Endpoint, ListenSpec};
 use hytun_host::origin::{HELLO_BODY, Origin};
-use hytun_host::runtime::StopHandle;
-use hytun_host::server::{GroupStop, Server};
+use hytun_host::server::Server;
 use hytun_host::setup::{self, ClientFlags, ServerFlags};
-use hytun_tests::harness::{keydir, loopback, server_process};
+use hytun_tests::harness::{
+    RunningClient, RunningServer, forward_to, keydir, loopback, server_process,
+};
 use hytun_tests::*;
 use sha2::{Digest, Sha256};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct RunningServer {
-    addr: SocketAddr,
-    stop: GroupStop,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl RunningServer {
-    fn start(listen: SocketAddr, allow: &[&str]) -> RunningServer {
-        let mut opts = setup::server_options(ServerFlags {
-            listen: Some(ListenSpec { addr: listen }),
-            key: Some(keydir().join("server.key")),
-            authorized_keys: Some(keydir().join("authorized_keys")),
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            ..ServerFlags::default()
-        })
-        .expect("server options");
-        opts.limits.handshakes_per_source_per_sec = std::num::NonZeroU32::new(1000).unwrap();
-        let server = Server::bind(opts).expect("bind server");
-        let addr = server.local_addr();
-        let stop = server.stop_handle();
-        let thread = Some(thread::spawn(move || server.run(false)));
-        RunningServer { addr, stop, thread }
-    }
-
-    fn shutdown(mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct RunningClient {
-    addrs: Vec<SocketAddr>,
-    stop: StopHandle,
-    thread: Option<JoinHandle<Result<(), ClientError>>>,
-}
-
-impl Drop for RunningClient {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A server in a thread on `listen`, allowing `allow`; stopped when dropped.
+fn start_server(listen: SocketAddr, allow: &[&str]) -> RunningServer {
+    let mut opts = setup::server_options(ServerFlags {
+        listen: Some(ListenSpec { addr: listen }),
+        key: Some(keydir().join("server.key")),
+        authorized_keys: Some(keydir().join("authorized_keys")),
+        allow: allow.iter().map(|s| s.to_string()).collect(),
+        ..ServerFlags::default()
+    })
+    .expect("server options");
+    opts.limits.handshakes_per_source_per_sec = std::num::NonZeroU32::new(1000).unwrap();
+    RunningServer::start(opts)
 }
 
 fn client_opts(
@@ -95,25 +54,6 @@ fn client_opts(
     .expect("client options");
     opts.listeners = listeners;
     opts
-}
-
-fn start_client(opts: ClientOptions) -> RunningClient {
-    let client = Client::bind(opts).expect("bind client");
-    let addrs = client.local_addrs().to_vec();
-    let stop = client.stop_handle();
-    let thread = Some(thread::spawn(move || client.run(false)));
-    RunningClient {
-        addrs,
-        stop,
-        thread,
-    }
-}
-
-fn forward_to(dest: SocketAddr) -> ListenerKind {
-    ListenerKind::Forward {
-        host: DestHost::Ip(dest.ip()),
-        port: dest.port(),
-    }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -168,8 +108,8 @@ fn fetch_process(dir: &Path, url: &str, port: u16, extra: &[&str]) -> std::proce
 
 /// A server allowing `allow` and a client with one listener of `kind`.
 fn tunnel(allow: &[&str], kind: ListenerKind) -> (RunningServer, RunningClient) {
-    let server = RunningServer::start(loopback(), allow);
-    let client = start_client(client_opts(
+    let server = start_server(loopback(), allow);
+    let client = RunningClient::start(client_opts(
         server.addr,
         "client",
         "server",
@@ -357,8 +297,8 @@ fn socks5_carries_a_request_and_reports_refusals() {
     let allowed_closed = format!("127.0.0.1:{closed}");
     // `localhost:*` alone never reaches a loopback address: each loopback
     // port the name may reach needs its own IP rule.
-    let server = RunningServer::start(loopback(), &[&allowed, &allowed_closed, "localhost:*"]);
-    let client = start_client(client_opts(
+    let server = start_server(loopback(), &[&allowed, &allowed_closed, "localhost:*"]);
+    let client = RunningClient::start(client_opts(
         server.addr,
         "client",
         "server",
@@ -398,8 +338,8 @@ fn socks5_carries_a_request_and_reports_refusals() {
 fn http_proxy_connect_and_absolute_form() {
     let origin = Origin::start(loopback()).unwrap();
     let allowed = format!("127.0.0.1:{}", origin.addr().port());
-    let server = RunningServer::start(loopback(), &[&allowed]);
-    let client = start_client(client_opts(
+    let server = start_server(loopback(), &[&allowed]);
+    let client = RunningClient::start(client_opts(
         server.addr,
         "client",
         "server",
@@ -544,7 +484,7 @@ fn half_close_is_carried_end_to_end() {
 
 #[test]
 fn unauthorized_client_is_refused() {
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let server = start_server(loopback(), &["127.0.0.1:*"]);
     let opts = client_opts(server.addr, "stranger", "server", vec![]);
     let client = Client::bind(opts).unwrap();
     let started = Instant::now();
@@ -556,7 +496,7 @@ fn unauthorized_client_is_refused() {
 
 #[test]
 fn wrong_pinned_server_key_is_refused_naming_both_fingerprints() {
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let server = start_server(loopback(), &["127.0.0.1:*"]);
     let opts = client_opts(server.addr, "client", "stranger", vec![]);
     let pinned = opts.core.server.id().to_string();
     let client = Client::bind(opts).unwrap();
@@ -574,9 +514,9 @@ fn wrong_pinned_server_key_is_refused_naming_both_fingerprints() {
 #[test]
 fn client_reconnects_after_server_restart() {
     let origin = Origin::start(loopback()).unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let server = start_server(loopback(), &["127.0.0.1:*"]);
     let addr = server.addr;
-    let client = start_client(client_opts(
+    let client = RunningClient::start(client_opts(
         addr,
         "client",
         "server",
@@ -584,11 +524,11 @@ fn client_reconnects_after_server_restart() {
     ));
     let mut s = connect(client.addrs[0]);
     assert!(http_get(&mut s, "/hello").ends_with(HELLO_BODY));
-    server.shutdown();
+    drop(server);
     // Restart on the same address.
     let mut restarted = None;
     for _ in 0..50 {
-        let r = std::panic::catch_unwind(|| RunningServer::start(addr, &["127.0.0.1:*"]));
+        let r = std::panic::catch_unwind(|| start_server(addr, &["127.0.0.1:*"]));
         if let Ok(r) = r {
             restarted = Some(r);
             break;
@@ -636,7 +576,7 @@ fn refused_destination_fails_one_stream_while_others_continue() {
 #[test]
 fn bad_clients_do_not_hurt_the_server() {
     let origin = Origin::start(loopback()).unwrap();
-    let server = RunningServer::start(loopback(), &["127.0.0.1:*"]);
+    let server = start_server(loopback(), &["127.0.0.1:*"]);
     // Garbage, a truncated hello, an oversized length, and a silent client.
     for junk in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
@@ -656,7 +596,7 @@ fn bad_clients_do_not_hurt_the_server() {
     }
     let _silent = connect(server.addr);
     // A real client still works.
-    let client = start_client(client_opts(
+    let client = RunningClient::start(client_opts(
         server.addr,
         "client",
         "server",
@@ -674,7 +614,7 @@ fn broken_tunnel_closes_the_local_side_of_live_streams() {
     s.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).unwrap();
-    server.shutdown();
+    drop(server);
     // The local connection learns of the break: EOF or reset, not a hang.
     let mut rest = Vec::new();
     let r = s.read_to_end(&mut rest);
@@ -761,7 +701,7 @@ fn server_with_three_loops_serves_every_session() {
     // Several independent sessions, accepted by whichever loop is free.
     let clients: Vec<RunningClient> = (0..6)
         .map(|_| {
-            start_client(client_opts(
+            RunningClient::start(client_opts(
                 addr,
                 "client",
                 "server",
@@ -811,7 +751,7 @@ fn a_server_name_is_looked_up_off_the_loop() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
     let echo = EchoServer::start().unwrap();
-    let server = RunningServer::start(loopback(), &[&echo.addr.to_string()]);
+    let server = start_server(loopback(), &[&echo.addr.to_string()]);
     let by_name = || {
         let mut opts = client_opts(
             server.addr,
