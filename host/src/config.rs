@@ -114,10 +114,10 @@ pub struct ServerConfig {
     /// Descriptors the server may use [default: the soft RLIMIT_NOFILE, raised to the hard limit].
     #[arg(long, value_name = "N")]
     pub max_descriptors: Option<MaxDescriptors>,
-    /// Threads for private-key operations (handshakes), off the event loops [default: one per CPU, at most 8].
+    /// Threads for the handshakes' crypto (each reply to a ClientHello, private-key operation included), off the event loops [default: one per CPU, at most 8].
     #[arg(long, value_name = "N")]
     pub key_workers: Option<KeyWorkers>,
-    /// Private-key operations waiting for a worker; past that a handshake gets Busy [default: 64].
+    /// Handshakes waiting for a key worker, server-wide; past that a handshake gets Busy [default: 64].
     #[arg(long, value_name = "N")]
     pub key_queue: Option<KeyQueue>,
     /// Name-lookup worker threads, shared by all event loops [default: 4].
