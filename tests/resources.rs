@@ -598,3 +598,107 @@ fn a_thousand_idle_sessions_cost_at_most_16_kib_each() {
     drop(sessions);
     drop(warm);
 }
+
+/// A ClientHello from a fresh client session with the test keys.
+fn client_hello(config: &std::sync::Arc<hytun_core::ClientConfig>) -> Vec<u8> {
+    let mut rng = hytun_host::runtime::os_rng();
+    let mut conn: Box<hytun_core::Connection<4096, 2048, 1>> =
+        Box::new(hytun_core::Connection::client(
+            config.clone(),
+            hytun_core::Instant::from_millis(0),
+            &mut rng,
+        ));
+    conn.transmit_pending().to_vec()
+}
+
+#[test]
+fn a_full_key_queue_answers_busy_and_the_server_carries_on() {
+    use hytun_core::{ConnectionError, HandshakeError, PrivateIdentity, PublicIdentity};
+    let mut rng = hytun_host::runtime::os_rng();
+    let identity = PrivateIdentity::new(
+        hytun_keys::load_private_key(&keydir().join("client.key")).unwrap(),
+        &mut rng,
+    )
+    .unwrap();
+    let pinned =
+        PublicIdentity::new(hytun_keys::load_public_key(&keydir().join("server.pub")).unwrap())
+            .unwrap();
+    let config = std::sync::Arc::new(hytun_core::ClientConfig::new(
+        identity,
+        pinned,
+        hytun_core::SessionConfig::HOST,
+    ));
+    // One key worker and room for one waiting job: of 24 ClientHellos that
+    // arrive together, most find the queue full. Other limits are lifted
+    // so that only the key queue refuses.
+    let port = free_port();
+    let origin = Origin::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+    let srv = server(
+        port,
+        &origin.addr().to_string(),
+        &[
+            "--key-workers",
+            "1",
+            "--key-queue",
+            "1",
+            "--handshake-rate",
+            "100000",
+            "--key-ops-rate",
+            "100000",
+            "--max-pending-per-source",
+            "1000",
+        ],
+        None,
+    );
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let hellos: Vec<Vec<u8>> = (0..24).map(|_| client_hello(&config)).collect();
+    let mut socks: Vec<TcpStream> = (0..24).map(|_| TcpStream::connect(to).unwrap()).collect();
+    for (s, hello) in socks.iter_mut().zip(&hellos) {
+        s.write_all(hello).unwrap();
+    }
+    let (mut busy, mut served) = (0, 0);
+    for s in &mut socks {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 2048];
+        // The answer is an alert then EOF, or a ServerHello and Finished
+        // (and the session then waits for the client's Finished).
+        while reply.len() < 3 + 32 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut conn: Box<hytun_core::Connection<4096, 2048, 1>> =
+            Box::new(hytun_core::Connection::client(
+                config.clone(),
+                hytun_core::Instant::from_millis(0),
+                &mut rng,
+            ));
+        // A fresh client state reads the reply: an alert is its error.
+        let _ = conn.handle_input(&reply, hytun_core::Instant::from_millis(1), &mut rng);
+        match conn.error() {
+            Some(ConnectionError::Handshake(HandshakeError::PeerAlert(
+                hytun_core::AlertReason::Busy,
+                _,
+            ))) => busy += 1,
+            _ if reply.first() == Some(&hytun_core::wire::handshake::TYPE_SERVER_HELLO) => {
+                served += 1
+            }
+            other => panic!(
+                "neither Busy nor a ServerHello: {other:?}, {} bytes",
+                reply.len()
+            ),
+        }
+    }
+    eprintln!("key queue: {busy} busy, {served} served");
+    assert!(busy >= 1, "the queue never filled ({served} served)");
+    assert!(served >= 1, "every handshake was refused");
+    // The refusals are logged, and the server still serves a real client.
+    let local = free_port();
+    let _client = client(port, local, origin.addr());
+    let page = get_hello(local, Duration::from_secs(30)).expect("a page after the burst");
+    assert!(page.ends_with(HELLO_BODY), "{page}");
+    let log = stderr_of(srv);
+    assert!(log.contains("private-key work queue full"), "{log}");
+}
