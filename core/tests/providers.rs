@@ -344,6 +344,20 @@ fn move_bytes(
     true
 }
 
+/// Moves bytes both ways and runs both sides' jobs until nothing moves.
+fn exchange(client: &mut Side, server: &mut Side, now: Instant, rng: &mut TestRng) {
+    let mut log = Vec::new();
+    for _ in 0..100 {
+        let mut p = move_bytes(client, server, &mut log, &|_| {});
+        p |= move_bytes(server, client, &mut log, &|_| {});
+        p |= server.feed(now, rng) | server.work(rng);
+        p |= client.feed(now, rng) | client.work(rng);
+        if !p {
+            return;
+        }
+    }
+}
+
 /// A session: handshake, then one stream opened and a few bytes each way.
 struct Session {
     c2s: Vec<u8>,
@@ -494,16 +508,7 @@ fn sessions_with_every_encryptor_complete() {
             let mut rng = TestRng::new("session");
             let mut client = Side::new(Conn::client(c, now, &mut rng), modes.0);
             let mut server = Side::new(Conn::server(s, now), modes.1);
-            let mut log = Vec::new();
-            for _ in 0..100 {
-                let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
-                p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
-                p |= server.feed(now, &mut rng) | server.work(&mut rng);
-                p |= client.feed(now, &mut rng) | client.work(&mut rng);
-                if !p {
-                    break;
-                }
-            }
+            exchange(&mut client, &mut server, now, &mut rng);
             assert_eq!(client.events, vec![Ev::Connected], "{enc} {modes:?}");
             assert_eq!(server.events, vec![Ev::Connected], "{enc} {modes:?}");
         }
@@ -626,16 +631,7 @@ fn deferred_handshake_with_a_3072_bit_server_key() {
     let mut rng = TestRng::new("session");
     let mut client = Side::new(Conn::client(c, now, &mut rng), Mode::Thread);
     let mut server = Side::new(Conn::server(s, now), Mode::Thread);
-    let mut log = Vec::new();
-    for _ in 0..100 {
-        let mut p = move_bytes(&mut client, &mut server, &mut log, &|_| {});
-        p |= move_bytes(&mut server, &mut client, &mut log, &|_| {});
-        p |= server.feed(now, &mut rng) | server.work(&mut rng);
-        p |= client.feed(now, &mut rng) | client.work(&mut rng);
-        if !p {
-            break;
-        }
-    }
+    exchange(&mut client, &mut server, now, &mut rng);
     assert_eq!(client.events, vec![Ev::Connected]);
     assert_eq!(server.events, vec![Ev::Connected]);
     assert_eq!(client.conn.peer_key(), Some(public("server3072").id()));

@@ -56,6 +56,17 @@ pub enum DestHost {
 }
 
 impl DestHost {
+    /// The core's (wire) form of this host with `port`: an OPEN's
+    /// destination. A domain's trailing dot is dropped.
+    pub fn destination(&self, port: u16) -> hytun_core::Destination<'_> {
+        let host = match self {
+            DestHost::Ip(IpAddr::V4(a)) => hytun_core::Host::Ipv4(a.octets()),
+            DestHost::Ip(IpAddr::V6(a)) => hytun_core::Host::Ipv6(a.octets()),
+            DestHost::Domain(d) => hytun_core::Host::Domain(d.trim_end_matches('.')),
+        };
+        hytun_core::Destination { host, port }
+    }
+
     /// Parses a host: an IPv4 address, an IPv6 address (bare or in
     /// brackets), or a hostname of letters, digits, `-` and `_` labels
     /// (at most 253 bytes, labels 1..=63 bytes, optional trailing dot).

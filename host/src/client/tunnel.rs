@@ -14,13 +14,13 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use hytun_core::{
-    AlertReason, ClientConfig, CloseCode, ConnectionError, Destination, Event, HandshakeError,
-    Host, HostConnection, ListenErrorCode, ListenId, StreamError, StreamErrorCode, StreamId,
+    AlertReason, ClientConfig, CloseCode, ConnectionError, Event, HandshakeError, HostConnection,
+    ListenErrorCode, ListenId, StreamError, StreamErrorCode, StreamId,
 };
 use log::{debug, error, info, warn};
 use mio::net::TcpStream;
@@ -208,16 +208,6 @@ pub(super) struct TunnelSession {
     serial: u64,
 }
 
-/// The core's form of a destination.
-fn destination(host: &DestHost, port: u16) -> Destination<'_> {
-    let host = match host {
-        DestHost::Ip(IpAddr::V4(a)) => Host::Ipv4(a.octets()),
-        DestHost::Ip(IpAddr::V6(a)) => Host::Ipv6(a.octets()),
-        DestHost::Domain(d) => Host::Domain(d.trim_end_matches('.')),
-    };
-    Destination { host, port }
-}
-
 impl TunnelSession {
     /// A session that is down and due to connect at once. Its private-key
     /// operations go to `key_pool` through `key_jobs`.
@@ -338,7 +328,7 @@ impl TunnelSession {
         if !conn.is_established() {
             return Err(OpenError::Wait);
         }
-        let id = match conn.open_stream(destination(host, port)) {
+        let id = match conn.open_stream(host.destination(port)) {
             Ok(id) => id,
             // Retried when streams end / the buffer drains (service loop).
             Err(StreamError::TooManyStreams | StreamError::Blocked) => {

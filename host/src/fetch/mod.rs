@@ -19,11 +19,10 @@ pub mod tunnel;
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hytun_core::{ConnectionError, Destination, Host, StreamErrorCode};
+use hytun_core::{ConnectionError, StreamErrorCode};
 
 use crate::allow::DestHost;
 use crate::client::ClientOptions;
@@ -210,15 +209,6 @@ impl std::fmt::Display for FetchError {
 
 impl std::error::Error for FetchError {}
 
-fn destination(host: &DestHost, port: u16) -> Destination<'_> {
-    let host = match host {
-        DestHost::Ip(IpAddr::V4(a)) => Host::Ipv4(a.octets()),
-        DestHost::Ip(IpAddr::V6(a)) => Host::Ipv6(a.octets()),
-        DestHost::Domain(d) => Host::Domain(d.trim_end_matches('.')),
-    };
-    Destination { host, port }
-}
-
 /// The request `fetch` sends.
 fn request(url: &HttpUrl) -> String {
     format!(
@@ -301,7 +291,7 @@ fn exchange(
     let req = request(url);
     let mut body = Vec::new();
     let end = session.exchange(
-        destination(&url.host, url.port),
+        url.host.destination(url.port),
         req.as_bytes(),
         &mut |data| {
             first_byte.get_or_insert_with(|| start.elapsed());
